@@ -1,0 +1,91 @@
+"""`poise` command line: `poise train`, `poise sft`. Options are generated from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+
+from poise.config import ConfigError, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml, parse_cli_value
+
+COMMANDS = {
+    "train": (TrainConfig, "RL training (POISE by default) on the embedded default task and model."),
+    "sft": (SFTConfig, "Supervised warm start on programmatic worked solutions; writes a model directory."),
+}
+
+
+def _help_type(tp) -> str:
+    if typing.get_origin(tp) is list:
+        return "LIST"
+    return getattr(tp, "__name__", "VALUE").upper()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poise", description="RL from verifiable rewards with POISE (arXiv 2605.07579) and its baselines.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (cls, doc) in COMMANDS.items():
+        p = sub.add_parser(name, help=doc, description=(cls.__doc__ or doc) + " Values: dataclass default < "
+                           "--config file < command line. Any field can be set as --section.field VALUE.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="YAML config file or packaged preset name (e.g. poise, rloo)")
+        defaults = _defaults(cls)
+        for key, tp, fdoc in flat_fields(cls):
+            flags = [f"--{key}"]
+            if "_" in key:
+                flags.append(f"--{key.replace('_', '-')}")
+            p.add_argument(*flags, dest=key, metavar=_help_type(tp), type=parse_cli_value,
+                           default=argparse.SUPPRESS, help=f"{fdoc} (default: {defaults[key]!r})")
+    return parser
+
+
+def _defaults(cls) -> dict:
+    import dataclasses
+
+    def walk(obj, prefix=""):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            out.update(walk(v, prefix + f.name + ".") if dataclasses.is_dataclass(v) else {prefix + f.name: v})
+        return out
+
+    return walk(cls())
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """Resolved config: defaults < --config file < explicit command-line options."""
+    values = dict(vars(args))
+    values.pop("command", None)
+    overrides = load_yaml(values.pop("config")) if "config" in values else {}
+    overrides.update(values)
+    return build_config(cls, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    cls = COMMANDS[args.command][0]
+    try:
+        cfg = config_from_args(cls, args)
+    except ConfigError as e:
+        print(f"poise {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        from poise.trainer import train
+
+        train(cfg)
+    elif args.command == "sft":
+        from poise.sft import run_sft
+
+        run_sft(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

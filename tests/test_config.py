@@ -1,0 +1,76 @@
+import pytest
+
+from poise.cli import config_from_args, make_parser, main
+from poise.config import ConfigError, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml
+
+
+def parse(*argv):
+    args = make_parser().parse_args(["train", *argv])
+    return config_from_args(TrainConfig, args)
+
+
+def test_defaults_are_poise():
+    cfg = build_config(TrainConfig, {})
+    assert cfg.algorithm.advantage == "poise" and cfg.rollout.group_size == 2
+    assert cfg.loss.clip_low == 0.2 and cfg.loss.clip_high == 0.28 and cfg.probe.alpha == 100.0
+
+
+def test_every_field_has_a_docstring():
+    for cls in (TrainConfig, SFTConfig):
+        missing = [k for k, _, doc in flat_fields(cls) if not doc]
+        assert not missing, missing
+
+
+def test_cli_overrides_and_aliases():
+    cfg = parse("--max-steps", "7", "--seed", "3", "--output-dir", "x/y", "--rollout.group_size", "4",
+                "--optim.lr", "1e-5", "--task.levels", "t2d1,t3d1")
+    assert (cfg.max_steps, cfg.seed, cfg.output_dir, cfg.rollout.group_size) == (7, 3, "x/y", 4)
+    assert cfg.optim.lr == 1e-5 and cfg.task.levels == ["t2d1", "t3d1"]
+
+
+def test_yaml_then_cli_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("base: rloo\nrollout:\n  group_size: 3\n  max_new_tokens: 20\n")
+    cfg = parse("--config", str(f), "--rollout.max_new_tokens", "30")
+    assert cfg.algorithm.advantage == "rloo"  # from the base preset
+    assert cfg.rollout.group_size == 3 and cfg.rollout.max_new_tokens == 30
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"rollout.group_size": 1}, "rollout.group_size"),
+    ({"rollout.max_new_tokens": -5}, "rollout.max_new_tokens"),
+    ({"rollout.top_p": 1.5}, "rollout.top_p"),
+    ({"loss.dual_clip": 0.5}, "loss.dual_clip"),
+    ({"loss.aggregation": "mean"}, "loss.aggregation"),
+    ({"algorithm.advantage": "magic"}, "algorithm.advantage"),
+    ({"probe.layer": 1.5}, "probe.layer"),
+    ({"optim.lr": "fast"}, "optim.lr"),
+    ({"max_steps": 2.5}, "max_steps"),
+    ({"rollout.groupsize": 2}, "rollout.groupsize"),
+    ({"probe.buffer_size": 10}, "probe.buffer_size"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        build_config(TrainConfig, overrides)
+    assert str(e.value).startswith(key + ":")
+
+
+def test_unknown_yaml_key_fails(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rollout:\n  groop_size: 2\n")
+    with pytest.raises(ConfigError, match="rollout.groop_size: unknown"):
+        build_config(TrainConfig, load_yaml(f))
+
+
+def test_cli_reports_config_error(capsys):
+    assert main(["train", "--rollout.group_size", "1"]) == 2
+    assert "rollout.group_size" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_docstring(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key, _, doc in flat_fields(TrainConfig):
+        assert f"--{key}" in text
+        assert " ".join(doc.split()[:4]) in text
