@@ -1,0 +1,169 @@
+"""Group advantages for RLVR: RLOO, GRPO and the POISE cross-rollout baseline.
+
+Shape vocabulary: B sequences, P prompts, G rollouts per prompt (B = P * G).
+Rollouts of one prompt are contiguous in a flat batch: rows p*G .. p*G+G-1 belong to prompt p.
+All functions are pure functions of tensors; none divides POISE/RLOO advantages by a standard deviation
+(POISE spec §4: "Advantages are not divided by a standard deviation").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "group_view",
+    "leave_one_out_mean",
+    "rloo_advantages",
+    "poise_advantages",
+    "poise_targets",
+    "grpo_advantages",
+]
+
+
+def _check_group(x: Tensor, name: str, min_g: int = 1) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (P, G), got {tuple(x.shape)}")
+    if x.shape[1] < min_g:
+        raise ValueError(f"{name} needs group size G >= {min_g}, got G={x.shape[1]}")
+
+
+def group_view(x: Tensor, group_size: int) -> Tensor:
+    """Reshape a flat per-rollout tensor into groups.
+
+    out[p, i] = x[p * G + i]   (rollouts of one prompt are contiguous).
+
+    Args:
+        x: (B,) per-rollout values.
+        group_size: G >= 1.
+    Returns:
+        (P, G) view with P = B / G.
+    Raises:
+        ValueError if x is not 1-D, G < 1 or B % G != 0.
+    """
+    if x.dim() != 1:
+        raise ValueError(f"group_view expects a 1-D tensor of shape (B,), got {tuple(x.shape)}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if x.shape[0] % group_size != 0:
+        raise ValueError(
+            f"batch size B={x.shape[0]} is not a multiple of group_size G={group_size}; "
+            "rollouts of one prompt must be contiguous groups of G rows"
+        )
+    return x.view(-1, group_size)
+
+
+def _off_diagonal(g: int, device, dtype) -> Tensor:
+    return 1.0 - torch.eye(g, device=device, dtype=dtype)
+
+
+def leave_one_out_mean(x: Tensor) -> Tensor:
+    """Leave-one-out mean within each group.
+
+    out[p, i] = 1/(G-1) * sum_{j != i} x[p, j]
+
+    Computed as a masked (off-diagonal) mean, not as (sum - x_i)/(G-1), so no cancellation error.
+
+    Args:
+        x: (P, G) with G >= 2.
+    Returns:
+        (P, G).
+    Raises:
+        ValueError if G < 2.
+    Source: RLOO (Kool et al. 2019; Ahmadian et al. 2024); POISE §4 (leave-one-out for G > 2).
+    """
+    _check_group(x, "x", min_g=2)
+    g = x.shape[1]
+    w = _off_diagonal(g, x.device, x.dtype)  # (G, G), w[i, j] = 1[j != i]
+    return (x @ w.T) / (g - 1)
+
+
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantages.
+
+    A[p, i] = r[p, i] - 1/(G-1) * sum_{j != i} r[p, j] = 1/(G-1) * sum_{j != i} (r[p, i] - r[p, j])
+
+    Computed from pairwise differences, so a constant group gives exactly 0. With G = 2: A_1 = r_1 - r_2.
+
+    Args:
+        rewards: (P, G) with G >= 2.
+    Returns:
+        (P, G).
+    Source: Ahmadian et al. 2024 (RLOO); POISE §3 warm-up.
+    """
+    _check_group(rewards, "rewards", min_g=2)
+    g = rewards.shape[1]
+    diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # (P, G, G): r_i - r_j, zero on the diagonal
+    return diff.sum(dim=2) / (g - 1)
+
+
+def poise_advantages(rewards: Tensor, predictions: Tensor) -> Tensor:
+    """POISE cross-rollout advantages.
+
+    A[p, i] = r[p, i] - 1/(G-1) * sum_{j != i} g(z[p, j])
+
+    predictions[p, j] = g(z[p, j]) is the probe prediction from rollout j's own features; rollout i's
+    baseline never uses its own prediction, which keeps the policy gradient unbiased (POISE §4).
+    With G = 2: A_1 = r_1 - g(z_2), A_2 = r_2 - g(z_1). No std division.
+
+    Args:
+        rewards: (P, G), G >= 2.
+        predictions: (P, G) probe predictions (same shape as rewards).
+    Returns:
+        (P, G) in rewards' dtype.
+    Source: POISE (arXiv 2605.07579) §4.
+    """
+    _check_group(rewards, "rewards", min_g=2)
+    if predictions.shape != rewards.shape:
+        raise ValueError(
+            f"predictions shape {tuple(predictions.shape)} != rewards shape {tuple(rewards.shape)}"
+        )
+    baseline = leave_one_out_mean(predictions.to(rewards.dtype))
+    return rewards - baseline
+
+
+def poise_targets(rewards: Tensor) -> Tensor:
+    """Probe training targets for POISE's crossed pairs.
+
+    target[p, i] = 1/(G-1) * sum_{j != i} r[p, j]
+
+    Row i's features z_i are paired with the other rollouts' rewards, so the regression target
+    E[target_i | z_i] equals the prompt value V(x) (POISE §4). With G = 2: (z_1, r_2), (z_2, r_1).
+
+    Args:
+        rewards: (P, G), G >= 2.
+    Returns:
+        (P, G).
+    Source: POISE §4.
+    """
+    return leave_one_out_mean(rewards)
+
+
+def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO group-normalised advantages.
+
+    A[p, i] = (r[p, i] - mean_j r[p, j]) / (std_j r[p, j] + eps)   if scale_by_std
+    A[p, i] =  r[p, i] - mean_j r[p, j]                           otherwise (Dr. GRPO)
+
+    std is the *unbiased* sample std (correction = 1), following TRL's GRPOTrainer
+    (`rewards.view(-1, G).std(dim=1)`). A group whose rewards are all equal gets exactly 0
+    (forced, so float rounding of the mean cannot leak a tiny non-zero signal). With G = 1 the std is
+    undefined; the advantage is 0.
+
+    Args:
+        rewards: (P, G).
+        scale_by_std: divide by the group std (GRPO) or not (Dr. GRPO, Liu et al. 2025).
+        eps: added to the std.
+    Returns:
+        (P, G).
+    Source: Shao et al. 2024 (DeepSeekMath, GRPO); TRL GRPOTrainer.
+    """
+    _check_group(rewards, "rewards", min_g=1)
+    mean = rewards.mean(dim=1, keepdim=True)
+    centered = rewards - mean
+    constant = (rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True))
+    centered = torch.where(constant, torch.zeros_like(centered), centered)
+    if not scale_by_std or rewards.shape[1] < 2:
+        return centered
+    std = rewards.std(dim=1, keepdim=True, correction=1)
+    return centered / (std + eps)
