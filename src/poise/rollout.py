@@ -1,0 +1,147 @@
+"""Rollouts: batched KV-cache sampling and the one scoring forward pass.
+
+Layout of a batch of B = P * G sequences (the G rollouts of prompt p are rows p*G .. p*G+G-1):
+    prompt_ids    (B, L)  left-padded,  prompt_mask   (B, L) bool
+    response_ids  (B, T)  right-padded, response_mask (B, T) bool, True up to and including the EOS token
+Position ids are `cumsum(mask) - 1`, identical in sampling and scoring, so left padding changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from poise.features import token_entropy
+
+
+@dataclass
+class RolloutBatch:
+    """One step's rollouts; `score()` fills log-probs, entropies and hidden states."""
+
+    prompt_ids: torch.Tensor  # (B, L)
+    prompt_mask: torch.Tensor  # (B, L) bool
+    response_ids: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, T) bool
+    group_size: int
+    old_logp: torch.Tensor | None = None  # (B, T)
+    entropy: torch.Tensor | None = None  # (B, T)
+    prompt_hidden: torch.Tensor | None = None  # (B, L, H) at the probe layer
+    response_hidden: torch.Tensor | None = None  # (B, T, H) at the probe layer
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """(B,) True where the response hit the length limit without EOS."""
+        return self.response_mask.all(dim=1)
+
+    def rows(self, idx: torch.Tensor) -> "RolloutBatch":
+        """Subset of rows (e.g. one mini-batch); tensors are indexed, nothing copied twice."""
+        def take(x):
+            return None if x is None else x[idx]
+        return RolloutBatch(take(self.prompt_ids), take(self.prompt_mask), take(self.response_ids),
+                            take(self.response_mask), self.group_size, take(self.old_logp), take(self.entropy),
+                            take(self.prompt_hidden), take(self.response_hidden))
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) positions counting only valid tokens: cumsum(mask) - 1, clamped at 0 for left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """(B, V) logits -> (B,) sampled token ids at `temperature` with nucleus `top_p`."""
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_id: int,
+             pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample responses with a KV cache; logits only for the last position; stops when every row has ended.
+
+    Returns response_ids (B, T) padded with `pad_id` after EOS and response_mask (B, T), T <= max_new_tokens.
+    """
+    B = prompt_ids.shape[0]
+    attn = prompt_mask.long()
+    pos = position_ids(prompt_mask)
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        tok = sample_next(out.logits[:, -1], temperature, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        done |= tok == eos_id
+        if bool(done.all()) or len(tokens) == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        next_pos = next_pos + 1
+    response = torch.stack(tokens, dim=1)  # (B, T)
+    is_eos = response == eos_id
+    before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
+    mask = before == 0  # valid up to and including the first EOS
+    return response.masked_fill(~mask, pad_id), mask
+
+
+def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
+    """Forward over prompt + response; logits (B, T, V) for the positions that predict response tokens only."""
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+    T = batch.response_ids.shape[1]
+    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask), logits_to_keep=T + 1)
+    return out.logits[:, :-1].float() / temperature
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log pi(ids_t | ...) from logits (B, T, V) and ids (B, T) -> (B, T)."""
+    return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.0, micro_batch: int = 256):
+    """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
+    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch."""
+    from poise.models import HiddenCapture
+
+    L = batch.prompt_ids.shape[1]
+    logps, ents, hp, hr = [], [], [], []
+    for s in range(0, batch.prompt_ids.shape[0], micro_batch):
+        mb = batch.rows(torch.arange(s, min(s + micro_batch, batch.prompt_ids.shape[0])))
+        if layer is None:
+            logits = response_logits(model, mb, temperature)
+        else:
+            with HiddenCapture(model, layer) as cap:
+                logits = response_logits(model, mb, temperature)
+            hp.append(cap.hidden[:, :L].float())
+            hr.append(cap.hidden[:, L:].float())
+        logps.append(token_logprobs(logits, mb.response_ids))
+        ents.append(token_entropy(logits))
+    batch.old_logp, batch.entropy = torch.cat(logps), torch.cat(ents)
+    if layer is not None:
+        batch.prompt_hidden, batch.response_hidden = torch.cat(hp), torch.cat(hr)
+    return batch
+
+
+def encode_prompts(tokenizer, problems, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-formatted, left-padded prompt ids (P*G, L) and mask, each prompt repeated `group_size` times in a row."""
+    from poise.tasks import build_messages
+
+    texts = [tokenizer.apply_chat_template(build_messages(p), tokenize=False, add_generation_prompt=True)
+             for p in problems for _ in range(group_size)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"].bool()
