@@ -163,7 +163,7 @@ class SFTConfig:
     vocab_size: int = 512
     """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
     task: TaskConfig = field(default_factory=TaskConfig)
-    steps: int = 1500
+    steps: int = 900
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per optimizer step."""

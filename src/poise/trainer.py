@@ -58,7 +58,7 @@ def marker_token_id(tokenizer, marker: str) -> int | None:
 # =====================================================================================================================
 
 
-def compute_advantages(cfg: TrainConfig, step: int, rewards, predictions, probe_ready: bool):
+def compute_advantages(cfg: TrainConfig, rewards, predictions, probe_ready: bool):
     """(B,) advantages from (B,) rewards; `predictions` (B,) are the probe's g(z_i) or None.
 
     'poise' uses the cross-rollout probe baseline once the probe is fitted and warm-up is over (or a probe was
@@ -121,12 +121,18 @@ def save_probe(probe: RidgeProbe, directory: Path, feature_meta: dict) -> None:
     (directory / "probe.json").write_text(json.dumps({**probe.metadata(), "features": feature_meta}, indent=2))
 
 
-def load_probe(directory: str | Path) -> RidgeProbe:
+def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe:
+    """A saved probe; with `feature_meta`, fails unless it was fitted on features taken the same way."""
     directory = Path(directory)
     for name in ("probe.safetensors", "probe.json"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"probe.load: {directory / name} does not exist")
     meta = json.loads((directory / "probe.json").read_text())
+    saved = meta.get("features", {})
+    if feature_meta is not None:
+        bad = {k: (saved.get(k), v) for k, v in feature_meta.items() if saved.get(k) != v}
+        if bad:
+            raise ValueError(f"probe.load: {directory} was fitted on other features (saved, now): {bad}")
     return RidgeProbe.from_state(load_file(str(directory / "probe.safetensors")), meta)
 
 
@@ -158,10 +164,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     use_probe = cfg.algorithm.advantage == "poise"
     layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if use_probe else None
     marker_id = marker_token_id(tokenizer, cfg.probe.marker)
-    probe = load_probe(cfg.probe.load) if cfg.probe.load else RidgeProbe(
+    feature_meta = {"layer": layer, "k": cfg.probe.k, "marker": cfg.probe.marker, "marker_id": marker_id}
+    probe = load_probe(cfg.probe.load, feature_meta) if cfg.probe.load else RidgeProbe(
         cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
     buffer = FeatureBuffer(cfg.probe.buffer_size)
-    feature_meta = {"layer": layer, "k": cfg.probe.k, "marker": cfg.probe.marker, "marker_id": marker_id}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     warm = max(1, cfg.optim.warmup_steps)
@@ -210,7 +216,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         predictions = probe.predict(feats["prompt"], feats["trajectory"], feats["entropy"]) \
             if use_probe and probe.fitted else None
         probe_ready = bool(cfg.probe.load) or step > cfg.probe.warmup_steps
-        advantages, used_probe = compute_advantages(cfg, step, rewards, predictions, probe_ready)
+        advantages, used_probe = compute_advantages(cfg, rewards, predictions, probe_ready)
         time_probe = time.perf_counter() - t
 
         # ---- policy update ----
