@@ -48,3 +48,17 @@ def test_resolve_layer():
     import pytest
     with pytest.raises(ValueError, match="probe.layer"):
         resolve_layer(7, 4)
+
+
+def test_embedded_default_model_loads_with_its_tokenizer():
+    from poise.models import load_policy
+
+    model, tok = load_policy("default")
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < n < 5e6 and len(tok) <= 1024
+    assert tok.convert_tokens_to_ids("</think>") != tok.unk_token_id
+    assert len(tok("</think>", add_special_tokens=False)["input_ids"]) == 1
+    assert tok.padding_side == "left" and tok.eos_token == "<|im_end|>"
+    msgs = [{"role": "system", "content": "ignored by tiny models"}, {"role": "user", "content": "1 + 2 ="}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        "<|im_start|>user\n1 + 2 =<|im_end|>\n<|im_start|>assistant\n"

@@ -1,0 +1,26 @@
+import json
+
+from poise.config import SFTConfig, build_config
+from poise.evaluate import evaluate
+from poise.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
+from poise.sft import run_sft
+from poise.tasks import get_task
+
+
+def test_sft_lowers_loss_and_raises_accuracy(tmp_path):
+    cfg = build_config(SFTConfig, {"output_dir": str(tmp_path / "sft"), "model": "tiny", "steps": 150,
+                                   "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "task.levels": ["t2d1"],
+                                   "task.train_size": 2000, "task.eval_size": 40, "eval_samples": 2,
+                                   "max_new_tokens": 16})
+    task = get_task("chain_sum", levels=["t2d1"])
+    heldout = task.problems("test", 40)
+    # the same untrained model run_sft starts from (same corpus, vocabulary and seed)
+    tok = build_tokenizer(tokenizer_corpus("chain_sum", seed=0), cfg.vocab_size)
+    before = evaluate(build_tiny_model("tiny", tok, 0), tok, task, heldout, 2, 16, progress=False)["accuracy"]
+    summary = run_sft(cfg)
+    log = [json.loads(line) for line in open(tmp_path / "sft" / "sft_metrics.jsonl")]
+    assert sum(r["loss"] for r in log[-10:]) / 10 < 0.5 * sum(r["loss"] for r in log[:10]) / 10
+    assert summary["accuracy"] > before + 0.1, (before, summary["accuracy"])
+    model, tok2 = load_local(tmp_path / "sft")  # the saved model reloads as a Hugging Face directory
+    assert tok2.get_vocab() == tok.get_vocab()
+    assert (tmp_path / "sft" / "eval_levels.md").read_text().startswith("| level")
