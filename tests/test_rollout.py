@@ -66,3 +66,14 @@ def test_training_forward_equals_scoring_at_same_weights(micro_dir):
     score(model, b, layer=None)
     logp = token_logprobs(response_logits(model, b), b.response_ids)
     assert torch.allclose(logp[b.response_mask], b.old_logp[b.response_mask], atol=1e-5)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from poise.rollout import sample_next
+
+    logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]]).repeat(2000, 1)  # p ~ [0.50, 0.45, 0.03, 0.01]
+    gen = torch.Generator().manual_seed(0)
+    tokens = sample_next(logits, 1.0, 0.9, gen)
+    assert set(tokens.tolist()) == {0, 1}  # the two tokens reaching 0.9 together; never the tail
+    assert set(sample_next(logits, 1.0, 0.3, gen).tolist()) == {0}  # the top token alone reaches 0.3
+    assert set(sample_next(logits, 1.0, 1.0, gen).tolist()) == {0, 1, 2, 3}
