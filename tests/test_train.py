@@ -35,6 +35,8 @@ def test_two_poise_steps_change_every_parameter_and_log_every_metric(micro_dir, 
     assert [r["step"] for r in rows] == [1, 2]
     missing = [k for k in REQUIRED if k not in rows[1]]
     assert not missing, missing
+    level_keys = [k for k in rows[1] if k.startswith("reward/level_")]
+    assert level_keys and all(0.0 <= rows[1][k] <= 1.0 for k in level_keys)
     assert "probe/pearson" not in rows[0]  # no probe exists before the first refit: nothing out of sample
     assert rows[1]["probe/used"] == 1 and last["step"] == 2
     assert all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)

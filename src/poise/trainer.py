@@ -248,6 +248,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "tokens/generated": int(response_mask.sum()),
             "lr": scheduler.get_last_lr()[0],
         }
+        levels = [p.level for p in problems for _ in range(G)]
+        for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
+            metrics[f"reward/level_{lv}"] = rewards[[i for i, x in enumerate(levels) if x == lv]].mean().item()
         if predictions is not None:  # out of sample: the probe has not seen this step yet
             baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
             metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline, rewards).items()})
