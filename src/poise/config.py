@@ -90,8 +90,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
-    """AdamW learning rate (reference: 1e-6 for 4B models; a 1 M-parameter model needs a much larger one)."""
+    lr: float = 5e-5
+    """AdamW learning rate (reference: 1e-6 for 4B models). For the embedded 1 M-parameter model 5e-5 learns;
+    2e-4 and above degraded it on 2 CPU cores (docs/RESULTS.md)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     warmup_steps: int = 10
@@ -137,7 +138,7 @@ class TrainConfig:
     """Run directory: resolved config, metrics.jsonl, TensorBoard events, final policy and probe."""
     seed: int = 0
     """Random seed for data order, sampling and initialisation."""
-    max_steps: int = 150
+    max_steps: int = 300
     """Number of policy steps."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
@@ -163,7 +164,7 @@ class SFTConfig:
     vocab_size: int = 512
     """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
     task: TaskConfig = field(default_factory=TaskConfig)
-    steps: int = 900
+    steps: int = 600
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per optimizer step."""
