@@ -48,9 +48,14 @@ def main() -> None:
         print(f"| {run} | {r['steps']} | {r['reward_first_fifth']:.3f} | {r['reward_last_fifth']:.3f} | "
               f"{r['difference']:+.3f} | {r['se']:.3f} | {r['difference_over_se']:.1f} | {pr} | "
               f"{r['median_step_s']:.2f} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
+
+
+def write_json(path: str | None, results: dict) -> None:
+    """Write `results` to `path` (parents created); nothing when `path` is None."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

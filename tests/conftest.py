@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,3 +36,35 @@ def micro_dir(tmp_path_factory):
     build_tiny_model("micro", tok, seed=0).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+TINY_RUN = {"task.name": "parity_test", "task.train_size": 64, "max_steps": 2, "rollout.prompts_per_step": 8,
+            "rollout.max_new_tokens": 12, "optim.mini_batch_prompts": 4, "optim.weight_decay": 0.0,
+            "optim.lr": 1e-2, "optim.warmup_steps": 0, "probe.k": 3, "probe.min_fit_steps": 1,
+            "probe.warmup_steps": 1, "probe.buffer_size": 64, "probe.prompt_dim": 4, "probe.trajectory_dim": 4}
+
+
+@pytest.fixture
+def tiny_run(micro_dir):
+    """Factory: a 2-step TrainConfig on the micro model and the parity task, in `tmp_path / 'run'`.
+    `preset` names a packaged config (grpo, ppo, ...) applied under the tiny sizes; keyword overrides win."""
+    from poise.config import TrainConfig, build_config, load_yaml
+
+    def make(tmp_path, preset=None, **over):
+        values = load_yaml(preset) if preset else {}
+        values.update({"model.name": str(micro_dir), "output_dir": str(tmp_path / "run"), **TINY_RUN})
+        values.update(over)
+        return build_config(TrainConfig, values)
+
+    return make
+
+
+def train_and_diff(cfg, model_dir):
+    """Train `cfg` without a progress bar; returns (final metrics, names of policy parameters left unchanged)."""
+    from poise.models import load_local
+    from poise.trainer import train
+
+    before, _ = load_local(model_dir)
+    last = train(cfg, progress=False)
+    after, _ = load_local(Path(cfg.output_dir) / "policy")
+    return last, [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if torch.equal(p, q)]

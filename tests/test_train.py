@@ -3,34 +3,20 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from poise.config import TrainConfig, build_config
-from poise.models import load_local
 from poise.trainer import load_probe, train
 from poise.tracking import read_metrics
+from conftest import train_and_diff
 
 REQUIRED = ["step", "reward/mean", "reward/std", "advantage/mean", "advantage/std", "probe/mae", "probe/pearson",
             "loss/policy", "clip_ratio", "entropy/mean", "kl/approx", "grad_norm", "completion/mean_length",
             "tokens/generated", "time/generate_s", "time/score_s", "time/update_s", "time/probe_s", "time/step_s"]
 
 
-def tiny_run(micro_dir, tmp_path, **over):
-    values = {"model.name": str(micro_dir), "task.name": "parity_test", "task.train_size": 64,
-              "output_dir": str(tmp_path / "run"), "max_steps": 2, "rollout.prompts_per_step": 8,
-              "rollout.max_new_tokens": 12, "optim.mini_batch_prompts": 4, "optim.weight_decay": 0.0,
-              "optim.lr": 1e-2, "optim.warmup_steps": 0, "probe.k": 3, "probe.min_fit_steps": 1,
-              "probe.warmup_steps": 1, "probe.buffer_size": 64, "probe.prompt_dim": 4, "probe.trajectory_dim": 4}
-    values.update(over)
-    return build_config(TrainConfig, values)
-
-
-def test_two_poise_steps_change_every_parameter_and_log_every_metric(micro_dir, tmp_path):
-    cfg = tiny_run(micro_dir, tmp_path)
-    before, _ = load_local(micro_dir)
-    last = train(cfg, progress=False)
-    run = tmp_path / "run"
-    after, _ = load_local(run / "policy")
-    unchanged = [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if torch.equal(p, q)]
+def test_two_poise_steps_change_every_parameter_and_log_every_metric(micro_dir, tiny_run, tmp_path):
+    cfg = tiny_run(tmp_path)
+    last, unchanged = train_and_diff(cfg, micro_dir)
     assert not unchanged, unchanged
+    run = tmp_path / "run"
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     missing = [k for k in REQUIRED if k not in rows[1]]
@@ -48,31 +34,31 @@ def test_two_poise_steps_change_every_parameter_and_log_every_metric(micro_dir, 
     assert set(load_file(str(run / "policy" / "probe.safetensors")))
 
 
-def test_rloo_preset_runs_without_probe(micro_dir, tmp_path):
-    cfg = tiny_run(micro_dir, tmp_path, **{"algorithm.advantage": "rloo"})
+def test_rloo_preset_runs_without_probe(tiny_run, tmp_path):
+    cfg = tiny_run(tmp_path, **{"algorithm.advantage": "rloo"})
     train(cfg, progress=False)
     rows = read_metrics(tmp_path / "run")
     assert all("probe/pearson" not in r for r in rows)
     assert not (tmp_path / "run" / "policy" / "probe.json").exists()
 
 
-def test_same_seed_same_run(micro_dir, tmp_path):
-    a = train(tiny_run(micro_dir, tmp_path / "a"), progress=False)
-    b = train(tiny_run(micro_dir, tmp_path / "b"), progress=False)
+def test_same_seed_same_run(tiny_run, tmp_path):
+    a = train(tiny_run(tmp_path / "a"), progress=False)
+    b = train(tiny_run(tmp_path / "b"), progress=False)
     for k in ("reward/mean", "loss/policy", "probe/pearson", "tokens/generated"):
         assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), k
 
 
-def test_loaded_probe_skips_warmup_and_must_match_features(micro_dir, tmp_path):
+def test_loaded_probe_skips_warmup_and_must_match_features(tiny_run, tmp_path):
     import pytest
 
-    train(tiny_run(micro_dir, tmp_path / "first"), progress=False)
+    train(tiny_run(tmp_path / "first"), progress=False)
     saved = str(tmp_path / "first" / "run" / "policy")
-    cfg = tiny_run(micro_dir, tmp_path / "second", **{"probe.load": saved, "probe.warmup_steps": 16,
+    cfg = tiny_run(tmp_path / "second", **{"probe.load": saved, "probe.warmup_steps": 16,
                                                       "probe.min_fit_steps": 8, "probe.buffer_size": 128,
                                                       "max_steps": 1})
     train(cfg, progress=False)
     rows = read_metrics(tmp_path / "second" / "run")
     assert rows[0]["probe/used"] == 1  # a fitted probe from earlier data: no RLOO warm-up
     with pytest.raises(ValueError, match="probe.load"):
-        train(tiny_run(micro_dir, tmp_path / "third", **{"probe.load": saved, "probe.k": 5}), progress=False)
+        train(tiny_run(tmp_path / "third", **{"probe.load": saved, "probe.k": 5}), progress=False)

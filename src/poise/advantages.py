@@ -1,4 +1,4 @@
-"""Group advantages for RLVR: RLOO, GRPO and the POISE cross-rollout baseline.
+"""Advantages for RLVR: RLOO, GRPO / Dr. GRPO, the POISE cross-rollout baseline, and the critic's (PPO).
 
 Shape vocabulary: B sequences, P prompts, G rollouts per prompt (B = P * G).
 Rollouts of one prompt are contiguous in a flat batch: rows p*G .. p*G+G-1 belong to prompt p.
@@ -18,6 +18,7 @@ __all__ = [
     "poise_advantages",
     "poise_targets",
     "grpo_advantages",
+    "value_advantages",
 ]
 
 
@@ -167,3 +168,37 @@ def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-
         return centered
     std = rewards.std(dim=1, keepdim=True, correction=1)
     return centered / (std + eps)
+
+
+def value_advantages(rewards: Tensor, values: Tensor, mask: Tensor, mode: str = "gae") -> tuple[Tensor, Tensor]:
+    """Advantages and value targets from a learned critic, for an outcome reward paid at the last token.
+
+    values[b, t] = V(s_t), the critic's value of the state *before* response token t (t = 0 is the prompt x).
+    The only reward is r_b at the end, so with gamma = lambda = 1 every return is r_b and GAE telescopes:
+      "gae":     A[b, t] = sum_{l >= t} delta_l = r_b - V(s_t)   (delta_t = V(s_{t+1}) - V(s_t), last: r_b - V(s_t))
+                 returns[b, t] = r_b                              -> (B, T), 0 on padding
+      "outcome": A[b] = r_b - V(x_b) = r_b - values[b, 0]          -> (B,)
+                 returns[b] = r_b                                 -> (B,)
+
+    Advantages are not whitened (none of the group methods here are either).
+
+    Args:
+        rewards: (B,) outcome rewards.
+        values: (B, T) critic values (treated as constants).
+        mask: (B, T) valid response tokens.
+        mode: "gae" (token-level GAE, gamma = lambda = 1) or "outcome" (sequence level).
+    Returns:
+        (advantages, returns): (B, T) each for "gae", (B,) each for "outcome".
+    Source: Schulman et al. 2016 (GAE); Ouyang et al. 2022 / verl PPO with a policy-sized critic.
+    """
+    if rewards.dim() != 1 or values.shape != mask.shape or values.shape[0] != rewards.shape[0]:
+        raise ValueError(f"expected rewards (B,), values and mask (B, T); got {tuple(rewards.shape)}, "
+                         f"{tuple(values.shape)}, {tuple(mask.shape)}")
+    v = values.detach().to(rewards.dtype)
+    if mode == "outcome":
+        return rewards - v[:, 0], rewards.clone()
+    if mode != "gae":
+        raise ValueError(f"unknown critic mode {mode!r}; expected 'gae' or 'outcome'")
+    m = mask.bool()
+    returns = torch.where(m, rewards[:, None].expand_as(v), torch.zeros_like(v))
+    return torch.where(m, returns - v, torch.zeros_like(v)), returns

@@ -1,30 +1,20 @@
-"""Typed configuration: nested dataclasses, YAML files, dotted command-line overrides, validation.
+"""Typed configuration: the nested dataclasses of `poise train` and `poise sft`, and their value checks.
 
 Every field carries a docstring (the string literal under it); those docstrings become `--help`.
-Precedence: dataclass defaults < YAML file (`--config`) < command-line overrides (`--rollout.group_size 4`).
+Loading (YAML with `base:`, dotted command-line overrides, type checks) is in `configio.py`.
 Unknown keys, wrong types and impossible values fail at start-up with a `ConfigError` naming the key.
 The defaults are POISE on the embedded default task and model; where they depart from the reference
-implementation (`../shared/POISE.md` §5) the field docstring says so.
+implementation (`../shared/POISE.md` §5) the field docstring says so. Other algorithms are presets in `configs/`.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import textwrap
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key at fault."""
-
+from poise import configio
+from poise.configio import (ConfigError, flat_fields, load_yaml, parse_cli_value,  # noqa: F401 (re-exported)
+                            save_config, to_dict)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sections
@@ -70,8 +60,55 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
+    name: str = "poise"
+    """Label of the method in logs, progress bars and reports (each preset sets its own)."""
     advantage: str = "poise"
-    """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up) or 'rloo'."""
+    """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up), 'rloo' (leave-one-out
+    mean reward), 'grpo' ((r - group mean) / group std), 'dr_grpo' (r - group mean) or 'critic' (PPO: a
+    policy-sized value model, see critic.*)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until
+    rollout.prompts_per_step groups remain (or max_sampling_rounds is hit). Dropped samples are still counted."""
+    max_sampling_rounds: int = 4
+    """Most generation rounds per step with dynamic sampling, the first included."""
+
+
+@dataclass
+class RewardConfig:
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: responses longer than rollout.max_new_tokens - overlong_buffer lose reward
+    linearly, up to overlong_penalty at the limit. 0 turns it off (right for tasks with no length pressure)."""
+    overlong_penalty: float = 1.0
+    """Reward subtracted at the length limit when overlong_buffer > 0."""
+
+
+@dataclass
+class CriticConfig:
+    mode: str = "gae"
+    """Used when algorithm.advantage is 'critic'. 'gae': token-level GAE with gamma = lambda = 1, A_t = r - V(s_t);
+    'outcome': one advantage per response, A = r - V(x) (only the prompt's value is trained)."""
+    lr: float = 1e-4
+    """Critic AdamW learning rate (linear warm-up over optim.warmup_steps, then constant)."""
+    value_clip: float = 0.2
+    """Clip range of the PPO value loss around the values at scoring time; 0 disables the clip."""
+
+
+@dataclass
+class BudgetConfig:
+    """Stop after the first step at which a cumulative total reaches its budget (0: no budget)."""
+
+    prompts: int = 0
+    """Prompts generated for, dynamic-sampling drops included."""
+    samples: int = 0
+    """Responses generated, dynamic-sampling drops included."""
+    generated_tokens: int = 0
+    """Response tokens generated."""
+    forward_tokens: int = 0
+    """Tokens through training-side forward passes: policy scoring and update, reference model, critic."""
+    backward_tokens: int = 0
+    """Tokens through backward passes, policy and critic."""
+    seconds: float = 0.0
+    """Wall-clock seconds of training steps (start-up excluded)."""
 
 
 @dataclass
@@ -149,6 +186,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass
@@ -183,180 +223,11 @@ class SFTConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Field docstrings, flattening, coercion
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written as string literals under dataclass fields (read from the class source)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, type, docstring) for every leaf field of a (nested) config dataclass."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out += flat_fields(tp, prefix + f.name + ".")
-        else:
-            out.append((prefix + f.name, tp, docs.get(f.name, "")))
-    return out
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the field type `tp`; ints are accepted for floats. Raises ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is not type(None):
-                try:
-                    return coerce(key, value, a)
-                except ConfigError:
-                    pass
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):  # "a,b" on the command line
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-5' as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
-
-
-def parse_cli_value(text: str) -> Any:
-    """A command-line value as YAML would read it ('4' -> 4, 'true' -> True, 'a,b' stays a string)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Building a config
-# ---------------------------------------------------------------------------------------------------------------------
-
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def resolve_config_path(name: str) -> Path:
-    """A YAML path, or the name of a packaged preset (`poise`, `rloo`, ...)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
-    if packaged.is_file():
-        return packaged
-    presets = sorted(q.stem for q in PACKAGED_CONFIGS.glob("*.yaml"))
-    raise ConfigError(f"config: no file {name!r} and no packaged preset of that name (presets: {', '.join(presets)})")
-
-
-def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Flat {dotted key: value} from a YAML file; a top-level `base:` key names a file/preset merged first."""
-    path = resolve_config_path(str(path))
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
-    base = data.pop("base", None)
-    flat: dict[str, Any] = {}
-    if base:  # relative to this file first, then as a path or packaged preset name
-        sibling = path.parent / str(base)
-        flat = load_yaml(sibling if sibling.is_file() else str(base))
-    flat.update(flatten_dict(data))
-    return flat
-
-
-def build_config(cls: type, overrides: dict[str, Any]) -> Any:
-    """Instantiate `cls` with dotted-key overrides applied, checked and validated."""
-    known = {k: tp for k, tp, _ in flat_fields(cls)}
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in known:
-            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{key}: unknown config key{hint}")
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = coerce(key, value, known[key])
-    cfg = _instantiate(cls, nested)
-    validate(cfg)
-    return cfg
-
-
-def _instantiate(cls: type, values: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            kwargs[f.name] = _instantiate(hints[f.name], v) if dataclasses.is_dataclass(hints[f.name]) else v
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (re-loadable with --config)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Validation of values (types are already checked)
 # ---------------------------------------------------------------------------------------------------------------------
 
-ADVANTAGES = ("poise", "rloo")
+ADVANTAGES = ("poise", "rloo", "grpo", "dr_grpo", "critic")
+CRITIC_MODES = ("gae", "outcome")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -396,7 +267,24 @@ def validate(cfg: Any) -> None:
     _check(0.0 < r.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", r.top_p)
     a = cfg.algorithm.advantage
     _check(a in ADVANTAGES, "algorithm.advantage", f"must be one of {ADVANTAGES}", a)
-    _check(r.group_size >= 2, "rollout.group_size", f"must be >= 2 for the group method {a!r}", r.group_size)
+    if a == "critic":
+        _check(r.group_size >= 1, "rollout.group_size", "must be >= 1", r.group_size)
+    else:
+        _check(r.group_size >= 2, "rollout.group_size", f"must be >= 2 for the group method {a!r}", r.group_size)
+    if cfg.algorithm.dynamic_sampling:
+        _check(r.group_size >= 2, "rollout.group_size", "must be >= 2 with algorithm.dynamic_sampling "
+               "(a group of one never has reward variance)", r.group_size)
+    _check_positive(cfg.algorithm, "algorithm.", ["max_sampling_rounds"])
+    rw = cfg.reward
+    _check(0 <= rw.overlong_buffer <= r.max_new_tokens, "reward.overlong_buffer",
+           f"must be in [0, rollout.max_new_tokens = {r.max_new_tokens}]", rw.overlong_buffer)
+    _check_positive(rw, "reward.", ["overlong_penalty"], allow_zero=True)
+    c = cfg.critic
+    _check(c.mode in CRITIC_MODES, "critic.mode", f"must be one of {CRITIC_MODES}", c.mode)
+    _check_positive(c, "critic.", ["lr"])
+    _check_positive(c, "critic.", ["value_clip"], allow_zero=True)
+    _check_positive(cfg.budget, "budget.", ["prompts", "samples", "generated_tokens", "forward_tokens",
+                                            "backward_tokens", "seconds"], allow_zero=True)
     lo = cfg.loss
     _check(0.0 <= lo.clip_low < 1.0, "loss.clip_low", "must be in [0, 1)", lo.clip_low)
     _check(lo.clip_high >= 0.0, "loss.clip_high", "must be >= 0", lo.clip_high)
@@ -416,3 +304,8 @@ def validate(cfg: Any) -> None:
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",
            f"must hold min_fit_steps x rows per step = {max(1, p.min_fit_steps)} x {rows_per_step} rows",
            p.buffer_size)
+
+
+def build_config(cls: type, overrides: dict[str, Any]) -> Any:
+    """`cls` (TrainConfig or SFTConfig) from flat dotted overrides, type-checked and validated."""
+    return configio.build_config(cls, overrides, validate)

@@ -1,4 +1,4 @@
-"""Policy-gradient losses: PPO clipped surrogate (clip-higher, dual-clip), loss aggregation, k3 KL.
+"""Losses: PPO clipped surrogate (clip-higher, dual-clip), loss aggregation, k3 KL, clipped value loss.
 
 Shape vocabulary: B sequences, T response tokens. Masks are (B, T), 1/True on valid response tokens
 (including the final EOS token), 0/False on padding. Masked positions are handled with torch.where,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["AGG_MODES", "aggregate", "ppo_clip_loss", "kl_k3", "LOG_RATIO_CLAMP"]
+__all__ = ["AGG_MODES", "aggregate", "ppo_clip_loss", "kl_k3", "value_loss", "LOG_RATIO_CLAMP"]
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -154,3 +154,27 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """
     d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 0.2) -> Tensor:
+    """PPO clipped value loss, token-mean over valid positions.
+
+      v_clip = old + clamp(V - old, -clip, clip)
+      l      = 0.5 * max((V - R)^2, (v_clip - R)^2)      (clip None or 0: l = 0.5 (V - R)^2)
+      loss   = sum_{b,t} m l / sum_{b,t} m
+
+    Args:
+        values: (B, T) current critic values (requires grad).
+        old_values: (B, T) values when the rollouts were scored (constants).
+        returns: (B, T) targets.
+        mask: (B, T) valid positions.
+        clip: value clip range.
+    Returns:
+        scalar.
+    Source: Schulman et al. 2017 (PPO, baselines implementation); verl `compute_value_loss`.
+    """
+    err = (values - returns) ** 2
+    if clip:
+        v_clip = old_values.detach() + (values - old_values.detach()).clamp(-clip, clip)
+        err = torch.maximum(err, (v_clip - returns) ** 2)
+    return aggregate(0.5 * err, mask, "token-mean")

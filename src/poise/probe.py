@@ -6,9 +6,12 @@ F = prompt_dim + trajectory_dim + E probe features. Everything is fitted in floa
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 __all__ = ["pca_fit", "ridge_fit", "RidgeProbe", "FeatureBuffer", "probe_metrics"]
@@ -297,3 +300,30 @@ def probe_metrics(predictions: Tensor, rewards: Tensor) -> dict[str, float]:
     if constant or sp == 0.0 or sr == 0.0 or not (math.isfinite(sp) and math.isfinite(sr)):
         return {"mae": mae, "pearson": float("nan")}
     return {"mae": mae, "pearson": float((pc @ rc) / (sp * sr))}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Persistence: saved with the policy
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def save_probe(probe: RidgeProbe, directory: Path, feature_meta: dict) -> None:
+    """probe.safetensors (tensors) + probe.json (dimensions, alpha, and how features were taken)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(directory / "probe.safetensors"))
+    (directory / "probe.json").write_text(json.dumps({**probe.metadata(), "features": feature_meta}, indent=2))
+
+
+def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe:
+    """A saved probe; with `feature_meta`, fails unless it was fitted on features taken the same way."""
+    directory = Path(directory)
+    for name in ("probe.safetensors", "probe.json"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"probe.load: {directory / name} does not exist")
+    meta = json.loads((directory / "probe.json").read_text())
+    saved = meta.get("features", {})
+    if feature_meta is not None:
+        bad = {k: (saved.get(k), v) for k, v in feature_meta.items() if saved.get(k) != v}
+        if bad:
+            raise ValueError(f"probe.load: {directory} was fitted on other features (saved, now): {bad}")
+    return RidgeProbe.from_state(load_file(str(directory / "probe.safetensors")), meta)

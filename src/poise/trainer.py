@@ -1,32 +1,39 @@
-"""`train(cfg)`: the RL loop. POISE by default; the algorithm is chosen in one place (`compute_advantages`).
+"""`train(cfg)`: the RL loop. POISE by default; GRPO, Dr. GRPO, DAPO, RLOO and PPO with a critic are presets in
+`configs/` that change only the advantage estimator, group size, clip, aggregation, KL, dynamic sampling and
+reward shaping. The algorithm is chosen in one place (`compute_advantages`).
 
 Each step, in order:
-  sample prompts -> generate G rollouts each -> score (one no-grad forward: old log-probs, entropies, hidden states
-  of the probe layer) -> rewards -> baseline / advantages -> PPO update -> probe update -> log.
+  sample prompts -> generate G rollouts each -> rewards (DAPO: more rounds until enough groups have reward
+  variance) -> score (one no-grad forward: old log-probs, entropies, hidden states of the probe layer; the critic's
+  values for PPO) -> baseline / advantages -> PPO update -> critic update -> probe update -> log -> budget check.
 POISE (arXiv 2605.07579, ../shared/POISE.md): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
 internal-state features, fitted only on earlier steps; RLOO advantages for the first `probe.warmup_steps` steps.
 Departures from the reference implementation are listed in the config docstrings (sizes, learning rate).
+Compute accounting and budgets: `compute.py`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from poise.advantages import group_view, leave_one_out_mean, poise_advantages, poise_targets, rloo_advantages
-from poise.config import TrainConfig, save_config
+from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, poise_advantages, poise_targets,
+                              rloo_advantages, value_advantages)
+from poise.compute import ComputeMeter, budget_reached
+from poise.config import TrainConfig, save_config, to_dict
+from poise.critic import ValueModel, critic_update
 from poise.features import rollout_features
 from poise.losses import aggregate, kl_k3, ppo_clip_loss
 from poise.models import decoder_layers, load_policy, resolve_layer
-from poise.probe import FeatureBuffer, RidgeProbe, probe_metrics
-from poise.rollout import RolloutBatch, encode_prompts, generate, response_logits, score, token_logprobs
+from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: F401
+from poise.rollout import RolloutBatch, response_logits, score, token_logprobs
+from poise.sampling import collect
 from poise.tasks import get_task
 from poise.tracking import MetricsWriter
 
@@ -53,22 +60,34 @@ def marker_token_id(tokenizer, marker: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def n_tokens(batch: RolloutBatch) -> int:
+    """Valid (non-padding) prompt + response tokens in a batch: what one forward or backward pass processes."""
+    return int(batch.prompt_mask.sum() + batch.response_mask.sum())
+
+
 # =====================================================================================================================
 # Algorithm
 # =====================================================================================================================
 
 
-def compute_advantages(cfg: TrainConfig, rewards, predictions, probe_ready: bool):
-    """(B,) advantages from (B,) rewards; `predictions` (B,) are the probe's g(z_i) or None.
+def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=False, values=None, mask=None):
+    """Advantages from (B,) rewards -> (advantages, returns, used_probe).
 
-    'poise' uses the cross-rollout probe baseline once the probe is fitted and warm-up is over (or a probe was
-    loaded), RLOO before; 'rloo' always uses the leave-one-out mean reward.
+    'poise': cross-rollout probe baseline once the probe is fitted and warm-up is over (or a probe was loaded),
+    RLOO before; 'rloo': leave-one-out mean reward; 'grpo' / 'dr_grpo': group mean, with / without std division;
+    'critic': r - V from the critic's (B, T) `values` (token level, or sequence level in critic.mode 'outcome').
+    Advantages are (B,) except token-level critic advantages (B, T); `returns` are the critic's targets (else None).
     """
-    G = cfg.rollout.group_size
+    a, G = cfg.algorithm.advantage, cfg.rollout.group_size
+    if a == "critic":
+        adv, returns = value_advantages(rewards, values, mask, cfg.critic.mode)
+        return adv, returns, False
     R = group_view(rewards, G)  # (P, G)
-    if cfg.algorithm.advantage == "poise" and predictions is not None and probe_ready:
-        return poise_advantages(R, group_view(predictions, G)).flatten(), True
-    return rloo_advantages(R).flatten(), False
+    if a in ("grpo", "dr_grpo"):
+        return grpo_advantages(R, scale_by_std=a == "grpo").flatten(), None, False
+    if a == "poise" and predictions is not None and probe_ready:
+        return poise_advantages(R, group_view(predictions, G)).flatten(), None, True
+    return rloo_advantages(R).flatten(), None, False
 
 
 def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig) -> dict:
@@ -110,33 +129,6 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
 
 
 # =====================================================================================================================
-# Probe persistence
-# =====================================================================================================================
-
-
-def save_probe(probe: RidgeProbe, directory: Path, feature_meta: dict) -> None:
-    """probe.safetensors (tensors) + probe.json (dimensions, alpha, and how features were taken)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(directory / "probe.safetensors"))
-    (directory / "probe.json").write_text(json.dumps({**probe.metadata(), "features": feature_meta}, indent=2))
-
-
-def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe:
-    """A saved probe; with `feature_meta`, fails unless it was fitted on features taken the same way."""
-    directory = Path(directory)
-    for name in ("probe.safetensors", "probe.json"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"probe.load: {directory / name} does not exist")
-    meta = json.loads((directory / "probe.json").read_text())
-    saved = meta.get("features", {})
-    if feature_meta is not None:
-        bad = {k: (saved.get(k), v) for k, v in feature_meta.items() if saved.get(k) != v}
-        if bad:
-            raise ValueError(f"probe.load: {directory} was fitted on other features (saved, now): {bad}")
-    return RidgeProbe.from_state(load_file(str(directory / "probe.safetensors")), meta)
-
-
-# =====================================================================================================================
 # The loop
 # =====================================================================================================================
 
@@ -159,6 +151,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     stream = PromptStream(task.problems("train", cfg.task.train_size, seed=cfg.seed), cfg.seed)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
     gen = torch.Generator().manual_seed(cfg.seed)
+    warm = max(1, cfg.optim.warmup_steps)
+
+    def warmup(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = warmup(optimizer)
 
     # ---- POISE probe ----
     use_probe = cfg.algorithm.advantage == "poise"
@@ -169,100 +168,109 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
     buffer = FeatureBuffer(cfg.probe.buffer_size)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    warm = max(1, cfg.optim.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    # ---- PPO critic: a policy-sized value model with its own optimizer ----
+    critic = ValueModel(model) if cfg.algorithm.advantage == "critic" else None
+    if critic is not None:
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
+        critic_sched = warmup(critic_opt)
+
     writer = MetricsWriter(out)
+    meter = ComputeMeter()
+    budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"train: {cfg.algorithm.advantage} | model {cfg.model.name} ({n_params / 1e6:.2f} M) | task "
-          f"{task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps -> {out}")
+    print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} ({n_params / 1e6:.2f} M) | task "
+          f"{task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
+          f"{' | budget ' + str(budget) if budget else ''} -> {out}")
 
     metrics: dict = {}
-    bar = tqdm(range(1, cfg.max_steps + 1), desc=cfg.algorithm.advantage, disable=not progress,
-               mininterval=2)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc=cfg.algorithm.name, disable=not progress, mininterval=2)
     for step in bar:
         t_step = time.perf_counter()
-        problems = stream.take(P)
+        times: dict[str, float] = {}
 
-        # ---- generate ----
+        # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
         t = time.perf_counter()
-        model.eval()
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (B, L), B = P * G
-        response_ids, response_mask = generate(model, prompt_ids, prompt_mask, cfg.rollout.max_new_tokens,
-                                               tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                               cfg.rollout.temperature, cfg.rollout.top_p, gen)
-        batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G)
-        time_generate = time.perf_counter() - t
+        col = collect(model, tokenizer, task, stream, cfg, gen, meter)
+        batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
+        times["time/generate_s"] = time.perf_counter() - t - col.reward_seconds
+        times["time/reward_s"] = col.reward_seconds
+        metrics = {"step": step, **sampling_metrics(cfg, col)}
+        if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
+            print(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
+        else:
+            # ---- score: old log-probs, entropies, probe-layer hidden states in one forward; critic values ----
+            t = time.perf_counter()
+            score(model, batch, layer, cfg.rollout.temperature)
+            meter.add(forward_tokens_policy=n_tokens(batch))
+            values = None
+            if critic is not None:
+                with torch.no_grad():
+                    critic.eval()
+                    values = critic(batch)  # (B, T)
+                meter.add(forward_tokens_critic=n_tokens(batch))
+            feats = None
+            if use_probe:
+                feats = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden,
+                                         batch.response_mask, batch.response_ids, batch.entropy, marker_id,
+                                         cfg.probe.k)
+                batch.prompt_hidden = batch.response_hidden = None  # features keep what the probe needs
+            times["time/score_s"] = time.perf_counter() - t
 
-        # ---- score: old log-probs, entropies, probe-layer hidden states in one forward ----
-        t = time.perf_counter()
-        score(model, batch, layer, cfg.rollout.temperature)
-        feats = None
-        if use_probe:
-            feats = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden,
-                                     batch.response_mask, batch.response_ids, batch.entropy, marker_id, cfg.probe.k)
-            batch.prompt_hidden = batch.response_hidden = None  # features keep what the probe needs
-        time_score = time.perf_counter() - t
+            # ---- baseline / advantages (probe fitted on earlier steps only) ----
+            t = time.perf_counter()
+            predictions = probe.predict(feats["prompt"], feats["trajectory"], feats["entropy"]) \
+                if use_probe and probe.fitted else None
+            probe_ready = bool(cfg.probe.load) or step > cfg.probe.warmup_steps
+            advantages, returns, used_probe = compute_advantages(cfg, rewards, predictions, probe_ready, values,
+                                                                 batch.response_mask)
+            times["time/probe_s"] = time.perf_counter() - t
 
-        # ---- rewards ----
-        t = time.perf_counter()
-        texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-        rewards = torch.tensor(task.score_batch(texts, [p for p in problems for _ in range(G)]),
-                               dtype=torch.float32)  # (B,)
-        time_reward = time.perf_counter() - t
+            # ---- policy update ----
+            t = time.perf_counter()
+            metrics.update(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg))
+            passes = cfg.optim.epochs * n_tokens(batch)
+            meter.add(forward_tokens_policy=passes, backward_tokens_policy=passes,
+                      forward_tokens_reference=passes if ref_model is not None else 0)
+            times["time/update_s"] = time.perf_counter() - t
 
-        # ---- baseline / advantages (probe fitted on earlier steps only) ----
-        t = time.perf_counter()
-        predictions = probe.predict(feats["prompt"], feats["trajectory"], feats["entropy"]) \
-            if use_probe and probe.fitted else None
-        probe_ready = bool(cfg.probe.load) or step > cfg.probe.warmup_steps
-        advantages, used_probe = compute_advantages(cfg, rewards, predictions, probe_ready)
-        time_probe = time.perf_counter() - t
+            # ---- critic update ----
+            if critic is not None:
+                t = time.perf_counter()
+                outcome = cfg.critic.mode == "outcome"
+                metrics.update(critic_update(critic, critic_opt, critic_sched, batch,
+                                             values[:, 0] if outcome else values, returns, outcome,
+                                             cfg.optim.mini_batch_prompts * G, cfg.optim.epochs,
+                                             cfg.critic.value_clip, cfg.optim.grad_clip))
+                meter.add(forward_tokens_critic=passes, backward_tokens_critic=passes)
+                times["time/critic_s"] = time.perf_counter() - t
 
-        # ---- policy update ----
-        t = time.perf_counter()
-        update = policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg)
-        time_update = time.perf_counter() - t
+            # ---- probe update: this step's rows join the buffer after its advantages are fixed ----
+            t = time.perf_counter()
+            if use_probe:
+                targets = poise_targets(group_view(rewards, G)).flatten()  # row i: mean reward of its siblings
+                buffer.add(feats["prompt"], feats["trajectory"], feats["entropy"], targets, step)
+                if buffer.num_steps >= cfg.probe.min_fit_steps:
+                    probe.fit(*buffer.tensors())
+                metrics["probe/buffer_rows"] = len(buffer)
+            times["time/probe_s"] += time.perf_counter() - t
+            if predictions is not None:  # out of sample: the probe has not seen this step yet
+                baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
+                metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline, col.scores).items()})
+                metrics["probe/used"] = int(used_probe)
+            metrics.update(batch_metrics(batch, advantages))
 
-        # ---- probe update: this step's rows join the buffer after its advantages are fixed ----
-        t = time.perf_counter()
-        if use_probe:
-            targets = poise_targets(group_view(rewards, G)).flatten()  # row i: mean reward of its siblings
-            buffer.add(feats["prompt"], feats["trajectory"], feats["entropy"], targets, step)
-            if buffer.num_steps >= cfg.probe.min_fit_steps:
-                probe.fit(*buffer.tensors())
-        time_probe += time.perf_counter() - t
-
-        # ---- log ----
-        lengths = response_mask.sum(1).float()
-        metrics = {
-            "step": step,
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item(),
-            "advantage/mean": advantages.mean().item(),
-            "advantage/std": advantages.std().item(),
-            **update,
-            "entropy/mean": (batch.entropy[response_mask].mean().item()),
-            "completion/mean_length": lengths.mean().item(),
-            "completion/truncated_fraction": batch.truncated.float().mean().item(),
-            "tokens/generated": int(response_mask.sum()),
-            "lr": scheduler.get_last_lr()[0],
-        }
-        levels = [p.level for p in problems for _ in range(G)]
-        for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
-            metrics[f"reward/level_{lv}"] = rewards[[i for i, x in enumerate(levels) if x == lv]].mean().item()
-        if predictions is not None:  # out of sample: the probe has not seen this step yet
-            baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
-            metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline, rewards).items()})
-            metrics["probe/used"] = int(used_probe)
-        if use_probe:
-            metrics["probe/buffer_rows"] = len(buffer)
-        metrics.update({"time/generate_s": time_generate, "time/score_s": time_score, "time/reward_s": time_reward,
-                        "time/update_s": time_update, "time/probe_s": time_probe,
-                        "time/step_s": time.perf_counter() - t_step})
+        # ---- log, budget ----
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        times["time/step_s"] = time.perf_counter() - t_step
+        metrics.update(times)
+        metrics.update(meter.end_step(times))
         writer.log(metrics)
         bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
+        reason = budget_reached(budget, meter.totals_for_budget())
+        if reason:
+            print(f"budget reached after step {step}: {reason}")
+            break
 
     # ---- save ----
     writer.close()
@@ -270,4 +278,38 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     tokenizer.save_pretrained(out / "policy")
     if use_probe and probe.fitted:
         save_probe(probe, out / "policy", feature_meta)
+    if critic is not None:
+        (out / "critic").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(out / "critic" / "critic.safetensors"))
     return metrics
+
+
+def sampling_metrics(cfg: TrainConfig, col) -> dict:
+    """Reward metrics over every sample generated this step (dropped ones included), per level, and the dynamic
+    sampling and reward shaping statistics."""
+    scores, levels = col.all_scores, col.all_levels
+    m = {"reward/mean": scores.mean().item(), "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+         "tokens/generated": int(col.generated_tokens)}
+    for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
+        m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
+    if cfg.rollout.group_size > 1:
+        m["reward/frac_zero_std_groups"] = 1.0 - col.groups_varied / col.groups_generated
+    if cfg.algorithm.dynamic_sampling:
+        m["dynamic_sampling/rounds"] = col.rounds
+        m["dynamic_sampling/kept_fraction"] = len(col.problems) / col.groups_generated
+        m["dynamic_sampling/groups_trained"] = len(col.problems)
+    if cfg.reward.overlong_buffer > 0 and len(col.rewards):
+        penalty = col.rewards - col.scores
+        m["reward/overlong_penalty"] = penalty.mean().item()
+        m["reward/overlong_fraction"] = (penalty < 0).float().mean().item()
+    return m
+
+
+def batch_metrics(batch: RolloutBatch, advantages) -> dict:
+    """Advantage, entropy and length statistics of the rows trained on."""
+    mask = batch.response_mask
+    adv = advantages[mask] if advantages.dim() == 2 else advantages  # token-level critic advantages: valid tokens
+    return {"advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if adv.numel() > 1 else 0.0,
+            "entropy/mean": batch.entropy[mask].mean().item(),
+            "completion/mean_length": mask.sum(1).float().mean().item(),
+            "completion/truncated_fraction": batch.truncated.float().mean().item()}

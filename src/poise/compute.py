@@ -1,0 +1,76 @@
+"""Compute accounting: what each step cost, per step and cumulatively, and budget stops.
+
+Counters (all counts of valid, non-padding tokens; padding is not work a better batcher would do):
+    prompts                 distinct prompts generated for, including those dynamic sampling dropped
+    samples                 responses generated, including dropped ones
+    prompt_tokens           prompt tokens prefilled by generation
+    generated_tokens        response tokens sampled
+    forward_tokens_policy   prompt + response tokens through the policy outside generation (scoring pass,
+                            PPO update forward)
+    forward_tokens_reference  the same through the frozen reference model (KL penalty only)
+    forward_tokens_critic   the same through the critic (old values, update forward)
+    backward_tokens_policy / backward_tokens_critic   tokens through a backward pass
+Wall time per phase is accumulated from the `time/*_s` metrics as `time_total/*_s`.
+
+Budgets (`budget.*` in the config) compare against the running totals after each step: `forward_tokens` is the sum
+of the three forward counters, `backward_tokens` the sum of both backward counters, `seconds` the total step time.
+Training stops after the first step at which any budget is reached, so the last step may overshoot it by at most
+one step's cost.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+COUNTERS = ("prompts", "samples", "prompt_tokens", "generated_tokens", "forward_tokens_policy",
+            "forward_tokens_reference", "forward_tokens_critic", "backward_tokens_policy", "backward_tokens_critic")
+BUDGETS = ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens", "seconds")
+
+
+class ComputeMeter:
+    """Accumulates the counters of one step (`add`) and of the run so far (`end_step`)."""
+
+    def __init__(self):
+        self.step: dict[str, float] = defaultdict(float)
+        self.total: dict[str, float] = defaultdict(float)
+
+    def add(self, **counts: float) -> None:
+        for k, v in counts.items():
+            if k not in COUNTERS:
+                raise KeyError(f"unknown compute counter {k!r}; known: {COUNTERS}")
+            self.step[k] += float(v)
+
+    def end_step(self, times: dict[str, float]) -> dict[str, float]:
+        """Close the step: returns `compute/<counter>` (this step) and `compute/total_<counter>` (run so far) for
+        every counter, and `time_total/<phase>_s` for every `time/<phase>_s` in `times`."""
+        out = {}
+        for k in COUNTERS:
+            self.total[k] += self.step[k]
+            out[f"compute/{k}"] = self.step[k]
+            out[f"compute/total_{k}"] = self.total[k]
+        for k, v in times.items():
+            name = "time_total/" + k.split("/", 1)[1]
+            self.total[name] += v
+            out[name] = self.total[name]
+        self.step = defaultdict(float)
+        return out
+
+    def totals_for_budget(self) -> dict[str, float]:
+        t = self.total
+        return {
+            "prompts": t["prompts"],
+            "samples": t["samples"],
+            "generated_tokens": t["generated_tokens"],
+            "forward_tokens": t["forward_tokens_policy"] + t["forward_tokens_reference"] + t["forward_tokens_critic"],
+            "backward_tokens": t["backward_tokens_policy"] + t["backward_tokens_critic"],
+            "seconds": t["time_total/step_s"],
+        }
+
+
+def budget_reached(limits: dict[str, float], totals: dict[str, float]) -> str | None:
+    """The first budget in `limits` (0 = no limit) that `totals` has reached, as 'name (total >= limit)', or None."""
+    for name in BUDGETS:
+        limit = limits.get(name, 0)
+        if limit and totals[name] >= limit:
+            return f"{name} ({totals[name]:.0f} >= {limit:g})"
+    return None

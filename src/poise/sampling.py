@@ -1,0 +1,132 @@
+"""Collecting one step's rollouts: generate, reward, and (DAPO) dynamic sampling and overlong shaping.
+
+Dynamic sampling (Yu et al. 2025, DAPO §3.2): groups whose G rewards are all equal carry no group-relative signal
+and are dropped; further rounds of `prompts_per_step` new prompts are generated until `prompts_per_step` groups
+with reward variance are kept or the round cap is hit. Surplus groups of the last round are dropped too. Every
+generated sample, kept or not, is counted in the step's compute and in its reward metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from poise.rollout import RolloutBatch, encode_prompts, generate
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO soft overlong punishment, added to the task reward.
+
+      p(L) = 0                                  if L <= max_len - buffer
+           = factor * ((max_len - buffer) - L) / buffer   if max_len - buffer < L <= max_len   (linear, 0 to -factor)
+           = -factor                            if L > max_len
+    Args:
+        lengths: (B,) response lengths in tokens.
+        max_len: the generation limit L_max.  buffer: L_cache (> 0).  factor: penalty at the limit.
+    Returns:
+        (B,) float penalties in [-factor, 0].
+    Source: Yu et al. 2025 (DAPO), Eq. 13.
+    """
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"overlong buffer must be in (0, max_len={max_len}], got {buffer}")
+    over = (lengths.float() - (max_len - buffer)) / buffer  # > 0 inside the buffer
+    return -factor * over.clamp(0.0, 1.0)
+
+
+def varied_groups(scores: Tensor, group_size: int) -> Tensor:
+    """(P,) True for groups whose G scores are not all equal. scores: (B,) with B = P * G."""
+    g = scores.view(-1, group_size)
+    return g.amax(dim=1) != g.amin(dim=1)
+
+
+def cat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Stack unscored batches of the same group size: prompts re-padded on the left, responses on the right."""
+    if len(batches) == 1:
+        return batches[0]
+    L = max(b.prompt_ids.shape[1] for b in batches)
+    T = max(b.response_ids.shape[1] for b in batches)
+
+    def left(x, n, value):
+        return torch.nn.functional.pad(x, (n - x.shape[1], 0), value=value)
+
+    def right(x, n, value):
+        return torch.nn.functional.pad(x, (0, n - x.shape[1]), value=value)
+
+    return RolloutBatch(torch.cat([left(b.prompt_ids, L, pad_id) for b in batches]),
+                        torch.cat([left(b.prompt_mask, L, False) for b in batches]),
+                        torch.cat([right(b.response_ids, T, pad_id) for b in batches]),
+                        torch.cat([right(b.response_mask, T, False) for b in batches]),
+                        batches[0].group_size)
+
+
+@dataclass
+class Collected:
+    """One step's training rollouts and everything generated on the way."""
+
+    batch: RolloutBatch  # the groups trained on (B = P' * G rows, P' <= prompts_per_step)
+    problems: list  # (P') problems of the kept groups
+    scores: Tensor  # (B,) task reward 0/1 of the kept rows
+    rewards: Tensor  # (B,) scores + overlong penalty: what advantages are computed from
+    all_scores: Tensor  # (N,) task reward of every sample generated this step, kept or dropped
+    all_levels: list  # (N,) difficulty level of each generated sample
+    rounds: int
+    groups_generated: int
+    groups_varied: int  # groups with reward variance among all generated
+    generated_tokens: int  # response tokens generated, dropped samples included
+    reward_seconds: float  # time spent decoding and verifying answers
+
+
+def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
+    """Generate and reward `cfg.rollout.prompts_per_step` groups, with dynamic sampling when enabled.
+
+    `cfg` is the TrainConfig; `meter` (compute.ComputeMeter) receives prompts, samples, prompt and generated tokens.
+    """
+    r, G, P = cfg.rollout, cfg.rollout.group_size, cfg.rollout.prompts_per_step
+    dynamic = cfg.algorithm.dynamic_sampling
+    kept: list[tuple[RolloutBatch, list, Tensor]] = []
+    all_scores, all_levels = [], []
+    rounds = n_kept = generated = varied = n_tokens = 0
+    reward_seconds = 0.0
+    model.eval()
+    while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
+        rounds += 1
+        problems = stream.take(P)
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (P*G, L)
+        response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
+                                               tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
+                                               r.top_p, generator)
+        n_tokens += int(response_mask.sum())
+        meter.add(prompts=P, samples=P * G, prompt_tokens=int(prompt_mask.sum()),
+                  generated_tokens=int(response_mask.sum()))
+        t = time.perf_counter()
+        texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        expanded = [p for p in problems for _ in range(G)]
+        scores = torch.tensor(task.score_batch(texts, expanded), dtype=torch.float32)  # (P*G,)
+        reward_seconds += time.perf_counter() - t
+        all_scores.append(scores)
+        all_levels += [p.level for p in expanded]
+        batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G)
+        ok = varied_groups(scores, G) if G > 1 else torch.zeros(P, dtype=torch.bool)
+        generated, varied = generated + P, varied + int(ok.sum())
+        keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(P)
+        if len(keep):
+            rows = (keep[:, None] * G + torch.arange(G)).flatten()
+            kept.append((batch.rows(rows), [problems[i] for i in keep.tolist()], scores[rows]))
+            n_kept += len(keep)
+
+    if kept:
+        batch = cat_batches([k[0] for k in kept], tokenizer.pad_token_id)
+        problems = [p for k in kept for p in k[1]]
+        scores = torch.cat([k[2] for k in kept])
+    else:  # dynamic sampling found no group with reward variance: nothing to train on this step
+        batch = RolloutBatch(*(x[:0] for x in (prompt_ids, prompt_mask, response_ids, response_mask)), G)
+        problems, scores = [], torch.zeros(0)
+    rewards = scores.clone()
+    if cfg.reward.overlong_buffer > 0 and len(scores):
+        rewards += overlong_penalty(batch.response_mask.sum(1), r.max_new_tokens, cfg.reward.overlong_buffer,
+                                    cfg.reward.overlong_penalty)
+    return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,
+                     generated, varied, n_tokens, reward_seconds)
