@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         times["time/reward_s"] = col.reward_seconds
         metrics = {"step": step, **sampling_metrics(cfg, col)}
         if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
-            print(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
+            tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
             # ---- score: old log-probs, entropies, probe-layer hidden states in one forward; critic values ----
             t = time.perf_counter()
@@ -269,6 +269,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
         reason = budget_reached(budget, meter.totals_for_budget())
         if reason:
+            bar.close()
             print(f"budget reached after step {step}: {reason}")
             break
 
