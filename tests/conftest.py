@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 
 from poise.models import build_tiny_model, build_tokenizer, tokenizer_corpus  # noqa: E402
 from poise.tasks import ChainSumTask, register_task  # noqa: E402
+from test_rewards_light import parity_reward  # noqa: E402  (a light module: the verifier worker imports it)
 
 
 class ParityTask(ChainSumTask):
@@ -20,9 +21,7 @@ class ParityTask(ChainSumTask):
     Gives non-zero advantages from step 1, so a 2-step run must move every parameter."""
 
     name = "parity_test"
-
-    def score(self, response, problem):
-        return float(len(response) % 2 == 0)
+    reward_fn = staticmethod(parity_reward)
 
 
 register_task("parity_test", ParityTask)

@@ -18,6 +18,7 @@ from poise.tasks import get_task, register_task
 from poise.tracking import read_metrics
 from poise.trainer import PromptStream, compute_advantages, train
 from conftest import ParityTask, train_and_diff
+from test_rewards_light import half_solvable_reward
 
 # each preset at tiny sizes: enough prompts that a step has groups with reward variance
 PRESET_SIZES = {
@@ -182,9 +183,7 @@ class HalfSolvableTask(ParityTask):
     """Parity reward, except that two of the five chain_sum levels always score 0: their groups never vary."""
 
     name = "half_solvable_test"
-
-    def score(self, response, problem):
-        return 0.0 if problem.level in ("t2d1", "t3d1") else super().score(response, problem)
+    reward_fn = staticmethod(half_solvable_reward)
 
 
 register_task("half_solvable_test", HalfSolvableTask)

@@ -63,7 +63,7 @@ def test_loop_vs_vectorised(g):
     assert torch.allclose(leave_one_out_mean(pred), loo)
     assert torch.allclose(rloo_advantages(r), r - _loop_loo(r))
     assert torch.allclose(poise_advantages(r, pred), r - loo)
-    assert torch.allclose(poise_targets(r), _loop_loo(r))
+    assert torch.allclose(poise_targets(r)[0], _loop_loo(r))
     if g == 2:
         assert torch.allclose(rloo_advantages(r)[:, 0], r[:, 0] - r[:, 1])
         assert torch.allclose(poise_advantages(r, pred)[:, 0], r[:, 0] - pred[:, 1])

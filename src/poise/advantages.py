@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "group_view",
+    "mask_unscorable",
     "leave_one_out_mean",
     "rloo_advantages",
     "poise_advantages",
@@ -79,15 +80,40 @@ def leave_one_out_mean(x: Tensor) -> Tensor:
     return (x @ w.T) / (g - 1)
 
 
-def rloo_advantages(rewards: Tensor) -> Tensor:
+def mask_unscorable(rewards: Tensor) -> tuple[Tensor, Tensor]:
+    """Split rewards into finite values and a validity mask.
+
+    valid = isfinite(r);  r' = r where valid, 0 elsewhere (so no NaN/inf reaches any sum).
+
+    Args:
+        rewards: any shape; NaN/inf mark unscorable rows (a reward function's None, a NaN it returned).
+    Returns:
+        (r', valid) with rewards' shape; valid is bool.
+    """
+    valid = torch.isfinite(rewards)
+    return torch.where(valid, rewards, torch.zeros_like(rewards)), valid
+
+
+def _valid_sibling_mean(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of x over each row's *valid* siblings: out[p, i] = sum_{j != i, valid j} x[p, j] / n[p, i],
+    n[p, i] = #{j != i : valid j}; 0 where n = 0. Returns (mean, n), both (P, G)."""
+    w = _off_diagonal(x.shape[1], x.device, x.dtype)
+    v = valid.to(x.dtype)
+    n = v @ w.T
+    return torch.where(n > 0, ((x * v) @ w.T) / n.clamp(min=1), torch.zeros_like(x)), n
+
+
+def rloo_advantages(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     """REINFORCE leave-one-out advantages.
 
     A[p, i] = r[p, i] - 1/(G-1) * sum_{j != i} r[p, j] = 1/(G-1) * sum_{j != i} (r[p, i] - r[p, j])
 
     Computed from pairwise differences, so a constant group gives exactly 0. With G = 2: A_1 = r_1 - r_2.
+    With `valid`, the mean runs over valid siblings only; an invalid row, or one with no valid sibling, gets 0.
 
     Args:
-        rewards: (P, G) with G >= 2.
+        rewards: (P, G) with G >= 2 (finite; see mask_unscorable).
+        valid: optional (P, G) bool, False for unscorable rows.
     Returns:
         (P, G).
     Source: Ahmadian et al. 2024 (RLOO); POISE §3 warm-up.
@@ -95,10 +121,15 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
     _check_group(rewards, "rewards", min_g=2)
     g = rewards.shape[1]
     diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # (P, G, G): r_i - r_j, zero on the diagonal
-    return diff.sum(dim=2) / (g - 1)
+    if valid is None:
+        return diff.sum(dim=2) / (g - 1)
+    v = valid.to(rewards.dtype)
+    n = v.sum(dim=1, keepdim=True) - v  # valid siblings of each row
+    adv = (diff * v.unsqueeze(1)).sum(dim=2) / n.clamp(min=1)
+    return torch.where(valid & (n > 0), adv, torch.zeros_like(adv))
 
 
-def poise_advantages(rewards: Tensor, predictions: Tensor) -> Tensor:
+def poise_advantages(rewards: Tensor, predictions: Tensor, valid: Tensor | None = None) -> Tensor:
     """POISE cross-rollout advantages.
 
     A[p, i] = r[p, i] - 1/(G-1) * sum_{j != i} g(z[p, j])
@@ -110,6 +141,8 @@ def poise_advantages(rewards: Tensor, predictions: Tensor) -> Tensor:
     Args:
         rewards: (P, G), G >= 2.
         predictions: (P, G) probe predictions (same shape as rewards).
+        valid: optional (P, G) bool; an unscorable row gets advantage 0. Its prediction (from its features, not
+            its reward) still serves as its siblings' baseline.
     Returns:
         (P, G) in rewards' dtype.
     Source: POISE (arXiv 2605.07579) §4.
@@ -120,10 +153,11 @@ def poise_advantages(rewards: Tensor, predictions: Tensor) -> Tensor:
             f"predictions shape {tuple(predictions.shape)} != rewards shape {tuple(rewards.shape)}"
         )
     baseline = leave_one_out_mean(predictions.to(rewards.dtype))
-    return rewards - baseline
+    adv = rewards - baseline
+    return adv if valid is None else torch.where(valid, adv, torch.zeros_like(adv))
 
 
-def poise_targets(rewards: Tensor) -> Tensor:
+def poise_targets(rewards: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Probe training targets for POISE's crossed pairs.
 
     target[p, i] = 1/(G-1) * sum_{j != i} r[p, j]
@@ -131,16 +165,24 @@ def poise_targets(rewards: Tensor) -> Tensor:
     Row i's features z_i are paired with the other rollouts' rewards, so the regression target
     E[target_i | z_i] equals the prompt value V(x) (POISE §4). With G = 2: (z_1, r_2), (z_2, r_1).
 
+    With `valid`, the mean runs over valid siblings; a row with none has no target.
+
     Args:
         rewards: (P, G), G >= 2.
+        valid: optional (P, G) bool, False for unscorable rows.
     Returns:
-        (P, G).
+        (targets, has_target): (P, G) each; rows with has_target False must not enter the probe's buffer.
     Source: POISE §4.
     """
-    return leave_one_out_mean(rewards)
+    if valid is None:
+        return leave_one_out_mean(rewards), torch.ones_like(rewards, dtype=torch.bool)
+    _check_group(rewards, "rewards", min_g=2)
+    targets, n = _valid_sibling_mean(rewards, valid)
+    return targets, n > 0
 
 
-def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6,
+                    valid: Tensor | None = None) -> Tensor:
     """GRPO group-normalised advantages.
 
     A[p, i] = (r[p, i] - mean_j r[p, j]) / (std_j r[p, j] + eps)   if scale_by_std
@@ -155,11 +197,14 @@ def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-
         rewards: (P, G).
         scale_by_std: divide by the group std (GRPO) or not (Dr. GRPO, Liu et al. 2025).
         eps: added to the std.
+        valid: optional (P, G) bool; the mean and std run over valid rows, invalid rows get 0.
     Returns:
         (P, G).
     Source: Shao et al. 2024 (DeepSeekMath, GRPO); TRL GRPOTrainer.
     """
     _check_group(rewards, "rewards", min_g=1)
+    if valid is not None:
+        return _masked_grpo(rewards, valid, scale_by_std, eps)
     mean = rewards.mean(dim=1, keepdim=True)
     centered = rewards - mean
     constant = (rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True))
@@ -168,6 +213,21 @@ def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-
         return centered
     std = rewards.std(dim=1, keepdim=True, correction=1)
     return centered / (std + eps)
+
+
+def _masked_grpo(rewards: Tensor, valid: Tensor, scale_by_std: bool, eps: float) -> Tensor:
+    """grpo_advantages over the valid rows of each group (same formulas with sums restricted to valid j)."""
+    v = valid.to(rewards.dtype)
+    n = v.sum(dim=1, keepdim=True)
+    mean = (rewards * v).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    big = torch.finfo(rewards.dtype).max
+    hi = torch.where(valid, rewards, torch.full_like(rewards, -big)).amax(dim=1, keepdim=True)
+    lo = torch.where(valid, rewards, torch.full_like(rewards, big)).amin(dim=1, keepdim=True)
+    centered = torch.where(valid & (hi != lo), rewards - mean, torch.zeros_like(rewards))
+    if not scale_by_std:
+        return centered
+    var = (((rewards - mean) ** 2) * v).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
+    return centered / (var.sqrt() + eps)
 
 
 def value_advantages(rewards: Tensor, values: Tensor, mask: Tensor, mode: str = "gae") -> tuple[Tensor, Tensor]:

@@ -36,7 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
             flags = [f"--{key}"]
             if "_" in key:
                 flags.append(f"--{key.replace('_', '-')}")
-            p.add_argument(*flags, dest=key, metavar=_help_type(tp), type=parse_cli_value,
+            flag_only = {"nargs": "?", "const": True} if tp is bool else {}  # `--resume` means `--resume true`
+            p.add_argument(*flags, dest=key, metavar=_help_type(tp), type=parse_cli_value, **flag_only,
                            default=argparse.SUPPRESS, help=f"{fdoc} (default: {defaults[key]!r})")
     return parser
 

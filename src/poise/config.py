@@ -33,7 +33,8 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "chain_sum"
-    """Task from the registry (chain_sum, basic_arithmetic, countdown)."""
+    """Task from the registry: chain_sum, basic_arithmetic, countdown; dataset (a file, see task.path); or a math
+    benchmark from $POISE_BENCHMARKS_DIR (default ../shared/data/benchmarks): gsm8k, math500, aime24, aime25, amc23."""
     levels: list[str] = field(default_factory=list)
     """Difficulty levels mixed in one dataset; empty means the task's own default levels."""
     test_fraction: float = 0.2
@@ -42,6 +43,20 @@ class TaskConfig:
     """Number of training problems in the pool that steps draw prompts from (reshuffled each pass)."""
     eval_size: int = 500
     """Number of held-out problems for evaluation."""
+    path: str = ""
+    """With name 'dataset': a JSON Lines (.jsonl) or Parquet (.parquet) file, or a folder written by datasets'
+    save_to_disk. Every row is validated before training; any bad row stops the run with its row number."""
+    prompt_field: str = "prompt"
+    """With name 'dataset': the column holding the question text."""
+    answer_field: str = "answer"
+    """With name 'dataset': the column holding the gold answer (a string or a finite number)."""
+    solution_field: str = ""
+    """With name 'dataset': the column holding a worked gold solution (for SFT); empty means none."""
+    level_field: str = ""
+    """With name 'dataset': the column holding a difficulty level (per-level metrics, task.levels); empty means
+    every row has level 'all'."""
+    max_prompt_tokens: int = 0
+    """Drop (never truncate) problems whose chat-formatted prompt is longer than this many tokens; 0 = no limit."""
 
 
 @dataclass
@@ -80,6 +95,9 @@ class RewardConfig:
     linearly, up to overlong_penalty at the limit. 0 turns it off (right for tasks with no length pressure)."""
     overlong_penalty: float = 1.0
     """Reward subtracted at the length limit when overlong_buffer > 0."""
+    timeout: float = 5.0
+    """Hard wall-clock limit in seconds for checking one answer. Checking runs in a sandboxed worker process that is
+    killed and replaced on timeout; a timed-out answer scores 0 and is counted in reward/timeouts."""
 
 
 @dataclass
@@ -123,6 +141,8 @@ class LossConfig:
     """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
     kl_coef: float = 0.0
     """Weight of a k3 KL penalty against the initial policy; 0 (the default) disables it and loads no reference."""
+    mask_truncated: bool = False
+    """Give responses cut off at rollout.max_new_tokens (no EOS) no gradient (DAPO's overlong filtering)."""
 
 
 @dataclass
@@ -140,6 +160,9 @@ class OptimConfig:
     """Prompts per mini-batch (all G rollouts of a prompt stay together); one optimizer step per mini-batch."""
     epochs: int = 1
     """Passes over each step's rollouts (PPO epochs)."""
+    max_consecutive_skips: int = 5
+    """An optimizer step whose loss or gradient is NaN/inf is skipped (parameters and optimizer state untouched,
+    counted in optim/skipped_steps); this many skipped in a row stop the run with a diagnostic."""
 
 
 @dataclass
@@ -168,6 +191,14 @@ class ProbeConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 50
+    """Write a checkpoint every this many steps (and after the last step); 0 writes only the last one."""
+    keep_last: int = 2
+    """Complete checkpoints kept in <output_dir>/checkpoints; older ones are deleted after a new one is complete."""
+
+
+@dataclass
 class TrainConfig:
     """`poise train`: RL from verifiable rewards; POISE by default."""
 
@@ -177,6 +208,9 @@ class TrainConfig:
     """Random seed for data order, sampling and initialisation."""
     max_steps: int = 300
     """Number of policy steps."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in output_dir (exactly: same data, RNG streams, optimizer and
+    probe state); the config must match the checkpoint's except max_steps, threads, budget.* and checkpoint.*."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -189,6 +223,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 @dataclass
@@ -246,6 +281,14 @@ def _check_positive(section: Any, prefix: str, names: list[str], allow_zero: boo
 def _validate_task(t: TaskConfig, prefix: str) -> None:
     _check(0.0 < t.test_fraction < 1.0, prefix + "test_fraction", "must be in (0, 1)", t.test_fraction)
     _check_positive(t, prefix, ["train_size", "eval_size"])
+    _check_positive(t, prefix, ["max_prompt_tokens"], allow_zero=True)
+    if t.name == "dataset":
+        _check(bool(t.path), prefix + "path", "must name a .jsonl/.parquet file or a save_to_disk folder with "
+               "task.name dataset", t.path)
+        _check(bool(t.prompt_field), prefix + "prompt_field", "must not be empty", t.prompt_field)
+        _check(bool(t.answer_field), prefix + "answer_field", "must not be empty", t.answer_field)
+    else:
+        _check(not t.path, prefix + "path", f"is only read with task.name dataset (task.name is {t.name!r})", t.path)
 
 
 def validate(cfg: Any) -> None:
@@ -279,12 +322,16 @@ def validate(cfg: Any) -> None:
     _check(0 <= rw.overlong_buffer <= r.max_new_tokens, "reward.overlong_buffer",
            f"must be in [0, rollout.max_new_tokens = {r.max_new_tokens}]", rw.overlong_buffer)
     _check_positive(rw, "reward.", ["overlong_penalty"], allow_zero=True)
+    _check_positive(rw, "reward.", ["timeout"])
     c = cfg.critic
     _check(c.mode in CRITIC_MODES, "critic.mode", f"must be one of {CRITIC_MODES}", c.mode)
     _check_positive(c, "critic.", ["lr"])
     _check_positive(c, "critic.", ["value_clip"], allow_zero=True)
+    _check_positive(cfg.checkpoint, "checkpoint.", ["every"], allow_zero=True)
+    _check_positive(cfg.checkpoint, "checkpoint.", ["keep_last"])
     _check_positive(cfg.budget, "budget.", ["prompts", "samples", "generated_tokens", "forward_tokens",
                                             "backward_tokens", "seconds"], allow_zero=True)
+    _validate_budget(cfg)
     lo = cfg.loss
     _check(0.0 <= lo.clip_low < 1.0, "loss.clip_low", "must be in [0, 1)", lo.clip_low)
     _check(lo.clip_high >= 0.0, "loss.clip_high", "must be >= 0", lo.clip_high)
@@ -292,7 +339,7 @@ def validate(cfg: Any) -> None:
     _check(lo.aggregation in AGGREGATIONS, "loss.aggregation", f"must be one of {AGGREGATIONS}", lo.aggregation)
     _check(lo.kl_coef >= 0.0, "loss.kl_coef", "must be >= 0", lo.kl_coef)
     o = cfg.optim
-    _check_positive(o, "optim.", ["lr", "mini_batch_prompts", "epochs"])
+    _check_positive(o, "optim.", ["lr", "mini_batch_prompts", "epochs", "max_consecutive_skips"])
     _check_positive(o, "optim.", ["weight_decay", "warmup_steps", "grad_clip"], allow_zero=True)
     p = cfg.probe
     _check(p.layer == int(p.layer) or 0.0 < p.layer < 1.0, "probe.layer",
@@ -304,6 +351,26 @@ def validate(cfg: Any) -> None:
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",
            f"must hold min_fit_steps x rows per step = {max(1, p.min_fit_steps)} x {rows_per_step} rows",
            p.buffer_size)
+
+
+def _validate_budget(cfg: "TrainConfig") -> None:
+    """A budget must be reachable: at least one step's smallest cost, and at most max_steps x a step's largest cost
+    (otherwise the run ends at max_steps short of it and a matched-cost comparison would silently not be matched)."""
+    r, rounds = cfg.rollout, cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1
+    per_step = {  # (least, most) per step; every sample generates at least one token (EOS)
+        "prompts": (r.prompts_per_step, r.prompts_per_step * rounds),
+        "samples": (r.prompts_per_step * r.group_size, r.prompts_per_step * r.group_size * rounds),
+        "generated_tokens": (r.prompts_per_step * r.group_size,
+                             r.prompts_per_step * r.group_size * rounds * r.max_new_tokens),
+    }
+    for key, (least, most) in per_step.items():
+        value = getattr(cfg.budget, key)
+        if not value:
+            continue
+        _check(value >= least, f"budget.{key}", f"cannot be met: one step already uses at least {least:,} {key}",
+               value)
+        _check(value <= most * cfg.max_steps, f"budget.{key}", f"cannot be reached within max_steps = "
+               f"{cfg.max_steps} (at most {most * cfg.max_steps:,} {key}); raise --max-steps", value)
 
 
 def build_config(cls: type, overrides: dict[str, Any]) -> Any:

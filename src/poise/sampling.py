@@ -8,6 +8,7 @@ generated sample, kept or not, is counted in the step's compute and in its rewar
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -37,9 +38,13 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float =
 
 
 def varied_groups(scores: Tensor, group_size: int) -> Tensor:
-    """(P,) True for groups whose G scores are not all equal. scores: (B,) with B = P * G."""
+    """(P,) True for groups whose scorable (finite) scores are not all equal. scores: (B,) with B = P * G;
+    NaN marks an unscorable row, which neither adds nor removes variance."""
     g = scores.view(-1, group_size)
-    return g.amax(dim=1) != g.amin(dim=1)
+    ok = torch.isfinite(g)
+    hi = torch.where(ok, g, torch.full_like(g, -torch.inf)).amax(dim=1)
+    lo = torch.where(ok, g, torch.full_like(g, torch.inf)).amin(dim=1)
+    return (ok.sum(dim=1) >= 2) & (hi != lo)
 
 
 def cat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
@@ -68,15 +73,16 @@ class Collected:
 
     batch: RolloutBatch  # the groups trained on (B = P' * G rows, P' <= prompts_per_step)
     problems: list  # (P') problems of the kept groups
-    scores: Tensor  # (B,) task reward 0/1 of the kept rows
+    scores: Tensor  # (B,) task reward 0/1 of the kept rows; NaN where unscorable
     rewards: Tensor  # (B,) scores + overlong penalty: what advantages are computed from
-    all_scores: Tensor  # (N,) task reward of every sample generated this step, kept or dropped
+    all_scores: Tensor  # (N,) task reward of every sample generated this step, kept or dropped (NaN: unscorable)
     all_levels: list  # (N,) difficulty level of each generated sample
     rounds: int
     groups_generated: int
     groups_varied: int  # groups with reward variance among all generated
     generated_tokens: int  # response tokens generated, dropped samples included
     reward_seconds: float  # time spent decoding and verifying answers
+    verifier: dict  # this step's verifier counts: timeouts, errors, rejected, unscorable
 
 
 def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
@@ -90,6 +96,7 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
     all_scores, all_levels = [], []
     rounds = n_kept = generated = varied = n_tokens = 0
     reward_seconds = 0.0
+    before = dict(task.verifier.stats)
     model.eval()
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
@@ -104,7 +111,8 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
         t = time.perf_counter()
         texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
         expanded = [p for p in problems for _ in range(G)]
-        scores = torch.tensor(task.score_batch(texts, expanded), dtype=torch.float32)  # (P*G,)
+        scores = torch.tensor([math.nan if x is None else x for x in task.score_batch(texts, expanded)],
+                              dtype=torch.float32)  # (P*G,), NaN: unscorable
         reward_seconds += time.perf_counter() - t
         all_scores.append(scores)
         all_levels += [p.level for p in expanded]
@@ -128,5 +136,6 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
     if cfg.reward.overlong_buffer > 0 and len(scores):
         rewards += overlong_penalty(batch.response_mask.sum(1), r.max_new_tokens, cfg.reward.overlong_buffer,
                                     cfg.reward.overlong_penalty)
+    counts = {k: task.verifier.stats[k] - before.get(k, 0) for k in ("timeouts", "errors", "rejected", "unscorable")}
     return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,
-                     generated, varied, n_tokens, reward_seconds)
+                     generated, varied, n_tokens, reward_seconds, counts)

@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, poise_advantages, poise_targets,
-                              rloo_advantages, value_advantages)
+from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, mask_unscorable, poise_advantages,
+                              poise_targets, rloo_advantages, value_advantages)
+from poise.checkpoint import resume, save_checkpoint
 from poise.compute import ComputeMeter, budget_reached
 from poise.config import TrainConfig, save_config, to_dict
 from poise.critic import ValueModel, critic_update
@@ -34,7 +35,10 @@ from poise.models import decoder_layers, load_policy, resolve_layer
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: F401
 from poise.rollout import RolloutBatch, response_logits, score, token_logprobs
 from poise.sampling import collect
-from poise.tasks import get_task
+from poise.configio import ConfigError
+from poise.tasks import drop_long_prompts, get_task
+from poise.tasks.dataset import task_kwargs
+from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
 
 
@@ -77,55 +81,94 @@ def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=
     RLOO before; 'rloo': leave-one-out mean reward; 'grpo' / 'dr_grpo': group mean, with / without std division;
     'critic': r - V from the critic's (B, T) `values` (token level, or sequence level in critic.mode 'outcome').
     Advantages are (B,) except token-level critic advantages (B, T); `returns` are the critic's targets (else None).
+    Unscorable rows (NaN reward) get advantage 0 and are left out of their siblings' baselines; the critic's target
+    for them is its own value, so it is not pulled anywhere.
     """
     a, G = cfg.algorithm.advantage, cfg.rollout.group_size
+    rewards, valid = mask_unscorable(rewards)
     if a == "critic":
         adv, returns = value_advantages(rewards, values, mask, cfg.critic.mode)
+        if not bool(valid.all()):
+            keep = valid if adv.dim() == 1 else valid[:, None]
+            own = values[:, 0] if adv.dim() == 1 else values
+            adv = torch.where(keep, adv, torch.zeros_like(adv))
+            returns = torch.where(keep, returns, own.detach().to(returns.dtype))
         return adv, returns, False
-    R = group_view(rewards, G)  # (P, G)
+    R, V = group_view(rewards, G), group_view(valid, G)  # (P, G)
+    V = None if bool(V.all()) else V
     if a in ("grpo", "dr_grpo"):
-        return grpo_advantages(R, scale_by_std=a == "grpo").flatten(), None, False
+        return grpo_advantages(R, scale_by_std=a == "grpo", valid=V).flatten(), None, False
     if a == "poise" and predictions is not None and probe_ready:
-        return poise_advantages(R, group_view(predictions, G)).flatten(), None, True
-    return rloo_advantages(R).flatten(), None, False
+        return poise_advantages(R, group_view(predictions, G), V).flatten(), None, True
+    return rloo_advantages(R, V).flatten(), None, False
 
 
-def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig) -> dict:
-    """PPO clipped update over mini-batches of whole groups; one optimizer step per mini-batch."""
+def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,
+                  counters: dict) -> dict:
+    """PPO clipped update over mini-batches of whole groups; one optimizer step per mini-batch.
+
+    Numerical guard: a mini-batch whose loss or gradient norm is NaN/inf is skipped with the weights, the optimizer
+    moments and the learning-rate schedule untouched; `counters` keeps the run's skipped total and the current
+    run of consecutive skips, and more than optim.max_consecutive_skips in a row stops training."""
     G, lo = batch.group_size, cfg.loss
     P = batch.prompt_ids.shape[0] // G
     mb_prompts = min(cfg.optim.mini_batch_prompts, P)
     stats: dict[str, list[float]] = {"loss/policy": [], "clip_ratio": [], "kl/approx": [], "grad_norm": []}
     if lo.kl_coef > 0:
         stats["kl/ref"] = []
+    skipped = 0
+
+    def skip(what: str) -> None:
+        nonlocal skipped
+        optimizer.zero_grad(set_to_none=True)
+        skipped += 1
+        counters["skipped_total"] = counters.get("skipped_total", 0) + 1
+        counters["consecutive_skips"] = counters.get("consecutive_skips", 0) + 1
+        if counters["consecutive_skips"] > cfg.optim.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{counters['consecutive_skips']} optimizer steps in a row had a non-finite {what} (NaN/inf); "
+                f"stopping (optim.max_consecutive_skips = {cfg.optim.max_consecutive_skips}). Check the learning rate "
+                f"(optim.lr = {cfg.optim.lr}), the model dtype ({cfg.model.dtype}) and the rewards "
+                "(reward/unscorable in metrics.jsonl); the last checkpoint holds the state before the failure.")
+
     model.train()
     for _ in range(cfg.optim.epochs):
         for s in range(0, P, mb_prompts):
             prompts = torch.arange(s, min(s + mb_prompts, P))
             rows = (prompts[:, None] * G + torch.arange(G)).flatten()
             mb = batch.rows(rows)
+            mask = mb.response_mask & ~mb.truncated[:, None] if lo.mask_truncated else mb.response_mask
             logp = token_logprobs(response_logits(model, mb, cfg.rollout.temperature), mb.response_ids)
-            loss, st = ppo_clip_loss(logp, mb.old_logp, advantages[rows], mb.response_mask, lo.clip_low,
+            loss, st = ppo_clip_loss(logp, mb.old_logp, advantages[rows], mask, lo.clip_low,
                                      lo.clip_high, lo.dual_clip or None, lo.aggregation,
                                      cfg.rollout.max_new_tokens)
             if ref_model is not None:
                 with torch.no_grad():
                     ref_logp = token_logprobs(response_logits(ref_model, mb, cfg.rollout.temperature),
                                               mb.response_ids)
-                kl = aggregate(kl_k3(logp, ref_logp), mb.response_mask, lo.aggregation, cfg.rollout.max_new_tokens)
+                kl = aggregate(kl_k3(logp, ref_logp), mask, lo.aggregation, cfg.rollout.max_new_tokens)
                 loss = loss + lo.kl_coef * kl
                 stats["kl/ref"].append(kl.item())
             optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):  # numerical guard: no backward, no step, nothing changes
+                skip(f"loss ({loss.item()})")
+                continue
             loss.backward()
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if not torch.isfinite(gnorm):  # a NaN/inf gradient: drop it, leave weights and Adam moments alone
+                skip(f"gradient norm ({gnorm.item()})")
+                continue
             optimizer.step()
             scheduler.step()
+            counters["consecutive_skips"] = 0
             stats["loss/policy"].append(loss.item())
             stats["clip_ratio"].append(float(st["clip_ratio"]))
             stats["kl/approx"].append(float(st["approx_kl"]))
             stats["grad_norm"].append(gnorm.item())
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+    out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
+    out["optim/skipped_steps"] = skipped
+    return out
 
 
 # =====================================================================================================================
@@ -146,9 +189,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # ---- model, task, data ----
     model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
-    task_kwargs = {"levels": cfg.task.levels} if cfg.task.levels else {}
-    task = get_task(cfg.task.name, test_fraction=cfg.task.test_fraction, **task_kwargs)
-    stream = PromptStream(task.problems("train", cfg.task.train_size, seed=cfg.seed), cfg.seed)
+    task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before step 1
+    task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
+    pool, n_long = drop_long_prompts(task.problems("train", cfg.task.train_size, seed=cfg.seed), tokenizer,
+                                     cfg.task.max_prompt_tokens)
+    if n_long:
+        print(f"task.max_prompt_tokens: dropped {n_long} of {n_long + len(pool)} training prompts longer than "
+              f"{cfg.task.max_prompt_tokens} tokens (none truncated)")
+    if not pool:
+        raise ConfigError(f"task.max_prompt_tokens: every training prompt is longer than {cfg.task.max_prompt_tokens} "
+                          "tokens; raise the limit")
+    stream = PromptStream(pool, cfg.seed)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
     gen = torch.Generator().manual_seed(cfg.seed)
     warm = max(1, cfg.optim.warmup_steps)
@@ -170,20 +221,29 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     # ---- PPO critic: a policy-sized value model with its own optimizer ----
     critic = ValueModel(model) if cfg.algorithm.advantage == "critic" else None
+    critic_opt = critic_sched = None
     if critic is not None:
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
         critic_sched = warmup(critic_opt)
 
-    writer = MetricsWriter(out)
+    # ---- resume: every stateful object above, restored from the newest complete checkpoint ----
     meter = ComputeMeter()
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "critic": critic,
+             "critic_optimizer": critic_opt, "critic_scheduler": critic_sched, "probe": probe, "buffer": buffer,
+             "stream": stream, "generator": gen, "meter": meter, "cfg": cfg,
+             "counters": {"skipped_total": 0, "consecutive_skips": 0}}  # numerical-guard counters
+    start = resume(cfg, parts)  # 0 for a fresh run
+    probe, buffer, counters = parts["probe"], parts["buffer"], parts["counters"]
+    writer = MetricsWriter(out, keep_until=start)
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} ({n_params / 1e6:.2f} M) | task "
-          f"{task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
-          f"{' | budget ' + str(budget) if budget else ''} -> {out}")
+    print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
+          f"({n_params / 1e6:.2f} M) | task {task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
+          f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 
     metrics: dict = {}
-    bar = tqdm(range(1, cfg.max_steps + 1), desc=cfg.algorithm.name, disable=not progress, mininterval=2)
+    bar = tqdm(range(start + 1, cfg.max_steps + 1), initial=start, total=cfg.max_steps, desc=cfg.algorithm.name,
+               disable=not progress, mininterval=2)
     for step in bar:
         t_step = time.perf_counter()
         times: dict[str, float] = {}
@@ -227,7 +287,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
             # ---- policy update ----
             t = time.perf_counter()
-            metrics.update(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg))
+            metrics.update(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg, counters))
             passes = cfg.optim.epochs * n_tokens(batch)
             meter.add(forward_tokens_policy=passes, backward_tokens_policy=passes,
                       forward_tokens_reference=passes if ref_model is not None else 0)
@@ -247,20 +307,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             # ---- probe update: this step's rows join the buffer after its advantages are fixed ----
             t = time.perf_counter()
             if use_probe:
-                targets = poise_targets(group_view(rewards, G)).flatten()  # row i: mean reward of its siblings
-                buffer.add(feats["prompt"], feats["trajectory"], feats["entropy"], targets, step)
+                targets, has = poise_targets(*mask_unscorable(group_view(rewards, G)))  # mean of siblings' rewards
+                keep = has.flatten()  # rows whose siblings were all unscorable have no target
+                buffer.add(feats["prompt"][keep], feats["trajectory"][keep], feats["entropy"][keep],
+                           targets.flatten()[keep], step)
                 if buffer.num_steps >= cfg.probe.min_fit_steps:
                     probe.fit(*buffer.tensors())
                 metrics["probe/buffer_rows"] = len(buffer)
             times["time/probe_s"] += time.perf_counter() - t
             if predictions is not None:  # out of sample: the probe has not seen this step yet
                 baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
-                metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline, col.scores).items()})
+                ok = torch.isfinite(col.scores)
+                metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline[ok], col.scores[ok]).items()})
                 metrics["probe/used"] = int(used_probe)
             metrics.update(batch_metrics(batch, advantages))
 
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics["optim/skipped_total"] = counters["skipped_total"]
         times["time/step_s"] = time.perf_counter() - t_step
         metrics.update(times)
         metrics.update(meter.end_step(times))
@@ -268,6 +332,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
         reason = budget_reached(budget, meter.totals_for_budget())
+        if reason or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            save_checkpoint(out, step, parts, cfg.checkpoint.keep_last)
         if reason:
             bar.close()
             print(f"budget reached after step {step}: {reason}")
@@ -288,9 +354,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 def sampling_metrics(cfg: TrainConfig, col) -> dict:
     """Reward metrics over every sample generated this step (dropped ones included), per level, and the dynamic
     sampling and reward shaping statistics."""
-    scores, levels = col.all_scores, col.all_levels
-    m = {"reward/mean": scores.mean().item(), "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-         "tokens/generated": int(col.generated_tokens)}
+    ok = torch.isfinite(col.all_scores)  # unscorable samples are counted, not averaged
+    scores, levels = col.all_scores[ok], [lv for lv, k in zip(col.all_levels, ok.tolist()) if k]
+    m = {"reward/mean": scores.mean().item() if len(scores) else float("nan"),
+         "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+         "tokens/generated": int(col.generated_tokens),
+         **{f"reward/{k}": v for k, v in col.verifier.items()}}  # timeouts, errors, rejected, unscorable
     for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
         m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
     if cfg.rollout.group_size > 1:
@@ -300,7 +369,7 @@ def sampling_metrics(cfg: TrainConfig, col) -> dict:
         m["dynamic_sampling/kept_fraction"] = len(col.problems) / col.groups_generated
         m["dynamic_sampling/groups_trained"] = len(col.problems)
     if cfg.reward.overlong_buffer > 0 and len(col.rewards):
-        penalty = col.rewards - col.scores
+        penalty = (col.rewards - col.scores).nan_to_num(0.0)
         m["reward/overlong_penalty"] = penalty.mean().item()
         m["reward/overlong_fraction"] = (penalty < 0).float().mean().item()
     return m

@@ -14,10 +14,14 @@ from .base import (
     register_task,
 )
 from .countdown import CountdownTask
+from .dataset import BENCHMARKS, DatasetError, DatasetTask, benchmark_task, drop_long_prompts
 
 register_task("chain_sum", ChainSumTask)
 register_task("basic_arithmetic", BasicArithmeticTask)
 register_task("countdown", CountdownTask)
+register_task("dataset", DatasetTask)
+for _name in BENCHMARKS:
+    register_task(_name, benchmark_task(_name))
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -26,10 +30,13 @@ __all__ = [
     "BasicArithmeticTask",
     "ChainSumTask",
     "CountdownTask",
+    "DatasetError",
+    "DatasetTask",
     "Problem",
     "Task",
     "available_tasks",
     "build_messages",
+    "drop_long_prompts",
     "evaluate_steps",
     "extract_answer",
     "get_task",

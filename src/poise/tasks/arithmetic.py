@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import reasoning_gym
 
-from .base import Problem, Task, format_solution
+from .base import Problem, Task, final_answer, format_solution
 
 # A node is either a number (Fraction) or a tuple (op, left, right).
 Node = Union[Fraction, tuple]
@@ -109,6 +109,20 @@ def _parse_level(level: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def chain_sum_reward(response: str, problem: Problem) -> float:
+    """1.0 if the final answer is an integer (ASCII digits) equal to the gold sum."""
+    a = final_answer(response)
+    return float(a is not None and _INT_RE.fullmatch(a) is not None and int(a) == int(problem.answer))
+
+
+def basic_arithmetic_reward(response: str, problem: Problem) -> float:
+    """1.0 if the final answer is a decimal within 1e-6 of the gold value."""
+    a = final_answer(response)
+    if a is None or _DEC_RE.fullmatch(a) is None:
+        return 0.0
+    return float(abs(Fraction(a) - Fraction(problem.answer.strip())) <= Fraction(1, 10**6))
+
+
 class _TermsDigitsTask(Task):
     """Shared logic for reasoning-gym datasets configured by terms and digits."""
 
@@ -147,8 +161,7 @@ class ChainSumTask(_TermsDigitsTask):
     rg_name = "chain_sum"
     default_levels = ("t2d1", "t3d1", "t2d2", "t3d2", "t4d2")
 
-    def _is_correct(self, answer: str, problem: Problem) -> bool:
-        return _INT_RE.fullmatch(answer) is not None and int(answer) == int(problem.answer)
+    reward_fn = staticmethod(chain_sum_reward)
 
 
 class BasicArithmeticTask(_TermsDigitsTask):
@@ -158,7 +171,5 @@ class BasicArithmeticTask(_TermsDigitsTask):
     rg_name = "basic_arithmetic"
     default_levels = ("t2d1", "t3d1", "t3d2", "t4d2")
 
-    def _is_correct(self, answer: str, problem: Problem) -> bool:
-        if _DEC_RE.fullmatch(answer) is None:
-            return False
-        return abs(Fraction(answer) - Fraction(problem.answer.strip())) <= Fraction(1, 10**6)
+    reward_fn = staticmethod(basic_arithmetic_reward)
+

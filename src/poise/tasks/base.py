@@ -46,6 +46,12 @@ def extract_answer(response: str) -> str | None:
     return answer or None
 
 
+def final_answer(response: str) -> str | None:
+    """:func:`extract_answer`, or None when the answer is longer than MAX_ANSWER_CHARS."""
+    answer = extract_answer(response)
+    return answer if answer is not None and len(answer) <= MAX_ANSWER_CHARS else None
+
+
 def build_messages(problem: Problem) -> list[dict]:
     """Chat messages (system + user) for a problem; no chat template applied."""
     return [
@@ -74,11 +80,13 @@ def split_of(question: str, test_fraction: float) -> str:
 class Task:
     """Base class for a verifiable-reward task with named difficulty levels.
 
-    Subclasses implement :meth:`_entry` (generate raw item ``idx`` of a level),
-    :meth:`_solution` (worked trace or None) and :meth:`_is_correct`.
+    Subclasses implement :meth:`_entry` (generate raw item ``idx`` of a level) and :meth:`_solution` (worked trace
+    or None), and set ``reward_fn``: a module-level function ``(response, problem) -> float | None`` from
+    :mod:`poise.rewards`, run in a sandboxed worker process (:mod:`poise.verifier`).
     """
 
     name: str = "task"
+    reward_fn: Callable[[str, Problem], float | None]
     levels: list[str]
     default_levels: tuple[str, ...] = ()
 
@@ -110,10 +118,6 @@ class Task:
     def _meta(self, entry: dict[str, Any]) -> dict:
         """Metadata kept on the Problem."""
         return dict(entry.get("metadata", {}))
-
-    def _is_correct(self, answer: str, problem: Problem) -> bool:
-        """Exact check of an extracted answer against the problem."""
-        raise NotImplementedError
 
     # ---- public API -----------------------------------------------------------
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
@@ -180,22 +184,30 @@ class Task:
             meta=self._meta(entry),
         )
 
-    def score(self, response: str, problem: Problem) -> float:
-        """1.0 if the answer after the last ``</think>`` is correct, else 0.0. Never raises."""
-        try:
-            answer = extract_answer(response)
-            if answer is None or len(answer) > MAX_ANSWER_CHARS:
-                return 0.0
-            return 1.0 if self._is_correct(answer, problem) else 0.0
-        except Exception:  # noqa: BLE001 - reward must never crash training
-            return 0.0
+    @property
+    def verifier(self):
+        """The task's sandboxed answer checker (`poise.verifier.SafeVerifier`), created on first use; the trainer
+        replaces it with one built from `reward.*`."""
+        if getattr(self, "_verifier", None) is None:
+            from poise.verifier import SafeVerifier
 
-    def score_batch(self, responses: list[str], problems: list[Problem]) -> list[float]:
-        """Element-wise :meth:`score`."""
+            self._verifier = SafeVerifier()
+        return self._verifier
+
+    @verifier.setter
+    def verifier(self, value) -> None:
+        self._verifier = value
+
+    def score(self, response: str, problem: Problem) -> float | None:
+        """Reward of one response (see :meth:`score_batch`)."""
+        return self.score_batch([response], [problem])[0]
+
+    def score_batch(self, responses: list[str], problems: list[Problem]) -> list[float | None]:
+        """``reward_fn`` of each (response, problem), run in the sandboxed verifier worker with a hard time limit:
+        1.0 for a correct final answer, 0.0 otherwise (also on a timeout or an error), None if unscorable."""
         if len(responses) != len(problems):
             raise ValueError(f"got {len(responses)} responses for {len(problems)} problems")
-        return [self.score(r, p) for r, p in zip(responses, problems)]
-
+        return self.verifier(type(self).reward_fn, responses, problems)
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 

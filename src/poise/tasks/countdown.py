@@ -9,12 +9,13 @@ our own :mod:`ast` whitelist (integers, + - * /, parentheses, unary minus; no
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 import reasoning_gym
 
 from .arithmetic import evaluate_steps, fmt_num, parse_expr
-from .base import Problem, Task, format_solution
+from .base import Problem, Task, final_answer, format_solution
 
 _LEVEL_RE = re.compile(r"n(\d+)")
 # Plain characters only: digits, operators, parentheses, spaces.
@@ -28,10 +29,25 @@ def _parse_level(level: str) -> int:
     return int(match.group(1))
 
 
+@lru_cache(maxsize=1)
+def _scorer():
+    return reasoning_gym.create_dataset("countdown", size=1, seed=0)  # any instance scores any entry
+
+
+def countdown_reward(response: str, problem: Problem) -> float:
+    """1.0 when reasoning-gym's scorer gives full credit, after our whitelist (its scorer `eval`s via sympy)."""
+    answer = final_answer(response)
+    if answer is None or _SAFE_CHARS_RE.fullmatch(answer) is None:
+        return 0.0
+    parse_expr(answer)  # raises ValueError on anything outside the whitelist (e.g. **): scored 0
+    return float(_scorer().score_answer(answer, problem.meta["entry"]) == 1.0)
+
+
 class CountdownTask(Task):
     """Use every given number once with + - * / to reach the target."""
 
     name = "countdown"
+    reward_fn = staticmethod(countdown_reward)
     default_levels = ("n3", "n4")
 
     def __init__(
@@ -48,8 +64,6 @@ class CountdownTask(Task):
             min_value=min_value, max_value=max_value, min_target=min_target, max_target=max_target
         )
         self._datasets: dict[tuple[str, int], Any] = {}
-        # Any instance can score: score_answer only reads the entry.
-        self._scorer = reasoning_gym.create_dataset("countdown", size=1, seed=0)
 
     def _check_level(self, level: str) -> None:
         _parse_level(level)
@@ -76,9 +90,3 @@ class CountdownTask(Task):
             return None
         return format_solution(result[0], expression)
 
-    def _is_correct(self, answer: str, problem: Problem) -> bool:
-        if _SAFE_CHARS_RE.fullmatch(answer) is None:
-            return False
-        parse_expr(answer)  # raises ValueError on anything outside the whitelist (e.g. **)
-        entry = problem.meta["entry"]
-        return self._scorer.score_answer(answer, entry) == 1.0

@@ -1,0 +1,227 @@
+"""Crash-safe checkpoints and exact resume.
+
+A checkpoint is a directory `<run>/checkpoints/step-000123/` holding everything the next step depends on:
+    policy.safetensors, critic.safetensors   model weights (safetensors; tied weights handled by save_model)
+    optim.pt                                 optimizer + scheduler states (loaded with torch.load(weights_only=True))
+    probe.safetensors                        the fitted probe and the feature buffer's rows (prefixed keys)
+    rng.safetensors                          torch's global RNG state and the sampling generator's state
+    state.json                               step, data position, Python / NumPy RNG states, compute totals,
+                                             counters, probe/buffer metadata, package versions
+    config.yaml                              the resolved config
+    manifest.json                            sha256 of every file above; written last
+It is written into a temporary sibling directory, the manifest last, then renamed into place, so a run killed at
+any moment leaves either a complete checkpoint or a `.tmp-*` directory that is ignored. Older checkpoints beyond
+`keep_last` are deleted only after the new one is complete. A checkpoint whose manifest is missing or whose files
+do not match it is skipped with a warning. Nothing is unpickled except with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from poise.config import save_config
+
+PACKAGES = ("poise", "torch", "transformers", "safetensors", "reasoning-gym", "numpy")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib_metadata.version(p)
+        except importlib_metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int = 2) -> Path:
+    """Write a complete checkpoint for `step` atomically; prune to the newest `keep_last` afterwards.
+
+    `parts` keys: model, optimizer, scheduler, critic, critic_optimizer, critic_scheduler (None without a critic),
+    probe, buffer, stream, generator, meter, cfg, counters (a JSON-able dict of loop counters).
+    """
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    save_model(parts["model"], str(tmp / "policy.safetensors"))
+    optim = {"optimizer": parts["optimizer"].state_dict(), "scheduler": parts["scheduler"].state_dict()}
+    if parts.get("critic") is not None:
+        save_model(parts["critic"], str(tmp / "critic.safetensors"))
+        optim["critic_optimizer"] = parts["critic_optimizer"].state_dict()
+        optim["critic_scheduler"] = parts["critic_scheduler"].state_dict()
+    torch.save(optim, tmp / "optim.pt")
+    probe, buffer = parts["probe"], parts["buffer"]
+    tensors = {f"probe.{k}": v for k, v in probe.state_dict().items()}
+    tensors.update({f"buffer.{k}": v.contiguous() for k, v in buffer.state_dict().items()})
+    save_file(tensors, str(tmp / "probe.safetensors"))
+    save_file({"torch": torch.get_rng_state(), "generator": parts["generator"].get_state()},
+              str(tmp / "rng.safetensors"))
+    np_state = np.random.get_state()
+    stream = parts["stream"]
+    state = {
+        "step": step,
+        "stream": {"order": stream.order, "rng": _jsonable(stream.rng.getstate())},
+        "python_random": _jsonable(random.getstate()),
+        "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "meter": dict(parts["meter"].total),
+        "counters": parts.get("counters", {}),
+        "probe": probe.metadata(),
+        "buffer": buffer.metadata(),
+        "versions": _versions(),
+    }
+    (tmp / "state.json").write_text(json.dumps(state))
+    save_config(parts["cfg"], tmp / "config.yaml")
+    files = sorted(p.name for p in tmp.iterdir())
+    manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the checkpoint complete
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def is_valid(path: Path) -> bool:
+    """True when `path/manifest.json` exists and every file it lists has the recorded sha256."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        return all((path / n).is_file() and _sha256(path / n) == h for n, h in files.items())
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint directories with a manifest, oldest first (by step; no hash check)."""
+    root = checkpoint_dir(run_dir)
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "manifest.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint that passes its manifest check; broken ones are skipped with a warning."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return None
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for path in reversed(candidates):
+        if is_valid(path):
+            return path
+        warnings.warn(f"checkpoint {path} has no valid manifest (interrupted or corrupted write); ignoring it",
+                      stacklevel=2)
+    return None
+
+
+def load_checkpoint(path: str | Path, parts: dict) -> dict:
+    """Restore every object in `parts` (as passed to save_checkpoint) from `path`; returns state.json's dict.
+
+    Probe and buffer are returned rebuilt under keys 'probe' and 'buffer' of the result (they are replaced, not
+    updated in place)."""
+    from poise.probe import FeatureBuffer, RidgeProbe
+
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    load_model(parts["model"], str(path / "policy.safetensors"))
+    optim = torch.load(path / "optim.pt", weights_only=True)
+    parts["optimizer"].load_state_dict(optim["optimizer"])
+    parts["scheduler"].load_state_dict(optim["scheduler"])
+    if parts.get("critic") is not None:
+        load_model(parts["critic"], str(path / "critic.safetensors"))
+        parts["critic_optimizer"].load_state_dict(optim["critic_optimizer"])
+        parts["critic_scheduler"].load_state_dict(optim["critic_scheduler"])
+    tensors = load_file(str(path / "probe.safetensors"))
+    probe_sd = {k[len("probe."):]: v for k, v in tensors.items() if k.startswith("probe.")}
+    buffer_sd = {k[len("buffer."):]: v for k, v in tensors.items() if k.startswith("buffer.")}
+    state["probe_object"] = RidgeProbe.from_state(probe_sd, state["probe"])
+    state["buffer_object"] = FeatureBuffer.from_state(buffer_sd, state["buffer"])
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    parts["generator"].set_state(rng["generator"])
+    stream = parts["stream"]
+    stream.order = list(state["stream"]["order"])
+    stream.rng.setstate(_tuplify(state["stream"]["rng"]))
+    random.setstate(_tuplify(state["python_random"]))
+    name, keys, *rest = state["numpy_random"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    meter = parts["meter"]
+    meter.total.clear()
+    meter.total.update(state["meter"])
+    return state
+
+
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ("resume", "max_steps", "threads")
+
+
+def resume(cfg, parts: dict) -> int:
+    """Prepare `cfg.output_dir` for the loop; returns the last completed step (0 for a fresh start).
+
+    Fresh run (`cfg.resume` false): refuses a directory that already holds complete checkpoints, so a finished or
+    interrupted run is never overwritten by accident. Resume: restores `parts` from the newest valid checkpoint
+    (replacing parts['probe'] and parts['buffer']) after checking that the config matches it.
+    """
+    from poise.configio import ConfigError, flatten_dict, load_yaml  # noqa: F401
+
+    found = complete_checkpoints(cfg.output_dir)
+    if not cfg.resume:
+        if found:
+            raise ConfigError(f"output_dir: {cfg.output_dir} already holds checkpoints ({found[-1].name}); pass "
+                              f"--resume to continue that run, or choose another --output-dir")
+        return 0
+    path = latest_checkpoint(cfg.output_dir)
+    if path is None:
+        print(f"resume: no complete checkpoint in {checkpoint_dir(cfg.output_dir)}; starting from step 0")
+        return 0
+    from poise.config import to_dict
+
+    saved = load_yaml(path / "config.yaml")
+    now = flatten_dict(to_dict(cfg))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                     and k not in RESUMABLE_CHANGES and not k.startswith(("budget.", "checkpoint.")))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"{changed[0]}: the config differs from the checkpoint {path} ({diffs}); only max_steps, "
+                          f"threads, budget.* and checkpoint.* may change on resume")
+    state = load_checkpoint(path, parts)
+    parts["probe"], parts["buffer"] = state["probe_object"], state["buffer_object"]
+    parts["counters"].clear()
+    parts["counters"].update(state.get("counters", {}))
+    return int(state["step"])

@@ -1,0 +1,24 @@
+"""Reward functions for the tests, in a module light enough for the verifier worker to import (no torch)."""
+
+
+def parity_reward(response, problem):
+    """1 if the response has even length."""
+    return float(len(response) % 2 == 0)
+
+
+def test_parity_reward():
+    assert parity_reward("ab", None) == 1.0 and parity_reward("abc", None) == 0.0
+
+
+def half_solvable_reward(response, problem):
+    """Parity reward, except that levels t2d1 and t3d1 always score 0 (their groups never vary)."""
+    return 0.0 if problem.level in ("t2d1", "t3d1") else parity_reward(response, problem)
+
+
+def nan_sometimes_reward(response, problem):
+    """Parity reward, but unscorable (NaN) for responses whose length is a multiple of 3, None for 5."""
+    if len(response) % 3 == 0:
+        return float("nan")
+    if len(response) % 5 == 0:
+        return None
+    return parity_reward(response, problem)
