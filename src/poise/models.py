@@ -127,6 +127,10 @@ def load_local(path: str | Path, dtype: torch.dtype = torch.float32):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.name: {path} is not a Hugging Face model directory (no config.json)")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / f).is_file() for f in tokenizer_files):
+        raise FileNotFoundError(f"model.name: {path} has a model but no tokenizer (none of {', '.join(tokenizer_files)}"
+                                "); save one beside it with tokenizer.save_pretrained(path)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
     tokenizer.padding_side = "left"
@@ -176,7 +180,7 @@ def resolve_layer(spec: float, num_layers: int) -> int:
         return min(num_layers - 1, int(spec * num_layers))
     idx = int(spec)
     if idx != spec or not -num_layers <= idx < num_layers:
-        raise ValueError(f"probe.layer: {spec} is not a fraction in (0, 1) or a layer index for {num_layers} layers")
+        raise ValueError(f"probe.layer: {spec:g} is not a fraction in (0, 1) or a layer index for {num_layers} layers")
     return idx % num_layers
 
 

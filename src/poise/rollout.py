@@ -30,11 +30,13 @@ class RolloutBatch:
     prompt_hidden: torch.Tensor | None = None  # (B, L, H) at the probe layer
     response_hidden: torch.Tensor | None = None  # (B, T, H) at the probe layer
     extras: dict = field(default_factory=dict)
+    ended: torch.Tensor | None = None  # (B,) bool: the response contains EOS (set where it is generated)
 
     @property
     def truncated(self) -> torch.Tensor:
-        """(B,) True where the response hit the length limit without EOS."""
-        return self.response_mask.all(dim=1)
+        """(B,) True where the response hit the length limit without EOS. Without `ended`, a row that fills the
+        padded width counts as truncated (exact only when T = max_new_tokens)."""
+        return ~self.ended if self.ended is not None else self.response_mask.all(dim=1)
 
     def rows(self, idx: torch.Tensor) -> "RolloutBatch":
         """Subset of rows (e.g. one mini-batch); tensors are indexed, nothing copied twice."""
@@ -42,7 +44,7 @@ class RolloutBatch:
             return None if x is None else x[idx]
         return RolloutBatch(take(self.prompt_ids), take(self.prompt_mask), take(self.response_ids),
                             take(self.response_mask), self.group_size, take(self.old_logp), take(self.entropy),
-                            take(self.prompt_hidden), take(self.response_hidden))
+                            take(self.prompt_hidden), take(self.response_hidden), ended=take(self.ended))
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

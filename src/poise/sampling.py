@@ -64,7 +64,7 @@ def cat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
                         torch.cat([left(b.prompt_mask, L, False) for b in batches]),
                         torch.cat([right(b.response_ids, T, pad_id) for b in batches]),
                         torch.cat([right(b.response_mask, T, False) for b in batches]),
-                        batches[0].group_size)
+                        batches[0].group_size, ended=torch.cat([b.truncated.logical_not() for b in batches]))
 
 
 @dataclass
@@ -116,7 +116,8 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
         reward_seconds += time.perf_counter() - t
         all_scores.append(scores)
         all_levels += [p.level for p in expanded]
-        batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G)
+        batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G,
+                             ended=(response_ids == tokenizer.eos_token_id).any(dim=1))
         ok = varied_groups(scores, G) if G > 1 else torch.zeros(P, dtype=torch.bool)
         generated, varied = generated + P, varied + int(ok.sum())
         keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(P)
