@@ -74,3 +74,15 @@ def test_help_lists_every_option_with_docstring(capsys):
     for key, _, doc in flat_fields(TrainConfig):
         assert f"--{key}" in text
         assert " ".join(doc.split()[:4]) in text
+
+
+def test_resume_is_a_flag():
+    assert parse("--resume").resume is True and parse("--resume", "false").resume is False
+    assert parse().resume is False
+
+
+def test_cli_reports_bad_input_found_at_start_up_without_a_traceback(capsys, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    assert main(["train", "--task.name", "dataset", "--task.path", str(missing), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "poise train: error: " in err and "nope.jsonl: no such file" in err and "Traceback" not in err

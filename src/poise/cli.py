@@ -77,14 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"poise {args.command}: config error: {e}", file=sys.stderr)
         return 2
-    if args.command == "train":
-        from poise.trainer import train
+    from poise.tasks import DatasetError
 
-        train(cfg)
-    elif args.command == "sft":
-        from poise.sft import run_sft
+    try:
+        if args.command == "train":
+            from poise.trainer import train
 
-        run_sft(cfg)
+            train(cfg)
+        elif args.command == "sft":
+            from poise.sft import run_sft
+
+            run_sft(cfg)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:  # bad input: the message names it, no traceback
+        print(f"poise {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # the numerical guard gave up
+        print(f"poise {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

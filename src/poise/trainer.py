@@ -186,10 +186,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    # ---- model, task, data ----
+    # ---- task, model, data ----
+    task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before anything else
     model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
-    task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before step 1
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
     pool, n_long = drop_long_prompts(task.problems("train", cfg.task.train_size, seed=cfg.seed), tokenizer,
                                      cfg.task.max_prompt_tokens)
