@@ -22,3 +22,14 @@ def nan_sometimes_reward(response, problem):
     if len(response) % 5 == 0:
         return None
     return parity_reward(response, problem)
+
+
+def trl_always_one(completions, **kwargs):
+    """A TRL-style reward: one score per completion."""
+    return [1.0 for _ in completions]
+
+
+def trl_echo_columns(completions, prompts, answer, level, solution, **kwargs):
+    """Scores 1 when the completion spells '<answer>|<level>' and every TRL column arrived as a one-element list."""
+    assert len(prompts) == len(answer) == len(level) == len(solution) == len(completions) == 1
+    return [float(c == f"{a}|{lv}") for c, a, lv in zip(completions, answer, level)]

@@ -95,6 +95,10 @@ class RewardConfig:
     linearly, up to overlong_penalty at the limit. 0 turns it off (right for tasks with no length pressure)."""
     overlong_penalty: float = 1.0
     """Reward subtracted at the length limit when overlong_buffer > 0."""
+    function: str = ""
+    """A reward function of your own with TRL's calling convention, `fn(completions, **columns) -> list[float |
+    None]`, named 'package.module:function' or 'path/to/file.py:function'; it replaces the task's reward. Columns:
+    prompts, question, answer, solution, level and the row's metadata. It runs in the sandboxed worker."""
     timeout: float = 5.0
     """Hard wall-clock limit in seconds for checking one answer. Checking runs in a sandboxed worker process that is
     killed and replaced on timeout; a timed-out answer scores 0 and is counted in reward/timeouts."""

@@ -32,6 +32,7 @@ from poise.critic import ValueModel, critic_update
 from poise.features import rollout_features
 from poise.losses import aggregate, kl_k3, ppo_clip_loss
 from poise.models import decoder_layers, load_policy, resolve_layer
+from poise.rewards import TRLReward
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: F401
 from poise.rollout import RolloutBatch, response_logits, score, token_logprobs
 from poise.sampling import collect
@@ -191,6 +192,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
+    if cfg.reward.function:  # the user's TRL-style reward replaces the task's
+        try:
+            task.reward_function = TRLReward(cfg.reward.function)  # imported here: a bad name fails now
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     pool, n_long = drop_long_prompts(task.problems("train", cfg.task.train_size, seed=cfg.seed), tokenizer,
                                      cfg.task.max_prompt_tokens)
     if n_long:

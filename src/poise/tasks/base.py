@@ -207,7 +207,8 @@ class Task:
         1.0 for a correct final answer, 0.0 otherwise (also on a timeout or an error), None if unscorable."""
         if len(responses) != len(problems):
             raise ValueError(f"got {len(responses)} responses for {len(problems)} problems")
-        return self.verifier(type(self).reward_fn, responses, problems)
+        fn = getattr(self, "reward_function", None) or type(self).reward_fn  # a user's function overrides
+        return self.verifier(fn, responses, problems)
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 

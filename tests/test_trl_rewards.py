@@ -1,0 +1,46 @@
+"""User reward functions with TRL's calling convention, run in the sandboxed verifier."""
+
+import pytest
+
+from poise.cli import main
+from poise.rewards import TRLReward
+from poise.tasks.base import Problem
+from poise.tracking import read_metrics
+from poise.trainer import train
+from poise.verifier import SafeVerifier
+
+P = Problem("u", "t", "What is 2 + 3?", "5", "t2d1", "<think>2+3=5</think>5", {"source": "x.jsonl", "row": 7})
+
+
+def test_trl_style_function_gets_the_columns_as_lists():
+    v = SafeVerifier(timeout=5)
+    fn = TRLReward("test_rewards_light:trl_echo_columns")
+    assert v(fn, ["5|t2d1", "5|t3d1"], [P, P]) == [1.0, 0.0] and v.stats["errors"] == 0
+
+
+def test_a_reward_file_path_may_import_heavy_modules_and_is_still_sandboxed(tmp_path):
+    f = tmp_path / "my_reward.py"
+    f.write_text("import os, torch\n"
+                 f"def reward(completions, **kw):\n"
+                 f"    try:\n        open({str(tmp_path / 'x')!r}, 'w')\n    except Exception:\n        pass\n"
+                 "    return [float(torch.tensor(len(c)).item() > 1) for c in completions]\n")
+    v = SafeVerifier(timeout=30)
+    assert v(TRLReward(f"{f}:reward"), ["ab", "a"], [P, P]) == [1.0, 0.0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_with_a_user_reward_function(tiny_run, tmp_path):
+    cfg = tiny_run(tmp_path, **{"reward.function": "test_rewards_light:trl_always_one"})
+    train(cfg, progress=False)
+    assert [r["reward/mean"] for r in read_metrics(cfg.output_dir)] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("spec, match", [("nocolon", "is not 'module:function'"),
+                                         ("no_such_module_x:f", "cannot import 'no_such_module_x'"),
+                                         ("test_rewards_light:missing", "has no function 'missing'"),
+                                         ("/nowhere/r.py:f", "/nowhere/r.py does not exist")])
+def test_a_bad_reward_function_fails_at_start_up_naming_the_key(tmp_path, capsys, micro_dir, spec, match):
+    code = main(["train", "--model.name", str(micro_dir), "--output-dir", str(tmp_path / "run"),
+                 "--reward.function", spec, "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "reward.function: " in err and match in err
