@@ -33,3 +33,8 @@ def trl_echo_columns(completions, prompts, answer, level, solution, **kwargs):
     """Scores 1 when the completion spells '<answer>|<level>' and every TRL column arrived as a one-element list."""
     assert len(prompts) == len(answer) == len(level) == len(solution) == len(completions) == 1
     return [float(c == f"{a}|{lv}") for c, a, lv in zip(completions, answer, level)]
+
+
+def trl_parity(completions, **kwargs):
+    """parity_reward with TRL's calling convention (for runs launched as separate processes)."""
+    return [parity_reward(c, None) for c in completions]

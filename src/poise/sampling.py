@@ -100,13 +100,14 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
     model.eval()
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
-        problems = stream.take(P)
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (P*G, L)
+        problems = stream.take(P)  # with several processes: this rank's share of P (trainer.ShardedStream)
+        n = len(problems)
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (n*G, L)
         response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
                                                tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
                                                r.top_p, generator)
         n_tokens += int(response_mask.sum())
-        meter.add(prompts=P, samples=P * G, prompt_tokens=int(prompt_mask.sum()),
+        meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask.sum()),
                   generated_tokens=int(response_mask.sum()))
         t = time.perf_counter()
         texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
@@ -118,9 +119,9 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
         all_levels += [p.level for p in expanded]
         batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G,
                              ended=(response_ids == tokenizer.eos_token_id).any(dim=1))
-        ok = varied_groups(scores, G) if G > 1 else torch.zeros(P, dtype=torch.bool)
-        generated, varied = generated + P, varied + int(ok.sum())
-        keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(P)
+        ok = varied_groups(scores, G) if G > 1 else torch.zeros(n, dtype=torch.bool)
+        generated, varied = generated + n, varied + int(ok.sum())
+        keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(n)
         if len(keep):
             rows = (keep[:, None] * G + torch.arange(G)).flatten()
             kept.append((batch.rows(rows), [problems[i] for i in keep.tolist()], scores[rows]))

@@ -28,12 +28,12 @@ from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, m
 from poise.checkpoint import resume, save_checkpoint
 from poise.compute import ComputeMeter, budget_reached
 from poise.config import TrainConfig, save_config, to_dict
-from poise.critic import ValueModel, critic_update
+from poise.critic import ValueModel, critic_update, explained_variance
 from poise.features import rollout_features
 from poise.losses import aggregate, kl_k3, ppo_clip_loss
-from poise.models import decoder_layers, load_policy, resolve_layer
+from poise.models import decoder_layers, load_model, resolve_layer, save_policy
 from poise.rewards import TRLReward
-from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: F401
+from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noqa: F401
 from poise.rollout import RolloutBatch, response_logits, score, token_logprobs
 from poise.sampling import collect
 from poise.configio import ConfigError
@@ -41,6 +41,20 @@ from poise.tasks import drop_long_prompts, get_task
 from poise.tasks.dataset import task_kwargs
 from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
+from poise.distributed import Dist, check_layout
+from poise.metrics import batch_metrics, mean_over_ranks, probe_step_metrics, sampling_metrics
+
+
+class ShardedStream:
+    """This rank's view of the shared PromptStream: `take(n)` draws the step's n prompts (every rank draws the same
+    ones) and keeps this rank's whole groups, interleaved per mini-batch (distributed.py)."""
+
+    def __init__(self, stream: "PromptStream", dist: Dist, mini_batch: int):
+        self.stream, self.dist, self.mini_batch = stream, dist, mini_batch
+
+    def take(self, n: int) -> list:
+        items = self.stream.take(n)
+        return [items[i] for i in self.dist.local_prompts(n, min(self.mini_batch, n))]
 
 
 class PromptStream:
@@ -105,15 +119,19 @@ def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=
 
 
 def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,
-                  counters: dict) -> dict:
+                  counters: dict, dist: Dist | None = None) -> dict:
     """PPO clipped update over mini-batches of whole groups; one optimizer step per mini-batch.
 
     Numerical guard: a mini-batch whose loss or gradient norm is NaN/inf is skipped with the weights, the optimizer
     moments and the learning-rate schedule untouched; `counters` keeps the run's skipped total and the current
-    run of consecutive skips, and more than optim.max_consecutive_skips in a row stops training."""
+    run of consecutive skips, and more than optim.max_consecutive_skips in a row stops training.
+    Several processes (`dist`): each rank holds its share of every mini-batch (distributed.py), weights its loss by
+    its share of what the loss averages over, and gradients are averaged before clipping; skips are decided jointly.
+    """
+    dist = dist or Dist()
     G, lo = batch.group_size, cfg.loss
-    P = batch.prompt_ids.shape[0] // G
-    mb_prompts = min(cfg.optim.mini_batch_prompts, P)
+    P = batch.prompt_ids.shape[0] // G  # this rank's prompts
+    mb_prompts = min(cfg.optim.mini_batch_prompts, P * dist.world) // dist.world
     stats: dict[str, list[float]] = {"loss/policy": [], "clip_ratio": [], "kl/approx": [], "grad_norm": []}
     if lo.kl_coef > 0:
         stats["kl/ref"] = []
@@ -151,10 +169,12 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
                 loss = loss + lo.kl_coef * kl
                 stats["kl/ref"].append(kl.item())
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):  # numerical guard: no backward, no step, nothing changes
+            if dist.any(not torch.isfinite(loss)):  # numerical guard: no backward, no step, nothing changes
                 skip(f"loss ({loss.item()})")
                 continue
-            loss.backward()
+            n_local = mask.sum() if lo.aggregation == "token-mean" else (mask.sum(1) > 0).sum()
+            (loss * dist.loss_weight(float(n_local))).backward()  # weight 1.0 (exact) for one process
+            dist.average_grads(model.parameters())
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if not torch.isfinite(gnorm):  # a NaN/inf gradient: drop it, leave weights and Adam moments alone
@@ -178,18 +198,27 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run RL training as configured; returns the final step's metrics. Writes everything to cfg.output_dir."""
+    """Run RL training as configured; returns the final step's metrics. Writes everything to cfg.output_dir.
+
+    Under `accelerate launch --num_processes N` every rank runs this loop on its share of each step's prompts
+    (distributed.py); rank 0 writes the logs, checkpoints and the final policy."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    dist = Dist()
+    problem = check_layout(dist.world, cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
+                           cfg.algorithm.dynamic_sampling)
+    if problem:
+        raise ConfigError(problem)
     random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # identical on every rank: tiny presets are built from it
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
 
     # ---- task, model, data ----
     task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before anything else
-    model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
+    model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
     if cfg.reward.function:  # the user's TRL-style reward replaces the task's
@@ -205,9 +234,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if not pool:
         raise ConfigError(f"task.max_prompt_tokens: every training prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
-    stream = PromptStream(pool, cfg.seed)
+    stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
+    local_stream = stream if dist.world == 1 else ShardedStream(stream, dist, cfg.optim.mini_batch_prompts)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as a single process
     warm = max(1, cfg.optim.warmup_steps)
 
     def warmup(opt):
@@ -237,14 +267,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "critic": critic,
              "critic_optimizer": critic_opt, "critic_scheduler": critic_sched, "probe": probe, "buffer": buffer,
              "stream": stream, "generator": gen, "meter": meter, "cfg": cfg,
-             "counters": {"skipped_total": 0, "consecutive_skips": 0}}  # numerical-guard counters
+             "counters": {"skipped_total": 0, "consecutive_skips": 0},  # numerical-guard counters
+             "dist": dist}
     start = resume(cfg, parts)  # 0 for a fresh run
     probe, buffer, counters = parts["probe"], parts["buffer"], parts["counters"]
-    writer = MetricsWriter(out, keep_until=start)
+    writer = MetricsWriter(out, keep_until=start) if dist.main else None
+    progress = progress and dist.main
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
           f"({n_params / 1e6:.2f} M) | task {task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
+          f"{f' | {dist.world} processes' if dist.world > 1 else ''}"
           f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 
     metrics: dict = {}
@@ -256,11 +289,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
         # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
         t = time.perf_counter()
-        col = collect(model, tokenizer, task, stream, cfg, gen, meter)
+        col = collect(model, tokenizer, task, local_stream, cfg, gen, meter)
         batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
         times["time/generate_s"] = time.perf_counter() - t - col.reward_seconds
         times["time/reward_s"] = col.reward_seconds
-        metrics = {"step": step, **sampling_metrics(cfg, col)}
+        metrics = {"step": step, **sampling_metrics(cfg, col, dist)}
         if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
@@ -293,7 +326,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
             # ---- policy update ----
             t = time.perf_counter()
-            metrics.update(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg, counters))
+            metrics.update(mean_over_ranks(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg,
+                                                         counters, dist), dist, keep=("optim/skipped_steps",)))
             passes = cfg.optim.epochs * n_tokens(batch)
             meter.add(forward_tokens_policy=passes, backward_tokens_policy=passes,
                       forward_tokens_reference=passes if ref_model is not None else 0)
@@ -303,10 +337,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             if critic is not None:
                 t = time.perf_counter()
                 outcome = cfg.critic.mode == "outcome"
-                metrics.update(critic_update(critic, critic_opt, critic_sched, batch,
-                                             values[:, 0] if outcome else values, returns, outcome,
-                                             cfg.optim.mini_batch_prompts * G, cfg.optim.epochs,
-                                             cfg.critic.value_clip, cfg.optim.grad_clip))
+                old = values[:, 0] if outcome else values
+                metrics.update(mean_over_ranks(critic_update(
+                    critic, critic_opt, critic_sched, batch, old, returns, outcome,
+                    min(cfg.optim.mini_batch_prompts, P) // dist.world * G, cfg.optim.epochs, cfg.critic.value_clip,
+                    cfg.optim.grad_clip, dist), dist))
+                if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
+                    m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
+                    v, r = (torch.cat(dist.gather_objects(x[m])) for x in (old, returns))
+                    metrics["critic/explained_variance"] = explained_variance(v, r, torch.ones_like(v, dtype=torch.bool))
+                    metrics["critic/value_mean"] = float(v.mean())
                 meter.add(forward_tokens_critic=passes, backward_tokens_critic=passes)
                 times["time/critic_s"] = time.perf_counter() - t
 
@@ -314,78 +354,60 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             if use_probe:
                 targets, has = poise_targets(*mask_unscorable(group_view(rewards, G)))  # mean of siblings' rewards
-                keep = has.flatten()  # rows whose siblings were all unscorable have no target
-                buffer.add(feats["prompt"][keep], feats["trajectory"][keep], feats["entropy"][keep],
-                           targets.flatten()[keep], step)
+                order = dist.global_order(P, min(cfg.optim.mini_batch_prompts, P), G)  # rows in one-process order
+                rows = {k: dist.gather_rows(v, order) for k, v in
+                        {**feats, "targets": targets.flatten(), "has": has.flatten()}.items()}
+                keep = rows["has"]  # rows whose siblings were all unscorable have no target
+                buffer.add(rows["prompt"][keep], rows["trajectory"][keep], rows["entropy"][keep],
+                           rows["targets"][keep], step)
                 if buffer.num_steps >= cfg.probe.min_fit_steps:
-                    probe.fit(*buffer.tensors())
+                    probe.fit(*buffer.tensors())  # the same rows on every rank: the same probe
                 metrics["probe/buffer_rows"] = len(buffer)
+                if dist.world > 1:
+                    metrics["dist/probe_in_sync"] = int(dist.in_sync(probe.state_dict()))
             times["time/probe_s"] += time.perf_counter() - t
             if predictions is not None:  # out of sample: the probe has not seen this step yet
                 baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
-                ok = torch.isfinite(col.scores)
-                metrics.update({f"probe/{k}": v for k, v in probe_metrics(baseline[ok], col.scores[ok]).items()})
+                metrics.update(probe_step_metrics(baseline, col.scores, dist))
                 metrics["probe/used"] = int(used_probe)
-            metrics.update(batch_metrics(batch, advantages))
+            metrics.update(batch_metrics(batch, advantages, dist))
 
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["optim/skipped_total"] = counters["skipped_total"]
         times["time/step_s"] = time.perf_counter() - t_step
+        if dist.world > 1:  # the slowest rank's phase times; compute summed over ranks (identical totals everywhere)
+            times = {k: dist.max(v) for k, v in times.items()}
+            meter.step.update({k: dist.sum(v) for k, v in meter.step.items()})
         metrics.update(times)
         metrics.update(meter.end_step(times))
-        writer.log(metrics)
+        if writer is not None:
+            writer.log(metrics)
         bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
         reason = budget_reached(budget, meter.totals_for_budget())
         if reason or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save_checkpoint(out, step, parts, cfg.checkpoint.keep_last)
+            parts["rng_states"] = dist.gather_objects((torch.get_rng_state(), gen.get_state()))  # one pair per rank
+            if dist.main:
+                save_checkpoint(out, step, parts, cfg.checkpoint.keep_last)
+            dist.barrier()
         if reason:
             bar.close()
             print(f"budget reached after step {step}: {reason}")
             break
 
     # ---- save ----
+    if not dist.main:
+        dist.close()
+        return metrics
     writer.close()
-    model.save_pretrained(out / "policy")
+    save_policy(model, out / "policy")  # LoRA: adapters merged into a copy
     tokenizer.save_pretrained(out / "policy")
     if use_probe and probe.fitted:
         save_probe(probe, out / "policy", feature_meta)
     if critic is not None:
         (out / "critic").mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(out / "critic" / "critic.safetensors"))
+    dist.close()
     return metrics
 
-
-def sampling_metrics(cfg: TrainConfig, col) -> dict:
-    """Reward metrics over every sample generated this step (dropped ones included), per level, and the dynamic
-    sampling and reward shaping statistics."""
-    ok = torch.isfinite(col.all_scores)  # unscorable samples are counted, not averaged
-    scores, levels = col.all_scores[ok], [lv for lv, k in zip(col.all_levels, ok.tolist()) if k]
-    m = {"reward/mean": scores.mean().item() if len(scores) else float("nan"),
-         "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-         "tokens/generated": int(col.generated_tokens),
-         **{f"reward/{k}": v for k, v in col.verifier.items()}}  # timeouts, errors, rejected, unscorable
-    for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
-        m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
-    if cfg.rollout.group_size > 1:
-        m["reward/frac_zero_std_groups"] = 1.0 - col.groups_varied / col.groups_generated
-    if cfg.algorithm.dynamic_sampling:
-        m["dynamic_sampling/rounds"] = col.rounds
-        m["dynamic_sampling/kept_fraction"] = len(col.problems) / col.groups_generated
-        m["dynamic_sampling/groups_trained"] = len(col.problems)
-    if cfg.reward.overlong_buffer > 0 and len(col.rewards):
-        penalty = (col.rewards - col.scores).nan_to_num(0.0)
-        m["reward/overlong_penalty"] = penalty.mean().item()
-        m["reward/overlong_fraction"] = (penalty < 0).float().mean().item()
-    return m
-
-
-def batch_metrics(batch: RolloutBatch, advantages) -> dict:
-    """Advantage, entropy and length statistics of the rows trained on."""
-    mask = batch.response_mask
-    adv = advantages[mask] if advantages.dim() == 2 else advantages  # token-level critic advantages: valid tokens
-    return {"advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if adv.numel() > 1 else 0.0,
-            "entropy/mean": batch.entropy[mask].mean().item(),
-            "completion/mean_length": mask.sum(1).float().mean().item(),
-            "completion/truncated_fraction": batch.truncated.float().mean().item()}

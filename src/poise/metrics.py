@@ -1,0 +1,69 @@
+"""Per-step metrics of the training loop, over the whole batch: with several processes, each function gathers the
+per-row values of every rank first (`poise.distributed.Dist`), so the numbers are those a single process would
+log for the same rollouts."""
+
+from __future__ import annotations
+
+import torch
+
+from poise.distributed import Dist
+from poise.probe import probe_metrics
+from poise.rollout import RolloutBatch
+
+
+def _cat(dist: Dist, x: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D tensor concatenated (sizes may differ)."""
+    return x if dist.world == 1 else torch.cat(dist.gather_objects(x.detach().cpu()))
+
+
+def sampling_metrics(cfg, col, dist: Dist) -> dict:
+    """Reward metrics over every sample generated this step (dropped ones included), per level, answer-checking
+    counts, and the dynamic sampling and reward shaping statistics. `col` is a `sampling.Collected`."""
+    all_scores = _cat(dist, col.all_scores)
+    all_levels = [lv for part in dist.gather_objects(col.all_levels) for lv in part]
+    ok = torch.isfinite(all_scores)  # unscorable samples are counted, not averaged
+    scores, levels = all_scores[ok], [lv for lv, k in zip(all_levels, ok.tolist()) if k]
+    m = {"reward/mean": scores.mean().item() if len(scores) else float("nan"),
+         "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+         "tokens/generated": int(dist.sum(col.generated_tokens)),
+         **{f"reward/{k}": int(dist.sum(v)) for k, v in col.verifier.items()}}  # timeouts, errors, rejected, ...
+    for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
+        m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
+    groups, varied = dist.sum(col.groups_generated), dist.sum(col.groups_varied)
+    if cfg.rollout.group_size > 1:
+        m["reward/frac_zero_std_groups"] = 1.0 - varied / groups
+    if cfg.algorithm.dynamic_sampling:  # single process only (distributed.check_layout)
+        m["dynamic_sampling/rounds"] = col.rounds
+        m["dynamic_sampling/kept_fraction"] = len(col.problems) / col.groups_generated
+        m["dynamic_sampling/groups_trained"] = len(col.problems)
+    if cfg.reward.overlong_buffer > 0 and len(col.rewards):
+        penalty = _cat(dist, (col.rewards - col.scores).nan_to_num(0.0))
+        m["reward/overlong_penalty"] = penalty.mean().item()
+        m["reward/overlong_fraction"] = (penalty < 0).float().mean().item()
+    return m
+
+
+def batch_metrics(batch: RolloutBatch, advantages: torch.Tensor, dist: Dist) -> dict:
+    """Advantage, entropy and length statistics of the rows trained on."""
+    mask = batch.response_mask
+    adv = _cat(dist, advantages[mask] if advantages.dim() == 2 else advantages)  # token level: valid tokens
+    entropy = _cat(dist, batch.entropy[mask])
+    lengths, truncated = _cat(dist, mask.sum(1).float()), _cat(dist, batch.truncated.float())
+    return {"advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if adv.numel() > 1 else 0.0,
+            "entropy/mean": entropy.mean().item(), "completion/mean_length": lengths.mean().item(),
+            "completion/truncated_fraction": truncated.mean().item()}
+
+
+def probe_step_metrics(baseline: torch.Tensor, scores: torch.Tensor, dist: Dist) -> dict:
+    """`probe/mae` and `probe/pearson` of the cross-rollout baseline against the rewards (scorable rows)."""
+    b, s = _cat(dist, baseline), _cat(dist, scores)
+    ok = torch.isfinite(s)
+    return {f"probe/{k}": v for k, v in probe_metrics(b[ok], s[ok]).items()}
+
+
+def mean_over_ranks(stats: dict, dist: Dist, keep: tuple[str, ...] = ()) -> dict:
+    """Average scalar statistics over ranks (each rank's value is a mean over an equal share of the batch);
+    keys in `keep` are already identical on every rank and are left alone."""
+    if dist.world == 1:
+        return stats
+    return {k: v if k in keep else dist.sum(v) / dist.world for k, v in stats.items()}

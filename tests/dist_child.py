@@ -1,0 +1,63 @@
+"""Run by tests/test_distributed.py under torchrun (2 ranks) or alone (1 rank): one fixed batch, one policy update
+and one probe fit; writes the updated weights and the probe to OUT/rank<r>.safetensors."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import conftest  # noqa: E402,F401  (registers parity_test)
+
+from poise.advantages import group_view, poise_targets  # noqa: E402
+from poise.compute import ComputeMeter  # noqa: E402
+from poise.config import TrainConfig, build_config  # noqa: E402
+from poise.distributed import Dist  # noqa: E402
+from poise.features import rollout_features  # noqa: E402
+from poise.models import load_local  # noqa: E402
+from poise.probe import RidgeProbe  # noqa: E402
+from poise.rollout import score  # noqa: E402
+from poise.sampling import collect  # noqa: E402
+from poise.tasks import get_task  # noqa: E402
+from poise.trainer import PromptStream, compute_advantages, policy_update  # noqa: E402
+
+
+def main(values: dict, out: str) -> None:
+    torch.set_num_threads(1)
+    dist = Dist()
+    cfg = build_config(TrainConfig, values)
+    model, tok = load_local(values["model.name"])
+    task = get_task("parity_test")
+    P, G, mb = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.optim.mini_batch_prompts
+    # every rank builds the same full batch, then keeps its share of whole groups
+    col = collect(model, tok, task, PromptStream(task.problems("train", 64, seed=0), 0), cfg,
+                  torch.Generator().manual_seed(0), ComputeMeter())
+    score(model, col.batch, 1)
+    feats = rollout_features(col.batch.prompt_hidden, col.batch.prompt_mask, col.batch.response_hidden,
+                             col.batch.response_mask, col.batch.response_ids, col.batch.entropy, None, 3)
+    adv, _, _ = compute_advantages(cfg, col.rewards)
+    prompts = torch.tensor(dist.local_prompts(P, mb))
+    rows = (prompts[:, None] * G + torch.arange(G)).flatten()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)  # update = lr * grad: compares gradients directly
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    stats = policy_update(model, None, opt, sched, col.batch.rows(rows), adv[rows], cfg, {}, dist)
+    # the probe: this rank's rows gathered back into single-process order, then fitted
+    targets, _ = poise_targets(group_view(col.rewards, G))
+    order = dist.global_order(P, mb, G)
+    gathered = {k: dist.gather_rows(v[rows], order) for k, v in
+                {**feats, "targets": targets.flatten()}.items()}
+    probe = RidgeProbe(4, 4, 100.0).fit(gathered["prompt"], gathered["trajectory"], gathered["entropy"],
+                                        gathered["targets"])
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    tensors.update({f"probe.{k}": v.contiguous() for k, v in probe.state_dict().items()})
+    tensors.update({f"gathered.{k}": v.contiguous() for k, v in gathered.items()})
+    save_file(tensors, str(Path(out) / f"rank{dist.rank}.safetensors"))
+    Path(out, f"stats{dist.rank}.json").write_text(json.dumps({**stats, "in_sync": dist.in_sync(probe.state_dict()),
+                                                               "world": dist.world}))
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]), sys.argv[2])
