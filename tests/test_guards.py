@@ -220,3 +220,16 @@ def test_a_data_file_trains_and_long_prompts_are_dropped_and_counted(tiny_run, t
     last = train(cfg, progress=False)
     assert last["step"] == 1 and math.isfinite(last["loss/policy"])
     assert "task.max_prompt_tokens: dropped 3 of" in capsys.readouterr().out
+
+
+def test_empty_completions_score_zero_and_give_a_finite_loss():
+    from poise.losses import ppo_clip_loss
+
+    task = get_task("chain_sum")
+    p = task.problems("train", 1)[0]
+    assert task.score_batch(["", "</think>", "<think></think>"], [p] * 3) == [0.0, 0.0, 0.0]
+    logp = torch.zeros(2, 3, requires_grad=True)
+    mask = torch.zeros(2, 3, dtype=torch.bool)  # no valid token at all
+    loss, _ = ppo_clip_loss(logp, logp.detach(), torch.ones(2), mask, 0.2, 0.28, 10.0, "token-mean", 3)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros(2, 3))
