@@ -1,4 +1,4 @@
-"""`poise` command line: `poise train`, `poise sft`, `poise eval`. Options are generated from the config dataclasses."""
+"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`. Options are generated from the config dataclasses."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import os
 import sys
 import typing
 
-from poise.config import (ConfigError, EvalConfig, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml,
+from poise.config import (CompareConfig, ConfigError, EvalConfig, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml,
                           parse_cli_value)
 
 COMMANDS = {
     "train": (TrainConfig, "RL training (POISE by default) on the embedded default task and model."),
     "sft": (SFTConfig, "Supervised warm start on programmatic worked solutions; writes a model directory."),
     "eval": (EvalConfig, "Avg@k and pass@k of a model on a task's held-out split; per-problem JSON Lines + summary."),
+    "compare": (CompareConfig, "Methods x seeds at one compute budget; held-out accuracy against cost, report, plots."),
 }
 
 
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             from poise.evaluate import run_eval
 
             run_eval(cfg)
+        elif args.command == "compare":
+            from poise.compare import run_compare
+
+            run_compare(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as e:  # bad input: the message names it, no traceback
         print(f"poise {args.command}: error: {e}", file=sys.stderr)
         return 2

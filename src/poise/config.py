@@ -308,6 +308,37 @@ class EvalConfig:
     """torch CPU threads; 0 keeps torch's default."""
 
 
+@dataclass
+class CompareConfig:
+    """`poise compare`: several presets x several seeds on the same task, model and compute budget; each run's
+    checkpoints are evaluated on held-out problems; a results JSON, a Markdown report and PNG plots are written."""
+
+    methods: list[str] = field(default_factory=lambda: ["poise", "dapo", "grpo", "rloo"])
+    """Presets to compare (src/poise/configs/*.yaml or YAML files)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds; every method runs once per seed."""
+    budget_key: str = "generated_tokens"
+    """The compute counter every run is stopped on (see budget.* of poise train)."""
+    budget: float = 300000.0
+    """Budget for that counter, the same for every run."""
+    max_steps: int = 5000
+    """Safety cap on steps; the budget should stop every run well before it."""
+    eval_every: int = 10
+    """Checkpoint (and later evaluate) every this many steps; the initial model and the last step are evaluated too."""
+    eval_problems: int = 200
+    """Held-out problems per evaluation (the same problems for every run and checkpoint)."""
+    eval_k: int = 4
+    """Samples per held-out problem (Avg@k)."""
+    eval_max_new_tokens: int = 64
+    """Response length limit at evaluation."""
+    output_dir: str = "runs/compare"
+    """Where the runs, the results JSON, the report and the plots go; finished runs found there are reused."""
+    threads: int = 0
+    """torch CPU threads per run; 0 keeps torch's default."""
+    overrides: list[str] = field(default_factory=list)
+    """'key=value' overrides applied to every run after its preset (e.g. task.name=basic_arithmetic)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation of values (types are already checked)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -360,6 +391,16 @@ def validate(cfg: Any) -> None:
         _check(0.0 < cfg.top_p <= 1.0, "top_p", "must be in (0, 1]", cfg.top_p)
         _check(cfg.model.lora_r == 0, "model.lora_r", "poise eval loads a saved policy, whose LoRA adapters are "
                "already merged; leave it 0", cfg.model.lora_r)
+        return
+    if isinstance(cfg, CompareConfig):
+        _check(bool(cfg.methods), "methods", "must name at least one preset", cfg.methods)
+        _check(bool(cfg.seeds), "seeds", "must list at least one seed", cfg.seeds)
+        _check(cfg.budget_key in ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens",
+                                  "seconds"), "budget_key", "must be a budget.* counter", cfg.budget_key)
+        _check_positive(cfg, "", ["budget", "max_steps", "eval_every", "eval_problems", "eval_k", "eval_max_new_tokens"])
+        _check_positive(cfg, "", ["threads"], allow_zero=True)
+        for o in cfg.overrides:
+            _check("=" in o, "overrides", "each must be 'key=value'", o)
         return
     if not isinstance(cfg, TrainConfig):
         return

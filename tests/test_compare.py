@@ -1,0 +1,45 @@
+"""`poise compare` on the micro model: runs, evaluation of every checkpoint, summary, report, plots, reuse."""
+
+import json
+
+from poise.cli import main
+from poise.compare import first_reaching, summarise
+
+
+def test_summary_target_is_the_best_accuracy_every_method_reaches():
+    def pts(accs):
+        return [{"accuracy": a, "generated_tokens": 100 * (i + 1), "seconds": 10.0 * (i + 1)}
+                for i, a in enumerate(accs)]
+
+    curves = {"a": {0: pts([0.2, 0.4, 0.5]), 1: pts([0.3, 0.5, 0.5])},
+              "b": {0: pts([0.1, 0.2, 0.3]), 1: pts([0.2, 0.3, 0.4])}}
+    s = summarise(curves, initial=0.1)
+    assert s["target_accuracy"] == 0.35  # b's best seed mean; a's is 0.5
+    a, b = s["methods"]["a"], s["methods"]["b"]
+    assert a["tokens_to_target"] == 200 and a["seeds_reaching_target"] == 2  # seed 0 at 0.4, seed 1 at 0.5
+    assert b["seeds_reaching_target"] == 1 and b["tokens_to_target"] == 300 and b["seconds_to_target"] == 30
+    assert a["final_accuracy_mean"] == 0.5 and b["final_accuracy_min"] == 0.3
+    assert first_reaching(pts([0.1, 0.2]), 0.5) is None
+
+
+def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
+    out = tmp_path / "cmp"
+    over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "rollout.prompts_per_step=8",
+            "rollout.max_new_tokens=12", "optim.mini_batch_prompts=4", "probe.k=3", "probe.min_fit_steps=1",
+            "probe.warmup_steps=1", "probe.buffer_size=64", "probe.prompt_dim=4", "probe.trajectory_dim=4",
+            "rollout.group_size=2", "algorithm.dynamic_sampling=false"]
+    args = ["compare", "--methods", "[poise, rloo]", "--seeds", "[0]", "--budget-key", "samples", "--budget", "48",
+            "--eval-every", "1", "--eval-problems", "6", "--eval-k", "2", "--eval-max-new-tokens", "12",
+            "--output-dir", str(out), "--threads", "1", "--overrides", json.dumps(over)]
+    assert main(args) == 0
+    res = json.loads((out / "compare.json").read_text())
+    for m in ("poise", "rloo"):
+        pts = res["curves"][m]["0"]
+        assert [p["step"] for p in pts] == [1, 2, 3]  # 16 samples per step, budget 48
+        assert [p["samples"] for p in pts] == [16, 32, 48]
+        assert all(0.0 <= p["accuracy"] <= 1.0 for p in pts)
+    assert (out / "poise/seed0/done.json").is_file() and (out / "compare.md").read_text().startswith("# poise compare")
+    for png in ("accuracy_vs_tokens.png", "accuracy_vs_time.png", "reward_vs_tokens.png"):
+        assert (out / png).stat().st_size > 1000
+    assert main(args) == 0  # the finished runs and their evaluations are reused, not redone
+    assert json.loads((out / "compare.json").read_text())["curves"] == res["curves"]
