@@ -233,3 +233,20 @@ def test_empty_completions_score_zero_and_give_a_finite_loss():
     loss, _ = ppo_clip_loss(logp, logp.detach(), torch.ones(2), mask, 0.2, 0.28, 10.0, "token-mean", 3)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros(2, 3))
+
+
+def test_adam_variance_proxy_matches_the_bias_corrected_moments():
+    from poise.metrics import adam_variance_proxy
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+    assert math.isnan(adam_variance_proxy(opt))
+    grads = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 0.0, 0.5])]
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    m = 0.1 * (0.9 * grads[0] + grads[1])  # m_2 = 0.9 m_1 + 0.1 g_2, m_1 = 0.1 g_1
+    v = 0.01 * (0.99 * grads[0] ** 2 + grads[1] ** 2)
+    m_hat, v_hat = m / (1 - 0.9 ** 2), v / (1 - 0.99 ** 2)
+    assert adam_variance_proxy(opt) == pytest.approx(float((v_hat - m_hat ** 2).sum()), rel=1e-6)
+    assert adam_variance_proxy(opt) > 0  # the two gradients differ

@@ -67,3 +67,26 @@ def mean_over_ranks(stats: dict, dist: Dist, keep: tuple[str, ...] = ()) -> dict
     if dist.world == 1:
         return stats
     return {k: v if k in keep else dist.sum(v) / dist.world for k, v in stats.items()}
+
+
+def adam_variance_proxy(optimizer: torch.optim.Optimizer) -> float:
+    """The gradient-variance proxy the POISE paper plots: sum over parameters of v_hat - m_hat^2.
+
+      m_hat = m / (1 - beta1^t),  v_hat = v / (1 - beta2^t)    (Adam's bias-corrected moment estimates)
+
+    v_hat estimates E[g^2] and m_hat^2 estimates E[g]^2 over recent steps, so their difference tracks the variance of
+    the stochastic gradient. Returns nan before the first optimizer step. Source: POISE §6 (gradient variance).
+    """
+    total, seen = 0.0, False
+    for group in optimizer.param_groups:
+        b1, b2 = group["betas"]
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if not st or "exp_avg" not in st:
+                continue
+            t = float(st["step"])
+            m_hat = st["exp_avg"] / (1 - b1 ** t)
+            v_hat = st["exp_avg_sq"] / (1 - b2 ** t)
+            total += float((v_hat - m_hat ** 2).sum())
+            seen = True
+    return total if seen else float("nan")

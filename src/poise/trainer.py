@@ -42,7 +42,7 @@ from poise.tasks.dataset import task_kwargs
 from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
 from poise.distributed import Dist, check_layout
-from poise.metrics import batch_metrics, mean_over_ranks, probe_step_metrics, sampling_metrics
+from poise.metrics import adam_variance_proxy, batch_metrics, mean_over_ranks, probe_step_metrics, sampling_metrics
 
 
 class ShardedStream:
@@ -375,6 +375,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["optim/skipped_total"] = counters["skipped_total"]
+        metrics["optim/grad_var_proxy"] = adam_variance_proxy(optimizer)  # sum(v_hat - m_hat^2), identical on ranks
         times["time/step_s"] = time.perf_counter() - t_step
         if dist.world > 1:  # the slowest rank's phase times; compute summed over ranks (identical totals everywhere)
             times = {k: dist.max(v) for k, v in times.items()}
