@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from poise.advantages import group_view, poise_targets
+from poise.advantages import poise_targets
 from poise.config import TrainConfig, build_config, load_yaml
 from poise.critic import ValueModel
 from poise.evaluate import select_problems
