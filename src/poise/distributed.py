@@ -12,8 +12,8 @@ gradient of the global mean, the single-process update. The probe: features and 
 the single-process row order, so every rank fits the identical probe on the identical buffer. Metrics are computed
 from gathered per-row values, so they describe the whole batch. Only rank 0 writes logs and checkpoints.
 
-Process-group set-up is accelerate's (`PartialState`: gloo on CPU, NCCL on GPUs), from the environment that
-`accelerate launch` (or torchrun) sets. A single process needs none of this: `Dist()` is then a no-op.
+Process-group set-up is accelerate's (`PartialState`, gloo), from the environment that `accelerate launch` (or
+torchrun) sets. The training loop keeps its tensors on the CPU; placing the model on GPUs (and NCCL) is not done yet. A single process needs none of this: `Dist()` is then a no-op.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Dist:
         if self.world > 1:
             from accelerate import PartialState
 
-            state = PartialState(cpu=not torch.cuda.is_available())  # CPU: gloo (accelerate's MULTI_CPU)
+            state = PartialState(cpu=True)  # gloo: the loop keeps every tensor on the CPU (no GPU placement yet)
             self.rank, self.world = state.process_index, state.num_processes
         self.main = self.rank == 0
 
