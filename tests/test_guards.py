@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import poise.trainer as trainer_mod
+import poise.update as update_mod
 from poise.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
 from poise.config import ConfigError
 from poise.models import load_local
@@ -98,7 +99,7 @@ def test_compute_advantages_zeroes_unscorable_rows_for_every_method(tiny_run, tm
 
 def _poisoned(kind):
     """ppo_clip_loss whose loss (kind 'loss') or gradient (kind 'grad', via sqrt at 0) is non-finite."""
-    real = trainer_mod.ppo_clip_loss
+    real = update_mod.ppo_clip_loss
 
     def fake(logp, *args, **kwargs):
         loss, st = real(logp, *args, **kwargs)
@@ -121,7 +122,7 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_leaves_all_state_uncha
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     before = [p.detach().clone() for p in model.parameters()]
-    monkeypatch.setattr(trainer_mod, "ppo_clip_loss", _poisoned(kind))
+    monkeypatch.setattr(update_mod, "ppo_clip_loss", _poisoned(kind))
     counters = {}
     stats = policy_update(model, None, opt, sched, col.batch, adv, cfg, counters)
     assert stats["optim/skipped_steps"] == 2 == counters["skipped_total"] == counters["consecutive_skips"]
@@ -137,7 +138,7 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_leaves_all_state_uncha
 
 
 def test_a_run_that_keeps_producing_nan_stops_with_a_diagnostic(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "ppo_clip_loss", _poisoned("loss"))
+    monkeypatch.setattr(update_mod, "ppo_clip_loss", _poisoned("loss"))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         train(tiny_run(tmp_path, **{"optim.max_consecutive_skips": 3, "max_steps": 5}), progress=False)
 
