@@ -27,7 +27,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 _FORBIDDEN_EVENTS = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
@@ -206,21 +205,14 @@ class SafeVerifier:
     def _collect(self, todo: list, scores: list) -> list:
         """Read one result per pending pair; on a timeout or a dead worker, return the pairs still to score."""
         for k, (index, _, _) in enumerate(todo):
-            deadline = time.monotonic() + self.timeout
-            got = None
-            while got is None:
-                left = deadline - time.monotonic()
-                try:
-                    ready = left > 0 and self._conn.poll(left)
-                    got = self._conn.recv() if ready else None
-                except (EOFError, OSError):  # the worker died (e.g. out of memory): this pair scores 0
-                    self.stats["errors"] += 1
-                    self.last_error = "verifier worker died"
-                    self._kill()
-                    self.stats["restarts"] += 1
-                    return todo[k + 1:]
-                if got is None:
-                    break
+            try:
+                got = self._conn.recv() if self._conn.poll(self.timeout) else None
+            except (EOFError, OSError):  # the worker died (e.g. out of memory): this pair scores 0
+                self.stats["errors"] += 1
+                self.last_error = "verifier worker died"
+                self._kill()
+                self.stats["restarts"] += 1
+                return todo[k + 1:]
             if got is None:  # hard timeout: kill and replace the worker, move on to the next pair
                 self.stats["timeouts"] += 1
                 self._kill()
