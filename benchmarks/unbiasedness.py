@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from poise.advantages import group_view, poise_advantages, rloo_advantages
+from poise.advantages import poise_advantages, rloo_advantages
 
 P, K = 64, 8
 

@@ -25,7 +25,7 @@ def _payloads(s: str) -> list[str]:
         f"subprocess.run(['touch', '{s}/g'])",
         f"(lambda: open('{s}/h', 'w'))()",
         f"getattr(getattr(globals()['__builtins__'], 'open'), '__call__')('{s}/i', 'w')",
-        f"().__class__.__bases__[0].__subclasses__()",
+        "().__class__.__bases__[0].__subclasses__()",
         f"compile('open(\"{s}/j\",\"w\")', 'x', 'exec')",
         f"Symbol('x').__class__.__init__.__globals__['os'].system('touch {s}/k')",
         f"open('{s}/l','w')",

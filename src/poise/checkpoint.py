@@ -205,7 +205,7 @@ def resume(cfg, parts: dict) -> int:
     interrupted run is never overwritten by accident. Resume: restores `parts` from the newest valid checkpoint
     (replacing parts['probe'] and parts['buffer']) after checking that the config matches it.
     """
-    from poise.configio import ConfigError, flatten_dict, load_yaml  # noqa: F401
+    from poise.configio import ConfigError, flatten_dict, load_yaml
 
     found = complete_checkpoints(cfg.output_dir)
     if not cfg.resume:
