@@ -77,3 +77,36 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(tokens.tolist()) == {0, 1}  # the two tokens reaching 0.9 together; never the tail
     assert set(sample_next(logits, 1.0, 0.3, gen).tolist()) == {0}  # the top token alone reaches 0.3
     assert set(sample_next(logits, 1.0, 1.0, gen).tolist()) == {0, 1, 2, 3}
+
+
+def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_dir):
+    """score_with_graph + score(skip=...) fills the batch like one full scoring pass, and policy_update reusing the
+    kept forward makes the same optimizer steps as recomputing it (two mini-batches, two epochs)."""
+    import copy
+
+    from poise.config import TrainConfig, build_config
+    from poise.rollout import minibatch_rows, score_with_graph
+    from poise.update import policy_update
+
+    model, tok, ref = _batch(micro_dir, n=4, G=2, max_new=10)
+    cfg = build_config(TrainConfig, {"optim.mini_batch_prompts": 2, "optim.epochs": 2, "optim.grad_clip": 0.0,
+                                     "optim.warmup_steps": 0})
+    adv = torch.linspace(-1, 1, ref.prompt_ids.shape[0])
+    fused = RolloutBatch(ref.prompt_ids, ref.prompt_mask, ref.response_ids, ref.response_mask, 2)
+    score(model, ref, layer=1)
+    m1, m2 = model, copy.deepcopy(model)
+    first = minibatch_rows(4, 2, 2)[0]
+    assert first.tolist() == [0, 1, 2, 3]
+    logp = score_with_graph(m2, fused, first, layer=1)
+    score(m2, fused, layer=1, skip=first)
+    for k in ("old_logp", "entropy", "prompt_hidden", "response_hidden"):
+        assert torch.allclose(getattr(fused, k), getattr(ref, k), atol=1e-5), k
+    assert logp.requires_grad
+    for m, b, first_logp in ((m1, ref, None), (m2, fused, logp)):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        stats = policy_update(m, None, opt, sched, b, adv, cfg, {}, first_logp=first_logp)
+        assert stats["optim/skipped_steps"] == 0 and stats["clip_ratio"] > 0  # the second epoch moved off ratio 1
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p1, p2, atol=1e-6)
+    assert any(not torch.equal(p1, p0) for p1, p0 in zip(m1.parameters(), _batch(micro_dir)[0].parameters()))

@@ -1,4 +1,4 @@
-"""Rollouts: batched KV-cache sampling and the one scoring forward pass.
+"""Rollouts: batched KV-cache sampling and the scoring forward pass (shared with the update for the first mini-batch).
 
 Layout of a batch of B = P * G sequences (the G rollouts of prompt p are rows p*G .. p*G+G-1):
     prompt_ids    (B, L)  left-padded,  prompt_mask   (B, L) bool
@@ -114,28 +114,75 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
-@torch.no_grad()
-def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.0, micro_batch: int = 256):
-    """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
-    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch."""
+def minibatch_rows(n_prompts: int, mb_prompts: int, group_size: int) -> list[torch.Tensor]:
+    """Row indices of each mini-batch of whole groups: prompts [s, s + mb_prompts) -> rows p*G .. p*G+G-1."""
+    G = group_size
+    return [(torch.arange(s, min(s + mb_prompts, n_prompts))[:, None] * G + torch.arange(G)).flatten()
+            for s in range(0, n_prompts, mb_prompts)]
+
+
+def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, logits: torch.Tensor,
+          hidden: torch.Tensor | None) -> None:
+    """Write rows' old log-probs (n, T), entropies (from logits (n, T, V)) and, with `hidden` (n, L+T, H), the
+    probe-layer states into the batch, allocating its (B, ...) tensors on first use."""
+    B, (L, T) = batch.prompt_ids.shape[0], (batch.prompt_ids.shape[1], batch.response_ids.shape[1])
+    with torch.no_grad():
+        ent = token_entropy(logits)
+    if batch.old_logp is None:
+        batch.old_logp, batch.entropy = logp.new_zeros(B, T), ent.new_zeros(B, T)
+    batch.old_logp[rows], batch.entropy[rows] = logp.detach(), ent.detach()
+    if hidden is not None:
+        hidden = hidden.detach().float()
+        if batch.prompt_hidden is None:
+            batch.prompt_hidden, batch.response_hidden = hidden.new_zeros(B, L, hidden.shape[-1]), \
+                hidden.new_zeros(B, T, hidden.shape[-1])
+        batch.prompt_hidden[rows], batch.response_hidden[rows] = hidden[:, :L], hidden[:, L:]
+
+
+def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int | None,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """The scoring pass for `rows` (the first mini-batch) as the policy update's own forward: fills the batch like
+    `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(first_logp=...)`.
+
+    Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
+    ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two."""
     from poise.models import HiddenCapture
 
-    L = batch.prompt_ids.shape[1]
-    logps, ents, hp, hr = [], [], [], []
-    for s in range(0, batch.prompt_ids.shape[0], micro_batch):
-        mb = batch.rows(torch.arange(s, min(s + micro_batch, batch.prompt_ids.shape[0])))
-        if layer is None:
+    model.train()
+    mb = batch.rows(rows)
+    if layer is None:
+        logits, hidden = response_logits(model, mb, temperature), None
+    else:
+        with HiddenCapture(model, layer) as cap:
             logits = response_logits(model, mb, temperature)
+        hidden = cap.hidden
+    logp = token_logprobs(logits, mb.response_ids)
+    _fill(batch, rows, logp, logits, hidden)
+    return logp
+
+
+@torch.no_grad()
+def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.0, micro_batch: int = 256,
+          skip: torch.Tensor | None = None):
+    """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
+    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch.
+    Rows in `skip` are left alone (scored by `score_with_graph`)."""
+    from poise.models import HiddenCapture
+
+    B = batch.prompt_ids.shape[0]
+    todo = torch.arange(B)
+    if skip is not None:
+        todo = todo[~torch.isin(todo, skip)]
+    for s in range(0, len(todo), micro_batch):
+        rows = todo[s:s + micro_batch]
+        mb = batch.rows(rows)
+        if layer is None:
+            logits, hidden = response_logits(model, mb, temperature), None
         else:
             with HiddenCapture(model, layer) as cap:
                 logits = response_logits(model, mb, temperature)
-            hp.append(cap.hidden[:, :L].float())
-            hr.append(cap.hidden[:, L:].float())
-        logps.append(token_logprobs(logits, mb.response_ids))
-        ents.append(token_entropy(logits))
-    batch.old_logp, batch.entropy = torch.cat(logps), torch.cat(ents)
-    if layer is not None:
-        batch.prompt_hidden, batch.response_hidden = torch.cat(hp), torch.cat(hr)
+            hidden = cap.hidden
+        _fill(batch, rows, token_logprobs(logits, mb.response_ids), logits, hidden)
     return batch
 
 

@@ -4,8 +4,8 @@ reward shaping. The algorithm is chosen in one place (`compute_advantages`).
 
 Each step, in order:
   sample prompts -> generate G rollouts each -> rewards (DAPO: more rounds until enough groups have reward
-  variance) -> score (one no-grad forward: old log-probs, entropies, hidden states of the probe layer; the critic's
-  values for PPO) -> baseline / advantages -> PPO update -> critic update -> probe update -> log -> budget check.
+  variance) -> score (one forward: old log-probs, entropies, hidden states of the probe layer, the first mini-batch's
+  kept for the update's first step; the critic's values for PPO) -> baseline / advantages -> PPO update -> critic update -> probe update -> log -> budget check.
 POISE (arXiv 2605.07579, ../shared/POISE.md): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
 internal-state features, fitted only on earlier steps; RLOO advantages for the first `probe.warmup_steps` steps.
 Departures from the reference implementation are listed in the config docstrings (sizes, learning rate).
@@ -34,14 +34,14 @@ from poise.features import rollout_features
 from poise.models import decoder_layers, load_model, resolve_layer, save_policy
 from poise.rewards import TRLReward
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noqa: F401
-from poise.rollout import RolloutBatch, score
+from poise.rollout import RolloutBatch, minibatch_rows, score, score_with_graph
 from poise.sampling import collect
 from poise.configio import ConfigError
 from poise.tasks import drop_long_prompts, get_task
 from poise.tasks.dataset import task_kwargs
 from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
-from poise.update import policy_update
+from poise.update import local_minibatch_prompts, policy_update
 from poise.distributed import Dist, check_layout
 from poise.metrics import adam_variance_proxy, batch_metrics, mean_over_ranks, probe_step_metrics, sampling_metrics
 
@@ -224,10 +224,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
-            # ---- score: old log-probs, entropies, probe-layer hidden states in one forward; critic values ----
+            # ---- score: old log-probs, entropies, probe-layer hidden states; critic values. The first mini-batch's
+            # forward is the update's own (graph kept, ratio 1); the other rows get one no-grad forward ----
             t = time.perf_counter()
-            score(model, batch, layer, cfg.rollout.temperature)
-            meter.add(forward_tokens_policy=n_tokens(batch))
+            n_local = len(batch.prompt_ids) // G  # this rank's prompts this step
+            first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
+            first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)
+            score(model, batch, layer, cfg.rollout.temperature, skip=first)
+            meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
             if critic is not None:
                 with torch.no_grad():
@@ -254,7 +258,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             # ---- policy update ----
             t = time.perf_counter()
             metrics.update(mean_over_ranks(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg,
-                                                         counters, dist), dist, keep=("optim/skipped_steps",)))
+                                                         counters, dist, first_logp), dist, keep=("optim/skipped_steps",)))
+            first_logp = None  # the graph is freed
             passes = cfg.optim.epochs * n_tokens(batch)
             meter.add(forward_tokens_policy=passes, backward_tokens_policy=passes,
                       forward_tokens_reference=passes if ref_model is not None else 0)

@@ -10,12 +10,20 @@ import torch
 from poise.config import TrainConfig
 from poise.distributed import Dist
 from poise.losses import aggregate, kl_k3, ppo_clip_loss
-from poise.rollout import RolloutBatch, response_logits, token_logprobs
+from poise.rollout import RolloutBatch, minibatch_rows, response_logits, token_logprobs
+
+
+def local_minibatch_prompts(cfg: TrainConfig, n_local_prompts: int, dist: Dist) -> int:
+    """This rank's prompts per mini-batch: its share of optim.mini_batch_prompts (all of them with one process)."""
+    return min(cfg.optim.mini_batch_prompts, n_local_prompts * dist.world) // dist.world
 
 
 def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,
-                  counters: dict, dist: Dist | None = None) -> dict:
+                  counters: dict, dist: Dist | None = None, first_logp: torch.Tensor | None = None) -> dict:
     """PPO clipped update over mini-batches of whole groups; one optimizer step per mini-batch.
+
+    `first_logp`: the first mini-batch's log-probs (n, T) with their graph, from `rollout.score_with_graph`; the
+    first optimizer step then reuses that forward instead of running its own (its ratio is exactly 1).
 
     Numerical guard: a mini-batch whose loss or gradient norm is NaN/inf is skipped with the weights, the optimizer
     moments and the learning-rate schedule untouched; `counters` keeps the run's skipped total and the current
@@ -26,7 +34,7 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
     dist = dist or Dist()
     G, lo = batch.group_size, cfg.loss
     P = batch.prompt_ids.shape[0] // G  # this rank's prompts
-    mb_prompts = min(cfg.optim.mini_batch_prompts, P * dist.world) // dist.world
+    mb_prompts = local_minibatch_prompts(cfg, P, dist)
     stats: dict[str, list[float]] = {"loss/policy": [], "clip_ratio": [], "kl/approx": [], "grad_norm": []}
     if lo.kl_coef > 0:
         stats["kl/ref"] = []
@@ -47,12 +55,13 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
 
     model.train()
     for _ in range(cfg.optim.epochs):
-        for s in range(0, P, mb_prompts):
-            prompts = torch.arange(s, min(s + mb_prompts, P))
-            rows = (prompts[:, None] * G + torch.arange(G)).flatten()
+        for rows in minibatch_rows(P, mb_prompts, G):
             mb = batch.rows(rows)
             mask = mb.response_mask & ~mb.truncated[:, None] if lo.mask_truncated else mb.response_mask
-            logp = token_logprobs(response_logits(model, mb, cfg.rollout.temperature), mb.response_ids)
+            if first_logp is not None:  # the scoring pass's forward of this mini-batch, graph kept
+                logp, first_logp = first_logp, None
+            else:
+                logp = token_logprobs(response_logits(model, mb, cfg.rollout.temperature), mb.response_ids)
             loss, st = ppo_clip_loss(logp, mb.old_logp, advantages[rows], mask, lo.clip_low,
                                      lo.clip_high, lo.dual_clip or None, lo.aggregation,
                                      cfg.rollout.max_new_tokens)
