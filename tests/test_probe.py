@@ -149,6 +149,44 @@ def test_feature_buffer_state_round_trip():
     assert len(FeatureBuffer.from_state({}, {"capacity": 5})) == 0
 
 
+def _stream_into(buf, n_steps, rows_per_step, d, seed=0):
+    for s in range(n_steps):
+        p, t, e, y = _synthetic(rows_per_step, d=d, seed=seed + s)
+        buf.add(p + 50.0, t, e, y, step=s)  # a large offset: the shifted sums must not lose the spread to it
+
+
+@pytest.mark.parametrize("n_steps,rows,d,capacity", [(30, 100, 200, 1000), (3, 40, 200, 4096)])
+def test_fit_from_running_moments_equals_fit_from_rows(n_steps, rows, d, capacity):
+    """FIFO eviction, periodic recomputation (30 x 100 rows through a 1,000-row buffer) and N < D (120 rows of 200
+    dims, the Gram route in pca_fit): the O(D^2) refit gives the row fit's probe."""
+    buf = FeatureBuffer(capacity)
+    _stream_into(buf, n_steps, rows, d)
+    p, t, e, y = buf.tensors()
+    m = buf.moments()
+    rows64 = torch.cat([p, t, e, y[:, None]], 1).double()
+    assert m.n == len(y) and m.dims == (d, d, 3)
+    assert torch.allclose(m.mean, rows64.mean(0), atol=1e-9)
+    assert torch.allclose(m.cov, torch.cov(rows64.T, correction=0), atol=1e-8)
+    a = RidgeProbe(32, 64, 100.0).fit(p, t, e, y)
+    b = RidgeProbe(32, 64, 100.0).fit_moments(m)
+    assert b.n_fit == a.n_fit == len(y)
+    new = _synthetic(200, d=d, seed=99)
+    for q in (b.predict(p, t, e), b.predict(new[0] + 50.0, new[1], new[2])):
+        assert q.std() > 0.05  # not a constant
+    assert torch.allclose(a.predict(p, t, e), b.predict(p, t, e), atol=1e-6)
+    assert torch.allclose(a.predict(new[0] + 50.0, new[1], new[2]), b.predict(new[0] + 50.0, new[1], new[2]), atol=1e-6)
+
+
+def test_running_moments_survive_a_checkpoint_exactly():
+    buf = FeatureBuffer(500)
+    _stream_into(buf, 8, 90, 20)  # evictions, and rows added since the last recomputation
+    restored = FeatureBuffer.from_state(buf.state_dict(), buf.metadata())
+    for x in (buf, restored):
+        x.add(*_synthetic(90, d=20, seed=7), step=8)
+    a, b = buf.moments(), restored.moments()
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.cov, b.cov)
+
+
 def test_probe_metrics():
     m = probe_metrics(torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.0, 1.0, 1.0]))
     assert m["mae"] == pytest.approx(1 / 6)

@@ -9,7 +9,8 @@ from conftest import train_and_diff
 
 REQUIRED = ["step", "reward/mean", "reward/std", "advantage/mean", "advantage/std", "probe/mae", "probe/pearson",
             "loss/policy", "clip_ratio", "entropy/mean", "kl/approx", "grad_norm", "completion/mean_length",
-            "tokens/generated", "time/generate_s", "time/score_s", "time/update_s", "time/probe_s", "time/step_s"]
+            "tokens/generated", "time/generate_s", "time/score_s", "time/update_s", "time/advantages_s", "time/probe_s",
+            "time/step_s"]
 
 
 def test_two_poise_steps_change_every_parameter_and_log_every_metric(micro_dir, tiny_run, tmp_path):

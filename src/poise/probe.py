@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-__all__ = ["pca_fit", "ridge_fit", "RidgeProbe", "FeatureBuffer", "probe_metrics"]
+from poise.buffer import FeatureBuffer, Moments
+
+__all__ = ["pca_fit", "ridge_fit", "RidgeProbe", "FeatureBuffer", "Moments", "probe_metrics"]
 
 _F64 = torch.float64
 _STD_FLOOR = 1e-8
@@ -89,10 +91,29 @@ def pca_fit(X: Tensor, k: int, exact_max_dim: int = 1024, iters: int = 8) -> tup
         tol = s.max().clamp(min=1.0) * max(n, d) * torch.finfo(_F64).eps
         ok = s > tol
         comps = torch.where(ok, (Xc.T @ u) / torch.where(ok, s, torch.ones_like(s)), 0.0)
+    return mu, _fix_signs(comps)
+
+
+def _fix_signs(comps: Tensor) -> Tensor:
+    """(D, k) components with each column's largest-|.| entry made positive (a deterministic sign)."""
     idx = comps.abs().argmax(dim=0)
     sign = torch.sign(comps.gather(0, idx.unsqueeze(0))).squeeze(0)
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return mu, comps * sign
+    return comps * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def pca_from_cov(cov: Tensor, k: int, n: int, exact_max_dim: int = 1024, iters: int = 8) -> Tensor:
+    """`pca_fit`'s components from the (population) covariance of N rows instead of the rows.
+
+      components = top-k' eigenvectors of cov,  k' = max(1, min(k, N - 1, D)),  signs as in pca_fit
+    Eigenvectors whose eigenvalue is at rounding level (<= 10 D eps * the largest; the null space when N <= D)
+    become zero columns, as pca_fit's Gram route gives them.
+    Args: cov (D, D) float64; k requested dims; n rows behind cov. Returns: (D, k') float64.
+    """
+    d = cov.shape[0]
+    kk = max(1, min(k, n - 1, d))
+    evals, comps = _top_eigh(cov, kk, exact_max_dim, iters)
+    ok = evals > evals[0].clamp(min=0) * 10 * d * torch.finfo(_F64).eps
+    return _fix_signs(torch.where(ok, comps, torch.zeros_like(comps)))
 
 
 def ridge_fit(X: Tensor, y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
@@ -167,6 +188,37 @@ class RidgeProbe:
         self.n_fit = n
         return self
 
+    def fit_moments(self, m: "Moments") -> "RidgeProbe":
+        """The same fit as `fit(*buffer.tensors())`, from the buffer's running moments (`FeatureBuffer.moments()`)
+        instead of its rows: O(D^2) per refit rather than O(N D^2).
+
+        With S = cov([prompt | trajectory | entropy]) (D, D), s_y = cov(those, target) (D,) and M = blockdiag(
+        C_p, C_t, I_E) (D, F) the PCA projection (C from `pca_from_cov` of S's diagonal blocks):
+          feature_mean = [0, 0, mean(entropy)],  inv_std = 1 / sqrt(diag(M^T S M))   (0 where std <= 1e-8)
+          w = (N Dinv M^T S M Dinv + alpha I)^{-1} N Dinv M^T s_y,   b = mean(target)
+        which is ridge_fit on the standardised features written in covariance form.
+        """
+        if m.n < 1:
+            raise ValueError("fit_moments needs at least one row")
+        hp, ht, e = m.dims
+        d = hp + ht + e
+        S, sy, mean = m.cov[:d, :d], m.cov[:d, d], m.mean
+        pc = pca_from_cov(S[:hp, :hp], self.prompt_dim, m.n)
+        tc = pca_from_cov(S[hp:hp + ht, hp:hp + ht], self.trajectory_dim, m.n)
+        M = torch.block_diag(pc, tc, torch.eye(e, dtype=_F64))  # (D, F)
+        Czz = M.T @ S @ M
+        sd = Czz.diagonal().clamp(min=0).sqrt()
+        inv = torch.where(sd > _STD_FLOOR, 1.0 / sd.clamp(min=_STD_FLOOR), torch.zeros_like(sd))
+        A = m.n * (inv[:, None] * Czz * inv[None, :]) + self.alpha * torch.eye(len(inv), dtype=_F64)
+        w = torch.linalg.solve(A, m.n * inv * (M.T @ sy))
+        zeros = torch.zeros(pc.shape[1] + tc.shape[1], dtype=_F64)
+        self._state = {"prompt_mean": mean[:hp].clone(), "prompt_components": pc,
+                       "trajectory_mean": mean[hp:hp + ht].clone(), "trajectory_components": tc,
+                       "feature_mean": torch.cat([zeros, mean[hp + ht:d]]), "feature_inv_std": inv, "weight": w,
+                       "bias": mean[d].reshape(1).clone()}
+        self.n_fit = m.n
+        return self
+
     def predict(self, prompt: Tensor, trajectory: Tensor, entropy: Tensor) -> Tensor:
         """Probe predictions clip(w . z_std + b, 0, 1).
 
@@ -202,86 +254,6 @@ class RidgeProbe:
                 raise KeyError(f"probe state is missing {missing}")
             probe._state = {k: _f64(state_dict[k]).clone() for k in cls._KEYS}
         return probe
-
-
-class FeatureBuffer:
-    """FIFO buffer of the most recent `capacity` feature rows (POISE §3: 4,096 rows), oldest evicted
-    first. Preallocated float32 ring tensors (allocated on the first add); `add` is one indexed copy."""
-
-    _KEYS = ("prompt", "trajectory", "entropy", "targets")
-
-    def __init__(self, capacity: int = 4096):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
-        self._data: dict[str, Tensor] | None = None
-        self._steps = torch.zeros(self.capacity, dtype=torch.long)
-        self._start, self._size = 0, 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, prompt: Tensor, trajectory: Tensor, entropy: Tensor, targets: Tensor, step: int) -> None:
-        """Append n rows: prompt (n, Hp), trajectory (n, Ht), entropy (n, E), targets (n,), from `step`."""
-        new = {"prompt": prompt, "trajectory": trajectory, "entropy": entropy, "targets": targets}
-        n = prompt.shape[0]
-        if any(v.shape[0] != n for v in new.values()):
-            raise ValueError("all inputs to FeatureBuffer.add must have the same number of rows")
-        if n == 0:
-            return
-        new = {k: v.detach().to("cpu", torch.float32).reshape(n, -1) for k, v in new.items()}
-        new["targets"] = new["targets"].reshape(n)
-        if self._data is None:
-            self._data = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=torch.float32)
-                          for k, v in new.items()}
-        bad = [k for k, v in new.items() if v.shape[1:] != self._data[k].shape[1:]]
-        if bad:
-            raise ValueError(f"per-row shapes of {bad} differ from those already in the buffer")
-        if n > self.capacity:
-            new = {k: v[-self.capacity:] for k, v in new.items()}
-            n = self.capacity
-        pos = (self._start + self._size + torch.arange(n)) % self.capacity
-        for k, v in new.items():
-            self._data[k][pos] = v
-        self._steps[pos] = int(step)
-        overflow = max(0, self._size + n - self.capacity)
-        self._start = (self._start + overflow) % self.capacity
-        self._size = min(self._size + n, self.capacity)
-
-    def _order(self) -> Tensor:
-        return (self._start + torch.arange(self._size)) % self.capacity
-
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(prompt (N, Hp), trajectory (N, Ht), entropy (N, E), targets (N,)), oldest row first."""
-        if self._data is None:
-            raise RuntimeError("FeatureBuffer is empty")
-        return tuple(self._data[k][self._order()] for k in self._KEYS)  # type: ignore[return-value]
-
-    @property
-    def num_steps(self) -> int:
-        """Number of distinct steps among the rows currently held."""
-        return int(torch.unique(self._steps[self._order()]).numel()) if self._size else 0
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Rows in chronological order plus their steps (empty dict when empty)."""
-        if self._size == 0 or self._data is None:
-            return {}
-        return {**dict(zip(self._KEYS, self.tensors())), "steps": self._steps[self._order()]}
-
-    def metadata(self) -> dict:
-        """JSON-able: capacity and current size."""
-        return {"capacity": self.capacity, "size": self._size}
-
-    @classmethod
-    def from_state(cls, state_dict: dict[str, Tensor], metadata: dict) -> "FeatureBuffer":
-        buf = cls(int(metadata["capacity"]))
-        if state_dict:
-            steps = state_dict["steps"]
-            bounds = torch.nonzero(steps[1:] != steps[:-1]).flatten().add(1).tolist()
-            edges = [0, *bounds, len(steps)]
-            for a, b in zip(edges[:-1], edges[1:]):
-                buf.add(*(state_dict[k][a:b] for k in cls._KEYS), step=int(steps[a]))
-        return buf
 
 
 def probe_metrics(predictions: Tensor, rewards: Tensor) -> dict[str, float]:

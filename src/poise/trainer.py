@@ -253,7 +253,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             probe_ready = bool(cfg.probe.load) or step > cfg.probe.warmup_steps
             advantages, returns, used_probe = compute_advantages(cfg, rewards, predictions, probe_ready, values,
                                                                  batch.response_mask)
-            times["time/probe_s"] = time.perf_counter() - t
+            times["time/advantages_s"] = time.perf_counter() - t
 
             # ---- policy update ----
             t = time.perf_counter()
@@ -293,11 +293,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 buffer.add(rows["prompt"][keep], rows["trajectory"][keep], rows["entropy"][keep],
                            rows["targets"][keep], step)
                 if buffer.num_steps >= cfg.probe.min_fit_steps:
-                    probe.fit(*buffer.tensors())  # the same rows on every rank: the same probe
+                    probe.fit_moments(buffer.moments())  # the same rows on every rank: the same probe
                 metrics["probe/buffer_rows"] = len(buffer)
                 if dist.world > 1:
                     metrics["dist/probe_in_sync"] = int(dist.in_sync(probe.state_dict()))
-            times["time/probe_s"] += time.perf_counter() - t
+            times["time/probe_s"] = time.perf_counter() - t
             if predictions is not None:  # out of sample: the probe has not seen this step yet
                 baseline = leave_one_out_mean(group_view(predictions, G)).flatten()
                 metrics.update(probe_step_metrics(baseline, col.scores, dist))

@@ -257,7 +257,7 @@ class POISETrainer(GRPOTrainer):
         self.probe_buffer.add(feats["prompt"][keep], feats["trajectory"][keep], feats["entropy"][keep],
                               targets.flatten()[keep], step=self.poise_round)
         if self.probe_buffer.num_steps >= args.probe_min_fit_steps:
-            self.probe.fit(*self.probe_buffer.tensors())
+            self.probe.fit_moments(self.probe_buffer.moments())
         metrics["probe/buffer_rows"].append(float(len(self.probe_buffer)))
         metrics["probe/feature_pass_s"].append(feature_s)
         metrics["probe/fit_s"].append(time.perf_counter() - t)
