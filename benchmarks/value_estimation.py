@@ -48,7 +48,7 @@ def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_pr
         chunk = problems[s:s + batch_prompts]
         ids, mask = encode_prompts(tok, chunk, G)
         resp, rmask = generate(model, ids, mask, cfg.rollout.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
-                               cfg.rollout.temperature, 1.0, gen)
+                               cfg.rollout.temperature, 1.0, gen, group_size=G)
         scores = task.score_batch(tok.batch_decode(resp, skip_special_tokens=True), [p for p in chunk for _ in range(G)])
         batch = score(model, RolloutBatch(ids, mask, resp, rmask, G), layer, cfg.rollout.temperature)
         f = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,

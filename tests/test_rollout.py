@@ -110,3 +110,37 @@ def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_
     for p1, p2 in zip(m1.parameters(), m2.parameters()):
         assert torch.allclose(p1, p2, atol=1e-6)
     assert any(not torch.equal(p1, p0) for p1, p0 in zip(m1.parameters(), _batch(micro_dir)[0].parameters()))
+
+
+def test_shared_prompt_forward_matches_the_full_forward(micro_dir):
+    """Rows in groups of identical prompts: the prompt runs once per group and the responses reuse its KV cache;
+    logits, probe-layer states and gradients equal the full forward's, and the shared path is really taken."""
+    from poise.rollout import prompts_shared, response_forward
+
+    model, tok, b = _batch(micro_dir, n=3, G=3, max_new=9)
+    flat = RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 1)  # G = 1: no sharing
+    assert prompts_shared(b.prompt_ids, b.prompt_mask, 3) and not prompts_shared(b.prompt_ids, b.prompt_mask, 1)
+    assert not prompts_shared(b.prompt_ids, b.prompt_mask, 2)  # 9 rows: no groups of 2
+    assert not prompts_shared(b.prompt_ids.roll(1, 0), b.prompt_mask.roll(1, 0), 3)  # groups straddle two prompts
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    (la, ha), (lb, hb) = response_forward(model, b, 1.0, layer=1), response_forward(model, flat, 1.0, layer=1)
+    handle.remove()
+    assert calls == [3, 9, 9]  # shared: 3 prompts, then 9 responses; full: 9 rows once
+    m = b.response_mask
+    assert torch.allclose(la[m], lb[m], atol=1e-5) and torch.allclose(ha, hb, atol=1e-5)
+    grads = []
+    for batch in (b, flat):
+        model.zero_grad()
+        token_logprobs(response_logits(model, batch), batch.response_ids)[m].sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for ga, gb in zip(*grads):
+        assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefill_samples_the_same_tokens(micro_dir):
+    model, tok = load_local(micro_dir)
+    ids, mask = encode_prompts(tok, get_task("chain_sum").problems("train", 4, seed=1), 4)
+    out = [generate(model, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, 1e-4, 1.0,
+                    torch.Generator().manual_seed(0), group_size=g) for g in (1, 4)]  # near-greedy: no sampling noise
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])

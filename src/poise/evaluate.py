@@ -115,7 +115,7 @@ def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int
             t0 = time.perf_counter()
             ids, mask = encode_prompts(tokenizer, chunk, k)  # (P*k, L)
             resp, rmask = generate(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
-                                   tokenizer.pad_token_id, temperature, top_p, generator)  # (P*k, T)
+                                   tokenizer.pad_token_id, temperature, top_p, generator, group_size=k)  # (P*k, T)
             texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
             t1 = time.perf_counter()
             scores = task.score_batch(texts, [p for p in chunk for _ in range(k)])

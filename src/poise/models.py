@@ -343,14 +343,19 @@ def resolve_layer(spec: float, num_layers: int) -> int:
 
 
 class HiddenCapture:
-    """Context manager: `with HiddenCapture(model, layer) as cap: model(...)`; then `cap.hidden` is (B, N, H)."""
+    """Context manager: `with HiddenCapture(model, layer) as cap: model(...)`; then `cap.hidden` is (B, N, H), the
+    layer's output in the last forward, and `cap.outputs` those of every forward inside the block, in order."""
 
     def __init__(self, model: torch.nn.Module, layer: int):
         self.layer = decoder_layers(model)[layer]
-        self.hidden: torch.Tensor | None = None
+        self.outputs: list[torch.Tensor] = []
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        return self.outputs[-1] if self.outputs else None
 
     def _hook(self, module, args, output):
-        self.hidden = output[0] if isinstance(output, tuple) else output
+        self.outputs.append(output[0] if isinstance(output, tuple) else output)
 
     def __enter__(self):
         self.handle = self.layer.register_forward_hook(self._hook)

@@ -8,6 +8,7 @@ Position ids are `cumsum(mask) - 1`, identical in sampling and scoring, so left 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -65,11 +66,36 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def prompts_shared(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int) -> bool:
+    """True when the rows come in runs of `group_size` identical prompts (rows p*G .. p*G+G-1), so the prompt can be
+    run once per group and its KV cache shared by the group's G responses."""
+    B, G = prompt_ids.shape[0], group_size
+    if G < 2 or B % G:
+        return False
+    ids, m = prompt_ids.view(B // G, G, -1), prompt_mask.view(B // G, G, -1)
+    return bool((ids == ids[:, :1]).all() and (m == m[:, :1]).all())
+
+
+def _shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int, cache,
+                    logits_to_keep: int = 1):
+    """Prefill one row per group (prompt rows 0, G, 2G, ...) into `cache`, then repeat every cache entry and the
+    kept logits G times along the batch: the (B, ...) state a prefill of all B rows would give, for 1/G of the
+    compute. Differentiable (the backward sums the G responses' gradients into the one prompt pass)."""
+    G = group_size
+    out = model(input_ids=prompt_ids[::G], attention_mask=prompt_mask[::G].long(),
+                position_ids=position_ids(prompt_mask[::G]), past_key_values=cache, use_cache=True,
+                logits_to_keep=logits_to_keep)
+    cache.batch_repeat_interleave(G)
+    return out.logits.repeat_interleave(G, dim=0)
+
+
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_id: int,
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses with a KV cache; logits only for the last position; stops when every row has ended.
+    With `group_size` G > 1 and rows in runs of G identical prompts, each prompt is prefilled once (1/G of the
+    prefill compute) and its cache shared by the group.
 
     Returns response_ids (B, T) padded with `pad_id` after EOS and response_mask (B, T), T <= max_new_tokens.
     """
@@ -77,21 +103,24 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     attn = prompt_mask.long()
     pos = position_ids(prompt_mask)
     cache = DynamicCache()
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    if prompts_shared(prompt_ids, prompt_mask, group_size):
+        logits = _shared_prefill(model, prompt_ids, prompt_mask, group_size, cache)
+    else:
+        logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits
     next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     tokens = []
     for _ in range(max_new_tokens):
-        tok = sample_next(out.logits[:, -1], temperature, top_p, generator)
+        tok = sample_next(logits[:, -1], temperature, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         done |= tok == eos_id
         if bool(done.all()) or len(tokens) == max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits
         next_pos = next_pos + 1
     response = torch.stack(tokens, dim=1)  # (B, T)
     is_eos = response == eos_id
@@ -100,13 +129,39 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     return response.masked_fill(~mask, pad_id), mask
 
 
-def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
-    """Forward over prompt + response; logits (B, T, V) for the positions that predict response tokens only."""
-    ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer: int | None = None):
+    """Forward over prompt + response -> (logits (B, T, V) for the positions that predict response tokens,
+    hidden (B, L + T, H) output of decoder `layer` or None).
+
+    When the batch's rows are whole groups of identical prompts (`prompts_shared`), the prompt runs once per group
+    and the G responses continue from its shared KV cache: the same logits and gradients (up to float rounding)
+    for (L + G T) / (G (L + T)) of the compute.
+    """
+    from poise.models import HiddenCapture
+
+    L, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
-    T = batch.response_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask), logits_to_keep=T + 1)
-    return out.logits[:, :-1].float() / temperature
+    pos = position_ids(mask)
+    with HiddenCapture(model, layer) if layer is not None else contextlib.nullcontext() as cap:
+        if prompts_shared(batch.prompt_ids, batch.prompt_mask, batch.group_size):
+            cache = DynamicCache()
+            first = _shared_prefill(model, batch.prompt_ids, batch.prompt_mask, batch.group_size, cache)
+            rest = model(input_ids=batch.response_ids, attention_mask=mask.long(), position_ids=pos[:, L:],
+                         past_key_values=cache, use_cache=True).logits
+            logits = torch.cat([first, rest[:, :-1]], dim=1)
+            hidden = None if cap is None else torch.cat(
+                [cap.outputs[0].repeat_interleave(batch.group_size, dim=0), cap.outputs[1]], dim=1)
+        else:
+            ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, logits_to_keep=T + 1).logits
+            logits = logits[:, :-1]
+            hidden = None if cap is None else cap.outputs[0]
+    return logits.float() / temperature, hidden
+
+
+def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
+    """Logits (B, T, V) for the positions that predict response tokens (`response_forward` without hidden states)."""
+    return response_forward(model, batch, temperature)[0]
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -146,16 +201,9 @@ def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int 
 
     Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
     ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two."""
-    from poise.models import HiddenCapture
-
     model.train()
     mb = batch.rows(rows)
-    if layer is None:
-        logits, hidden = response_logits(model, mb, temperature), None
-    else:
-        with HiddenCapture(model, layer) as cap:
-            logits = response_logits(model, mb, temperature)
-        hidden = cap.hidden
+    logits, hidden = response_forward(model, mb, temperature, layer)
     logp = token_logprobs(logits, mb.response_ids)
     _fill(batch, rows, logp, logits, hidden)
     return logp
@@ -167,21 +215,15 @@ def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.
     """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
     that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch.
     Rows in `skip` are left alone (scored by `score_with_graph`)."""
-    from poise.models import HiddenCapture
-
-    B = batch.prompt_ids.shape[0]
+    B, G = batch.prompt_ids.shape[0], batch.group_size
     todo = torch.arange(B)
     if skip is not None:
         todo = todo[~torch.isin(todo, skip)]
-    for s in range(0, len(todo), micro_batch):
-        rows = todo[s:s + micro_batch]
+    step = max(G, micro_batch // G * G)  # whole groups per micro-batch, so prompts can be shared
+    for s in range(0, len(todo), step):
+        rows = todo[s:s + step]
         mb = batch.rows(rows)
-        if layer is None:
-            logits, hidden = response_logits(model, mb, temperature), None
-        else:
-            with HiddenCapture(model, layer) as cap:
-                logits = response_logits(model, mb, temperature)
-            hidden = cap.hidden
+        logits, hidden = response_forward(model, mb, temperature, layer)
         _fill(batch, rows, token_logprobs(logits, mb.response_ids), logits, hidden)
     return batch
 

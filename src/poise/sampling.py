@@ -105,7 +105,7 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
         prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (n*G, L)
         response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
                                                tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
-                                               r.top_p, generator)
+                                               r.top_p, generator, group_size=G)
         n_tokens += int(response_mask.sum())
         meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask.sum()),
                   generated_tokens=int(response_mask.sum()))
