@@ -195,7 +195,7 @@ def load_checkpoint(path: str | Path, parts: dict) -> dict:
 
 
 # Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("resume", "max_steps", "threads")
+RESUMABLE_CHANGES = ("resume", "max_steps", "threads", "report_to", "log_samples_every", "log_samples")
 
 
 def resume(cfg, parts: dict) -> int:

@@ -1,4 +1,5 @@
-"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`. Options are generated from the config dataclasses."""
+"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare` (options generated from the config
+dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,28 @@ def make_parser() -> argparse.ArgumentParser:
             flag_only = {"nargs": "?", "const": True} if tp is bool else {}  # `--resume` means `--resume true`
             p.add_argument(*flags, dest=key, metavar=_help_type(tp), type=parse_cli_value, **flag_only,
                            default=argparse.SUPPRESS, help=f"{fdoc} (default: {defaults[key]!r})")
+    p = sub.add_parser("plot", help="PNG curves (reward, probe quality, entropy, lengths, loss, time) of runs.",
+                       description="PNG training curves from each RUN_DIR's metrics.jsonl; several runs overlay.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="`poise train` output directories")
+    p.add_argument("--out", default=None, help="where the PNGs go (default: <first RUN_DIR>/plots)")
+    p.add_argument("--window", type=int, default=10, help="steps in the moving mean drawn over each curve")
     return parser
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from poise.plots import plot_runs
+
+    if args.window < 1:
+        print(f"poise plot: error: --window must be >= 1, got {args.window}", file=sys.stderr)
+        return 2
+    try:
+        written = plot_runs(args.run_dirs, args.out, args.window)
+    except FileNotFoundError as e:
+        print(f"poise plot: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(str(w) for w in written))
+    return 0
 
 
 def _defaults(cls) -> dict:
@@ -74,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "plot":
+        return run_plot(args)
     cls = COMMANDS[args.command][0]
     try:
         cfg = config_from_args(cls, args)

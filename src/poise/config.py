@@ -226,9 +226,18 @@ class TrainConfig:
     """Number of policy steps."""
     resume: bool = False
     """Continue from the newest complete checkpoint in output_dir (exactly: same data, RNG streams, optimizer and
-    probe state); the config must match the checkpoint's except max_steps, threads, budget.* and checkpoint.*."""
+    probe state); the config must match the checkpoint's except max_steps, threads, report_to, log_samples*,
+    budget.* and checkpoint.*."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    report_to: str = "tensorboard"
+    """Where step metrics go besides metrics.jsonl (always written): tensorboard, wandb (needs `pip install wandb`;
+    project from $WANDB_PROJECT, default 'poise'), both as 'tensorboard,wandb', or none."""
+    log_samples_every: int = 10
+    """Every this many steps, write a few prompts with their completions, rewards and advantages to samples.jsonl
+    (and TensorBoard text / a wandb table); 0 never."""
+    log_samples: int = 4
+    """Completions written each time (the first rows of the step's batch: whole groups)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

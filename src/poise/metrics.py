@@ -90,3 +90,17 @@ def adam_variance_proxy(optimizer: torch.optim.Optimizer) -> float:
             total += float((v_hat - m_hat ** 2).sum())
             seen = True
     return total if seen else float("nan")
+
+
+def sample_rows(tokenizer, col, advantages: torch.Tensor, n: int) -> list[dict]:
+    """The first `n` rows of this rank's batch as JSON-able dicts: question, gold answer, completion (decoded, special
+    tokens dropped), reward (None when unscorable) and advantage (the mean over response tokens when token level)."""
+    batch, G, out = col.batch, col.batch.group_size, []
+    for i in range(min(n, batch.response_ids.shape[0])):
+        problem, m = col.problems[i // G], batch.response_mask[i]
+        adv = advantages[i][m].mean() if advantages.dim() == 2 else advantages[i]
+        reward = float(col.rewards[i])
+        out.append({"prompt": problem.question, "answer": problem.answer,
+                    "completion": tokenizer.decode(batch.response_ids[i][m], skip_special_tokens=True),
+                    "reward": None if reward != reward else reward, "advantage": float(adv)})
+    return out

@@ -43,7 +43,9 @@ from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
 from poise.update import local_minibatch_prompts, policy_update
 from poise.distributed import Dist, check_layout
-from poise.metrics import adam_variance_proxy, batch_metrics, mean_over_ranks, probe_step_metrics, sampling_metrics
+from poise.metrics import (adam_variance_proxy, batch_metrics, mean_over_ranks, probe_step_metrics, sample_rows,
+                           sampling_metrics)
+from poise.validation import report_targets
 
 
 class ShardedStream:
@@ -198,7 +200,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
              "dist": dist}
     start = resume(cfg, parts)  # 0 for a fresh run
     probe, buffer, counters = parts["probe"], parts["buffer"], parts["counters"]
-    writer = MetricsWriter(out, keep_until=start) if dist.main else None
+    targets = report_targets(cfg.report_to)
+    writer = MetricsWriter(out, "tensorboard" in targets, keep_until=start,
+                           wandb_config=to_dict(cfg) if "wandb" in targets else None) if dist.main else None
     progress = progress and dist.main
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
@@ -303,6 +307,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 metrics.update(probe_step_metrics(baseline, col.scores, dist))
                 metrics["probe/used"] = int(used_probe)
             metrics.update(batch_metrics(batch, advantages, dist))
+            if writer is not None and cfg.log_samples_every and (step == 1 or step % cfg.log_samples_every == 0):
+                writer.log_samples(step, sample_rows(tokenizer, col, advantages, cfg.log_samples))
 
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]

@@ -38,6 +38,15 @@ def _validate_task(t: TaskConfig, prefix: str) -> None:
         _check(not t.path, prefix + "path", f"is only read with task.name dataset (task.name is {t.name!r})", t.path)
 
 
+REPORT_TARGETS = ("tensorboard", "wandb")
+
+
+def report_targets(report_to: str) -> list[str]:
+    """'tensorboard,wandb' -> ['tensorboard', 'wandb']; 'none' or '' -> []."""
+    names = [x.strip().lower() for x in report_to.split(",") if x.strip()]
+    return [] if names == ["none"] else names
+
+
 def validate(cfg: Any) -> None:
     """Impossible values fail here, naming the key."""
     if isinstance(cfg, SFTConfig):
@@ -105,6 +114,11 @@ def validate(cfg: Any) -> None:
     _check_positive(c, "critic.", ["value_clip"], allow_zero=True)
     _check_positive(cfg.checkpoint, "checkpoint.", ["every"], allow_zero=True)
     _check_positive(cfg.checkpoint, "checkpoint.", ["keep_last"])
+    bad = [x for x in report_targets(cfg.report_to) if x not in REPORT_TARGETS]
+    _check(not bad, "report_to", f"names {bad}; use a comma-separated list of {REPORT_TARGETS}, or none",
+           cfg.report_to)
+    _check_positive(cfg, "", ["log_samples_every"], allow_zero=True)
+    _check_positive(cfg, "", ["log_samples"])
     _check_positive(cfg.budget, "budget.", ["prompts", "samples", "generated_tokens", "forward_tokens",
                                             "backward_tokens", "seconds"], allow_zero=True)
     _validate_budget(cfg)
