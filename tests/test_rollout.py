@@ -144,3 +144,14 @@ def test_shared_prefill_samples_the_same_tokens(micro_dir):
     out = [generate(model, ids, mask, 10, tok.eos_token_id, tok.pad_token_id, 1e-4, 1.0,
                     torch.Generator().manual_seed(0), group_size=g) for g in (1, 4)]  # near-greedy: no sampling noise
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+def test_token_accounting_counts_a_shared_prompt_once_per_group(micro_dir):
+    from poise.trainer import n_tokens
+
+    _, _, b = _batch(micro_dir, n=3, G=2, max_new=6)
+    prompt, response = int(b.prompt_mask.sum()), int(b.response_mask.sum())
+    assert n_tokens(b) == prompt // 2 + response  # the policy runs each group's prompt once
+    assert n_tokens(b, shared_prompts=False) == prompt + response  # the critic does not share it
+    single = RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 1)
+    assert n_tokens(single) == prompt + response

@@ -3,10 +3,10 @@
 Counters (all counts of valid, non-padding tokens; padding is not work a better batcher would do):
     prompts                 distinct prompts generated for, including those dynamic sampling dropped
     samples                 responses generated, including dropped ones
-    prompt_tokens           prompt tokens prefilled by generation
+    prompt_tokens           prompt tokens prefilled by generation (once per group: its G rollouts share them)
     generated_tokens        response tokens sampled
     forward_tokens_policy   prompt + response tokens through the policy outside generation (scoring pass,
-                            PPO update forward)
+                            PPO update forward; a group's shared prompt counts once)
     forward_tokens_reference  the same through the frozen reference model (KL penalty only)
     forward_tokens_critic   the same through the critic (old values, update forward)
     backward_tokens_policy / backward_tokens_critic   tokens through a backward pass

@@ -107,7 +107,7 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
                                                tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
                                                r.top_p, generator, group_size=G)
         n_tokens += int(response_mask.sum())
-        meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask.sum()),
+        meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask[::G].sum()),  # prefilled once per group
                   generated_tokens=int(response_mask.sum()))
         t = time.perf_counter()
         texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)

@@ -34,7 +34,7 @@ from poise.features import rollout_features
 from poise.models import decoder_layers, load_model, resolve_layer, save_policy
 from poise.rewards import TRLReward
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noqa: F401
-from poise.rollout import RolloutBatch, minibatch_rows, score, score_with_graph
+from poise.rollout import RolloutBatch, minibatch_rows, prompts_shared, score, score_with_graph
 from poise.sampling import collect
 from poise.configio import ConfigError
 from poise.tasks import drop_long_prompts, get_task
@@ -82,9 +82,13 @@ def marker_token_id(tokenizer, marker: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def n_tokens(batch: RolloutBatch) -> int:
-    """Valid (non-padding) prompt + response tokens in a batch: what one forward or backward pass processes."""
-    return int(batch.prompt_mask.sum() + batch.response_mask.sum())
+def n_tokens(batch: RolloutBatch, shared_prompts: bool = True) -> int:
+    """Valid (non-padding) prompt + response tokens one forward or backward pass over `batch` processes. The policy's
+    passes run each group's prompt once (`rollout.response_forward`), so with `shared_prompts` a prompt counts once
+    per group; the critic's do not share them."""
+    G = batch.group_size
+    share = shared_prompts and prompts_shared(batch.prompt_ids, batch.prompt_mask, G)
+    return int((batch.prompt_mask[::G] if share else batch.prompt_mask).sum() + batch.response_mask.sum())
 
 
 # =====================================================================================================================
@@ -241,7 +245,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 with torch.no_grad():
                     critic.eval()
                     values = critic(batch)  # (B, T)
-                meter.add(forward_tokens_critic=n_tokens(batch))
+                meter.add(forward_tokens_critic=n_tokens(batch, shared_prompts=False))
             feats = None
             if use_probe:
                 feats = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden,
@@ -283,7 +287,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     v, r = (torch.cat(dist.gather_objects(x[m])) for x in (old, returns))
                     metrics["critic/explained_variance"] = explained_variance(v, r, torch.ones_like(v, dtype=torch.bool))
                     metrics["critic/value_mean"] = float(v.mean())
-                meter.add(forward_tokens_critic=passes, backward_tokens_critic=passes)
+                critic_passes = cfg.optim.epochs * n_tokens(batch, shared_prompts=False)
+                meter.add(forward_tokens_critic=critic_passes, backward_tokens_critic=critic_passes)
                 times["time/critic_s"] = time.perf_counter() - t
 
             # ---- probe update: this step's rows join the buffer after its advantages are fixed ----
