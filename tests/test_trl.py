@@ -223,15 +223,47 @@ def test_config_defaults_and_validation(tmp_path):
         POISEConfig(output_dir=str(tmp_path), use_cpu=True, probe_k=0)
 
 
-def test_several_processes_and_a_grpo_config_are_refused(micro_dir, tmp_path, monkeypatch):
+def test_a_grpo_config_is_refused(micro_dir, tmp_path):
     from trl import GRPOConfig
 
     model, tok = load_local(micro_dir)
     with pytest.raises(TypeError, match="needs a POISEConfig"):
         POISETrainer(model, even_length, GRPOConfig(output_dir=str(tmp_path), use_cpu=True))
-    monkeypatch.setattr(POISEConfig, "world_size", property(lambda self: 2))
-    with pytest.raises(NotImplementedError, match="one process only"):
-        POISETrainer(model, even_length, POISEConfig(output_dir=str(tmp_path), use_cpu=True))
+
+
+def test_two_processes_gather_features_and_fit_identical_probes(micro_dir, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo on CPU), 4 rows per process: both processes compute the same
+    advantages for the whole batch of 8, keep their own half, and fit the identical probe on the gathered rows."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", port, str(tests / "trl_dist_child.py"), str(micro_dir), str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["world"] == 2 and len(ranks[0]["rounds"]) == 3
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the policies in step
+    for a, b in zip(ranks[0]["rounds"], ranks[1]["rounds"]):
+        assert a["probe"] == b["probe"] and a["probe"]  # the same fitted probe on both processes
+        assert a["advantages"] == b["advantages"] and len(a["advantages"]) == 8  # the whole batch
+        assert a["local_advantages"] == a["advantages"][:4] and b["local_advantages"] == b["advantages"][4:]
+        assert a["buffer_rows"] == b["buffer_rows"]
+    used = [r for r in ranks[0]["rounds"] if r["used"]]
+    assert used  # the probe's baseline replaced RLOO after the warm-up round
+    for rnd in used:  # A_i = r_i - g(z_j), j the sibling, over the gathered rows
+        rw, pred = torch.tensor(rnd["rewards"]), torch.tensor(rnd["predictions"])
+        expected = poise_advantages(group_view(rw, 2), group_view(pred, 2)).flatten()
+        assert torch.allclose(torch.tensor(rnd["advantages"]), expected, atol=1e-6)
 
 
 def test_the_overridden_trl_methods_keep_their_recorded_signatures():

@@ -27,10 +27,13 @@ rewards, before the refit: out of sample), `probe/used` (1 when POISE advantages
 probe and the counter (not the buffer, which refills). `probe_load` starts from a saved probe (from `poise train`'s
 `policy/` or a checkpoint here) and skips the warm-up.
 
-Tested (CPU, one process): text prompts, G = 2 and 4, gradient accumulation, unscorable completions, checkpoints,
-resume, `probe_load`; tried by hand: PEFT LoRA, KL (`beta > 0`) with `loss_type="grpo"`. Not supported: several
-processes (refused at start-up: the probe would need every rank's features gathered), multimodal prompts (refused);
-evaluation keeps TRL's advantages. Untested: GPUs, vLLM generation (this module does not touch generation: features
+Several processes (`accelerate launch`): each process extracts the features of its own rows; they are gathered in
+process order (TRL gathers the rewards the same way), every process computes the whole batch's advantages and keeps
+its slice, and every process fits the identical probe on the gathered rows (so checkpoints from any rank agree).
+
+Tested (CPU): text prompts, G = 2 and 4, gradient accumulation, unscorable completions, checkpoints, resume,
+`probe_load`, two processes (gloo); tried by hand: PEFT LoRA, KL (`beta > 0`) with `loss_type="grpo"`. Not
+supported: multimodal prompts (refused); evaluation keeps TRL's advantages. Untested: GPUs, vLLM generation (this module does not touch generation: features
 come from the training model), tools and environments.
 """
 
@@ -183,11 +186,6 @@ class POISETrainer(GRPOTrainer):
         if not isinstance(args, POISEConfig):
             raise TypeError(f"POISETrainer needs a POISEConfig (from poise.integrations.trl), got "
                             f"{type(args).__name__}")
-        if args.world_size > 1:
-            raise NotImplementedError(
-                f"poise.integrations.trl runs on one process only (world size {args.world_size}): the probe would need "
-                "every rank's features gathered before it is fitted. Use one process, or `poise train` with "
-                "`accelerate launch`, which supports several.")
         mismatched = signature_mismatches()
         if mismatched:
             raise RuntimeError(f"trl {_TRL_VERSION}: these GRPOTrainer methods changed signature since POISE's "
@@ -224,13 +222,15 @@ class POISETrainer(GRPOTrainer):
         missing = [k for k in OUTPUT_KEYS if k not in out]
         if missing:
             raise RuntimeError(f"trl {_TRL_VERSION}: _generate_and_score_completions returned no {missing}")
-        G, args = self.num_generations, self.args
+        G, args, acc = self.num_generations, self.args, self.accelerator
         self.poise_round += 1
-        self._check_groups(out["prompt_ids"], G)
+        self._check_groups(self._gathered_prompt_ids(out["prompt_ids"]), G)
 
-        # ---- features: one no-grad forward pass with a hook on the probe layer ----
+        # ---- features: one no-grad forward pass over this process's rows, then every process's rows gathered ----
         t = time.perf_counter()
-        feats = self._features(out)  # prompt (B, H), trajectory (B, H), entropy (B, 3), on CPU
+        feats = self._features(out)  # prompt (b, H), trajectory (b, H), entropy (b, 3), on CPU; b = B / processes
+        if acc.num_processes > 1:  # TRL's rewards are already gathered (B,); features follow them in process order
+            feats = {k: acc.gather(v.to(acc.device)).cpu() for k, v in feats.items()}
         feature_s = time.perf_counter() - t
 
         # ---- advantages: cross-rollout probe baseline (fitted on earlier rounds only), RLOO during warm-up ----
@@ -239,7 +239,9 @@ class POISETrainer(GRPOTrainer):
         pred = self.probe.predict(feats["prompt"], feats["trajectory"], feats["entropy"]) if self.probe.fitted else None
         used = pred is not None and (bool(args.probe_load) or self.poise_round > args.probe_warmup_steps)
         adv = (poise_advantages(R, group_view(pred, G), V) if used else rloo_advantages(R, V)).flatten()  # (B,)
-        out["advantages"] = adv.to(device=out["advantages"].device, dtype=out["advantages"].dtype)
+        b = len(out["advantages"])  # this process's rows: its slice of the gathered batch, as TRL takes it
+        local = adv[acc.process_index * b:(acc.process_index + 1) * b]
+        out["advantages"] = local.to(device=out["advantages"].device, dtype=out["advantages"].dtype)
         self._logs["advantages"].clear()  # TRL logged its own advantages of this round for the completions table
         self._logs["advantages"].extend(adv.tolist())
         metrics = self._metrics["train"]
@@ -294,6 +296,14 @@ class POISETrainer(GRPOTrainer):
         rpf = self._poise_rewards_per_func.float().cpu()  # (B, n_funcs)
         r = (rpf * self.reward_weights.float().cpu().unsqueeze(0)).nansum(dim=1)
         return torch.where(torch.isnan(rpf).all(dim=1), torch.full_like(r, float("nan")), r)
+
+    def _gathered_prompt_ids(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Every process's left-padded prompt ids (B, L), padded to one width, in process order (as TRL's rewards)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return prompt_ids
+        pad = getattr(getattr(self.processing_class, "tokenizer", self.processing_class), "pad_token_id", 0) or 0
+        return acc.gather(acc.pad_across_processes(prompt_ids, dim=1, pad_index=pad, pad_first=True)).cpu()
 
     @staticmethod
     def _check_groups(prompt_ids: torch.Tensor, G: int) -> None:
