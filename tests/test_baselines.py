@@ -291,3 +291,11 @@ def test_config_rules_for_the_baselines():
     for over, key in bad:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             build_config(TrainConfig, over)
+
+
+def test_the_progress_bar_counts_towards_the_first_budget_set():
+    from poise.compute import progress_budget
+
+    assert progress_budget({}) is None and progress_budget({"samples": 0}) is None
+    assert progress_budget({"generated_tokens": 300000}) == ("generated_tokens", 300000.0)
+    assert progress_budget({"seconds": 60, "samples": 512}) == ("samples", 512.0)  # BUDGETS order

@@ -74,3 +74,9 @@ def budget_reached(limits: dict[str, float], totals: dict[str, float]) -> str | 
         if limit and totals[name] >= limit:
             return f"{name} ({totals[name]:.0f} >= {limit:g})"
     return None
+
+
+def progress_budget(limits: dict[str, float]) -> tuple[str, float] | None:
+    """The budget a progress bar should count towards: the first one set, in BUDGETS order, as (name, limit); None
+    when no budget is set (the bar then counts steps)."""
+    return next(((name, float(limits[name])) for name in BUDGETS if limits.get(name)), None)

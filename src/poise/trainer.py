@@ -27,7 +27,7 @@ from tqdm import tqdm
 from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, mask_unscorable, poise_advantages,
                               poise_targets, rloo_advantages, value_advantages)
 from poise.checkpoint import resume, save_checkpoint
-from poise.compute import ComputeMeter, budget_reached
+from poise.compute import ComputeMeter, budget_reached, progress_budget
 from poise.config import TrainConfig, save_config, to_dict
 from poise.critic import ValueModel, critic_update, explained_variance
 from poise.features import rollout_features
@@ -216,9 +216,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
           f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 
     metrics: dict = {}
-    bar = tqdm(range(start + 1, cfg.max_steps + 1), initial=start, total=cfg.max_steps, desc=cfg.algorithm.name,
-               disable=not progress, mininterval=2)
-    for step in bar:
+    counted = progress_budget(budget)  # with a budget the bar counts towards it (a budget, not max_steps, ends runs)
+
+    def progress_now(step: int) -> float:
+        return min(counted[1], meter.totals_for_budget()[counted[0]]) if counted else step
+
+    bar = tqdm(total=counted[1] if counted else cfg.max_steps, initial=progress_now(start), desc=cfg.algorithm.name,
+               unit=f" {counted[0]}" if counted else "step", unit_scale=bool(counted), disable=not progress,
+               mininterval=2)
+    for step in range(start + 1, cfg.max_steps + 1):
         t_step = time.perf_counter()
         times: dict[str, float] = {}
 
@@ -327,7 +333,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics.update(meter.end_step(times))
         if writer is not None:
             writer.log(metrics)
-        bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}",
+        bar.update(progress_now(step) - bar.n)
+        bar.set_postfix({**({"step": step} if counted else {}), "reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
         reason = budget_reached(budget, meter.totals_for_budget())
         if reason or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
@@ -339,6 +346,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             bar.close()
             print(f"budget reached after step {step}: {reason}")
             break
+    bar.close()
 
     # ---- save ----
     if not dist.main:
