@@ -200,7 +200,9 @@ def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int 
     `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(first_logp=...)`.
 
     Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
-    ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two."""
+    ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two.
+    It runs in training mode, so with dropout (e.g. model.lora_dropout > 0) these rows' log-probs, entropies and
+    states carry the update's dropout mask; without dropout (the default) nothing differs."""
     model.train()
     mb = batch.rows(rows)
     logits, hidden = response_forward(model, mb, temperature, layer)

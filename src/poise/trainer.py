@@ -243,8 +243,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             n_local = len(batch.prompt_ids) // G  # this rank's prompts this step
             first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
-            first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)
-            score(model, batch, layer, cfg.rollout.temperature, skip=first)
+            score(model, batch, layer, cfg.rollout.temperature, skip=first)  # eval mode, as sampled
+            first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)  # train mode
             meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
             if critic is not None:
