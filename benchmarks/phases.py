@@ -6,7 +6,8 @@
 
 Each (method, repetition) is a real `poise train --config METHOD` run in its own process on the embedded default
 model and task; the methods run in a rotated order in each repetition so slow spells of a shared machine spread over
-all of them. Per run: the median over steps FROM..N (POISE's probe baseline starts at step 17) of every `time/*_s` phase and of generated tokens per second;
+all of them. Per run: the median over steps FROM..N (POISE's probe baseline starts at step 17) of every `time/*_s`
+phase and of generated tokens per second;
 peak resident memory of the process (`ru_maxrss`). Reported per method: the median over repetitions, and for step
 time also the min and max. Phases (src/poise/trainer.py): generate (sampling, minus reward time), reward
 (answer checking in the sandbox), score (old log-probs, entropies, probe-layer states, POISE features; it includes

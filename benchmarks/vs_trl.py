@@ -72,9 +72,11 @@ def run_trl(model_dir: Path, steps: int, out: Path, poise: bool = False) -> dict
                   logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
     args = POISEConfig(probe_warmup_steps=2, probe_min_fit_steps=1, **common) if poise else GRPOConfig(**common)
     clock = Clock()
-    tr = (POISETrainer if poise else GRPOTrainer)(model=model, reward_funcs=lambda completions, **kw: [float(len(c[0]["content"]) % 2 == 0)
-                                                                          for c in completions],
-                     args=args, train_dataset=ds, processing_class=tok, callbacks=[clock])
+    def even(completions, **kw):
+        return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+    tr = (POISETrainer if poise else GRPOTrainer)(model=model, reward_funcs=even, args=args, train_dataset=ds,
+                                                  processing_class=tok, callbacks=[clock])
     tr.remove_callback(PrinterCallback)
     tr.train()
     logs = [h for h in tr.state.log_history if "completions/mean_length" in h][2:]

@@ -4,8 +4,9 @@ reward shaping. The algorithm is chosen in one place (`compute_advantages`).
 
 Each step, in order:
   sample prompts -> generate G rollouts each -> rewards (DAPO: more rounds until enough groups have reward
-  variance) -> score (one forward: old log-probs, entropies, hidden states of the probe layer, the first mini-batch's
-  kept for the update's first step; the critic's values for PPO) -> baseline / advantages -> PPO update -> critic update -> probe update -> log -> budget check.
+  variance) -> score (one forward: old log-probs, entropies, hidden states of the probe layer, the first
+  mini-batch's kept for the update's first step; the critic's values for PPO) -> baseline / advantages -> PPO
+  update -> critic update -> probe update -> log -> budget check.
 POISE (arXiv 2605.07579, ../shared/POISE.md): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
 internal-state features, fitted only on earlier steps; RLOO advantages for the first `probe.warmup_steps` steps.
 Departures from the reference implementation are listed in the config docstrings (sizes, learning rate).
@@ -271,8 +272,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
             # ---- policy update ----
             t = time.perf_counter()
-            metrics.update(mean_over_ranks(policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg,
-                                                         counters, dist, first_logp), dist, keep=("optim/skipped_steps",)))
+            stats = policy_update(model, ref_model, optimizer, scheduler, batch, advantages, cfg, counters, dist,
+                                  first_logp)
+            metrics.update(mean_over_ranks(stats, dist, keep=("optim/skipped_steps",)))
             first_logp = None  # the graph is freed
             passes = cfg.optim.epochs * n_tokens(batch)
             meter.add(forward_tokens_policy=passes, backward_tokens_policy=passes,

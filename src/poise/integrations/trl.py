@@ -33,8 +33,8 @@ its slice, and every process fits the identical probe on the gathered rows (so c
 
 Tested (CPU): text prompts, G = 2 and 4, gradient accumulation, unscorable completions, checkpoints, resume,
 `probe_load`, two processes (gloo); tried by hand: PEFT LoRA, KL (`beta > 0`) with `loss_type="grpo"`. Not
-supported: multimodal prompts (refused); evaluation keeps TRL's advantages. Untested: GPUs, vLLM generation (this module does not touch generation: features
-come from the training model), tools and environments.
+supported: multimodal prompts (refused); evaluation keeps TRL's advantages. Untested: GPUs, vLLM generation (this
+module does not touch generation: features come from the training model), tools and environments.
 """
 
 from __future__ import annotations
