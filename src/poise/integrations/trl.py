@@ -4,7 +4,8 @@
 
 What changes (POISE, arXiv 2605.07579, ../shared/POISE.md; the same pure functions as `poise train`):
   After TRL has generated and scored a round of completions (`_generate_and_score_completions`), one extra no-grad
-  forward pass of the policy over the (prompt, completion) rows, with a hook on the probe layer, gives each rollout's
+  forward pass of the policy over the (prompt, completion) rows (each prompt once per group, its KV cache shared by
+  the group's completions, as in `poise train`), with a hook on the probe layer, gives each rollout's
   features (`poise.features.rollout_features`: mean of the last k prompt-token states and of the last k response
   states up to `</think>` of the middle layer, three token-entropy means). TRL's own passes cannot be reused: by
   default TRL computes no old log-probs at all (the loss's forward is the first), and its fused LM head returns
@@ -76,9 +77,10 @@ from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
 
 from poise.advantages import (group_view, leave_one_out_mean, mask_unscorable, poise_advantages,  # noqa: E402
                               poise_targets, rloo_advantages)
-from poise.features import rollout_features  # noqa: E402
-from poise.models import HiddenCapture, decoder_layers, resolve_layer  # noqa: E402
+from poise.features import rollout_features, token_entropy  # noqa: E402
+from poise.models import decoder_layers, resolve_layer  # noqa: E402
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: E402
+from poise.rollout import RolloutBatch, response_forward  # noqa: E402
 from poise.trainer import marker_token_id  # noqa: E402
 
 STATE_FILE = "poise_trl.json"
@@ -313,25 +315,23 @@ class POISETrainer(GRPOTrainer):
             raise RuntimeError("POISETrainer: the rollouts of one prompt are not contiguous rows of the batch")
 
     def _features(self, out: dict) -> dict[str, torch.Tensor]:
-        """Probe features of every row, from one no-grad forward pass in chunks of per_device_train_batch_size.
+        """Probe features of every row, from one no-grad forward pass in chunks of whole groups.
 
-        The hidden states of the probe layer are captured by a forward hook; the entropies come from TRL's fused
-        LM head (so at TRL's sampling temperature). Shapes: prompt_ids (B, L) left-padded, completion_ids (B, T)
-        right-padded -> prompt (B, H), trajectory (B, H), entropy (B, 3) float32 on CPU.
+        `poise.rollout.response_forward`: each prompt runs once per group and its G completions continue from the
+        shared KV cache (as in `poise train`); a hook captures the probe layer; entropies come from the same logits
+        at TRL's sampling temperature. Shapes: prompt_ids (B, L) left-padded, completion_ids (B, T) right-padded ->
+        prompt (B, H), trajectory (B, H), entropy (B, 3) float32 on CPU.
         """
         p_ids, p_mask, c_ids, c_mask = (out[k] for k in OUTPUT_KEYS[:4])
-        ids, att = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)  # (B, L + T)
-        L, T = p_ids.shape[1], c_ids.shape[1]
-        chunk = self.args.per_device_train_batch_size
+        L, G = p_ids.shape[1], self.num_generations
+        chunk = max(G, self.args.per_device_train_batch_size // G * G)  # whole groups, so prompts can be shared
         unwrapped = self.accelerator.unwrap_model(self.model)
         parts = []
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            for s in range(0, ids.shape[0], chunk):
+            for s in range(0, p_ids.shape[0], chunk):
                 rows = slice(s, s + chunk)
-                with HiddenCapture(unwrapped, self.probe_layer_index) as cap:
-                    _, entropy, _ = self._get_per_token_logps_and_entropies(
-                        self.model, ids[rows], att[rows], T, batch_size=chunk, compute_entropy=True)  # (b, T)
-                h = cap.hidden  # (b, L + T, H)
-                parts.append(rollout_features(h[:, :L], p_mask[rows], h[:, L:], c_mask[rows], c_ids[rows], entropy,
-                                              self.marker_id, self.args.probe_k))
+                batch = RolloutBatch(p_ids[rows], p_mask[rows].bool(), c_ids[rows], c_mask[rows].bool(), G)
+                logits, h = response_forward(unwrapped, batch, self.temperature, self.probe_layer_index)
+                parts.append(rollout_features(h[:, :L], batch.prompt_mask, h[:, L:], batch.response_mask,
+                                              c_ids[rows], token_entropy(logits), self.marker_id, self.args.probe_k))
         return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
