@@ -35,11 +35,13 @@ def one_run(method: str, steps: int, threads: int, where: Path, src: str | None 
     cmd = [sys.executable, "-m", "poise.cli", "train", "--config", method, "--max_steps", str(steps),
            "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"PYTHONPATH": str(Path(src).resolve())} if src else {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: the progress bar cannot fill it and block
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][first - 1:]
     res = {p: st.median(r.get(f"time/{p}_s", 0.0) for r in rows) for p in PHASES}
     res["generated_tokens_per_s"] = st.median(r["compute/generated_tokens"] / r["time/step_s"] for r in rows)

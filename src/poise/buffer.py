@@ -66,7 +66,9 @@ class FeatureBuffer:
             new = {k: v[-self.capacity:] for k, v in new.items()}
             n = self.capacity
         overflow = max(0, self._size + n - self.capacity)
-        if overflow:  # the oldest rows leave the sums before they are overwritten
+        self._since_exact += n
+        exact = self._shift is None or self._since_exact >= self.capacity  # recompute the sums from the rows
+        if overflow and not exact:  # the oldest rows leave the sums before they are overwritten
             self._accumulate(self._joined(self._order()[:overflow]), -1.0)
         pos = (self._start + self._size + torch.arange(n)) % self.capacity
         for k, v in new.items():
@@ -74,8 +76,7 @@ class FeatureBuffer:
         self._steps[pos] = int(step)
         self._start = (self._start + overflow) % self.capacity
         self._size = min(self._size + n, self.capacity)
-        self._since_exact += n
-        if self._shift is None or self._since_exact >= self.capacity:
+        if exact:
             self._recompute()
         else:
             self._accumulate(self._joined(pos), 1.0)

@@ -4,6 +4,8 @@ log for the same rollouts."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from poise.distributed import Dist
@@ -102,5 +104,5 @@ def sample_rows(tokenizer, col, advantages: torch.Tensor, n: int) -> list[dict]:
         reward = float(col.rewards[i])
         out.append({"prompt": problem.question, "answer": problem.answer,
                     "completion": tokenizer.decode(batch.response_ids[i][m], skip_special_tokens=True),
-                    "reward": None if reward != reward else reward, "advantage": float(adv)})
+                    "reward": None if math.isnan(reward) else reward, "advantage": float(adv)})
     return out

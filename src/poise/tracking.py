@@ -65,8 +65,7 @@ class MetricsWriter:
         self.samples_file.flush()
         if self.tb is not None:
             text = "\n\n".join(f"**reward {r['reward']}, advantage {r['advantage']:.3f}**\n\n"
-                                 f"    {r['prompt']}\n    -> {r['completion']}".replace("\n    ", "\n\n    ")
-                                 for r in rows)
+                                 f"```\n{r['prompt']}\n-> {r['completion']}\n```" for r in rows)  # markdown
             self.tb.add_text("samples", text, step)
         if self.wandb is not None and rows:
             import wandb
