@@ -1,5 +1,7 @@
 """User reward functions with TRL's calling convention, run in the sandboxed verifier."""
 
+import re
+
 import pytest
 
 from poise.cli import main
@@ -44,3 +46,29 @@ def test_a_bad_reward_function_fails_at_start_up_naming_the_key(tmp_path, capsys
                  "--reward.function", spec, "--max-steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "reward.function: " in err and match in err
+
+
+def test_eval_scores_with_a_user_reward_function(tmp_path, micro_dir):
+    """`poise eval --reward-function` replaces the task's reward; here the shipped last-number example."""
+    import json
+    from pathlib import Path
+
+    out = tmp_path / "e.jsonl"
+    example = Path(__file__).parents[1] / "examples" / "last_number_reward.py"
+    assert main(["eval", "--model.name", str(micro_dir), "--num-problems", "6", "--k", "3", "--max-new-tokens", "12",
+                 "--threads", "1", "--output", str(out), "--reward-function", f"{example}:reward"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    def expected(text, gold):  # written independently of the example: the last integer equals the gold answer
+        nums = re.findall(r"-?\d+", text)
+        return float(bool(nums) and nums[-1] == gold)
+
+    assert [r["scores"] for r in rows] == [[expected(t, r["answer"]) for t in r["responses"]] for r in rows]
+    assert main(["eval", "--model.name", str(micro_dir), "--num-problems", "2", "--k", "1", "--threads", "1",
+                 "--output", str(tmp_path / "one.jsonl"), "--reward-function", "test_rewards_light:trl_always_one"]) == 0
+    assert json.loads((tmp_path / "one.jsonl").read_text().splitlines()[0])["scores"] == [1.0]
+
+
+def test_eval_rejects_a_bad_reward_function_before_loading_the_model(tmp_path, capsys):
+    code = main(["eval", "--model.name", str(tmp_path / "no_model_here"), "--reward-function", "nocolon"])
+    err = capsys.readouterr().err
+    assert code == 2 and "reward_function: 'nocolon'" in err

@@ -313,6 +313,9 @@ class EvalConfig:
     runs/eval/<model>-<task>.jsonl. Parent folders are created."""
     reward_timeout: float = 5.0
     """Hard wall-clock limit in seconds for checking one answer in the sandboxed verifier (a timeout scores 0)."""
+    reward_function: str = ""
+    """A TRL-style reward 'module:function' or 'path/file.py:function' that replaces the task's (as
+    reward.function does in training); a sample is correct when it returns 1."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
 

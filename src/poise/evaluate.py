@@ -215,6 +215,13 @@ def _build(cfg):
         task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before the model
     except KeyError as e:
         raise ConfigError(f"task.name: {e.args[0]}") from None
+    if cfg.reward_function:  # the user's TRL-style reward replaces the task's, as in training (checked before loading)
+        from poise.rewards import TRLReward
+
+        try:
+            task.reward_function = TRLReward(cfg.reward_function)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("reward.function", "reward_function")) from None
     problems, info = select_problems(task, cfg.split, cfg.num_problems, cfg.seed)
     try:
         model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
