@@ -181,7 +181,11 @@ def load_checkpoint(path: str | Path, parts: dict) -> dict:
     rank = parts["dist"].rank if parts.get("dist") is not None else 0
     suffix = f".rank{rank}" if f"torch.rank{rank}" in rng else ""
     torch.set_rng_state(rng["torch" + suffix])
-    parts["generator"].set_state(rng["generator" + suffix])
+    try:
+        parts["generator"].set_state(rng["generator" + suffix])
+    except RuntimeError as e:  # a CPU generator's state does not fit a CUDA one, and the reverse
+        raise ValueError(f"{path}: the sampling generator was saved on another kind of device than "
+                         f"{parts['generator'].device} ({e}); resume with the run's own `device`") from None
     stream = parts["stream"]
     stream.order = list(state["stream"]["order"])
     stream.rng.setstate(_tuplify(state["stream"]["rng"]))

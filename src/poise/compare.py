@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_model
 
 from poise.config import TrainConfig, build_config, load_yaml, parse_cli_value
+from poise.distributed import resolve_device
 from poise.evaluate import evaluate, select_problems
 from poise.models import load_policy
 from poise.tasks import get_task
@@ -188,6 +189,7 @@ def run_compare(cfg) -> dict:
     task = get_task(first.task.name, **task_kwargs(first.task))
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
+    model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained
     initial = evaluate(model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
                        progress=False)["accuracy"]
     curves: dict = {m: {} for m in cfg.methods}

@@ -230,6 +230,9 @@ class TrainConfig:
     budget.* and checkpoint.*."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    device: str = "auto"
+    """Where the policy (and critic, reference) runs: 'auto' (this process's CUDA GPU when one is available, else
+    the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. Rewards, advantages and the probe stay on the CPU."""
     report_to: str = "tensorboard"
     """Where step metrics go besides metrics.jsonl (always written): tensorboard, wandb (needs `pip install wandb`;
     project from $WANDB_PROJECT, default 'poise'), both as 'tensorboard,wandb', or none."""
@@ -313,6 +316,9 @@ class EvalConfig:
     runs/eval/<model>-<task>.jsonl. Parent folders are created."""
     reward_timeout: float = 5.0
     """Hard wall-clock limit in seconds for checking one answer in the sandboxed verifier (a timeout scores 0)."""
+    device: str = "auto"
+    """Where the model runs: 'auto' (a CUDA GPU when one is available, else the CPU), 'cpu', 'cuda', 'cuda:N' or
+    'mps'."""
     reward_function: str = ""
     """A TRL-style reward 'module:function' or 'path/file.py:function' that replaces the task's (as
     reward.function does in training); a sample is correct when it returns 1."""

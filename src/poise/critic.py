@@ -31,6 +31,7 @@ class ValueModel(nn.Module):
         self.head = nn.Linear(policy.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.head.to(next(self.body.parameters()).device)  # beside the body (float32: it reads float32 states)
 
     def forward(self, batch: RolloutBatch) -> Tensor:
         """(B, T) values at the positions that predict the response tokens."""

@@ -12,8 +12,12 @@ gradient of the global mean, the single-process update. The probe: features and 
 the single-process row order, so every rank fits the identical probe on the identical buffer. Metrics are computed
 from gathered per-row values, so they describe the whole batch. Only rank 0 writes logs and checkpoints.
 
-Process-group set-up is accelerate's (`PartialState`, gloo), from the environment that `accelerate launch` (or
-torchrun) sets. The training loop keeps its tensors on the CPU; placing the model on GPUs (and NCCL) is not done yet. A single process needs none of this: `Dist()` is then a no-op.
+Devices (`resolve_device`): the model, the rollout batch and everything computed from it live on `Dist.device`
+(`device: auto` is this process's GPU when CUDA is available, else the CPU); rewards, advantages before the
+update, probe features and the probe itself stay on the CPU, where they are small. Process-group set-up is
+accelerate's (`PartialState`) from the environment that `accelerate launch` (or torchrun) sets: gloo on the CPU,
+NCCL on GPUs, where the collectives below move CPU tensors to the GPU and back. A single process needs none of
+this: the collectives are then no-ops.
 """
 
 from __future__ import annotations
@@ -25,17 +29,51 @@ import torch
 from torch import Tensor
 
 
-class Dist:
-    """Rank, world size and the few collective operations the loop needs; every method is exact for W = 1."""
+DEVICE_HELP = "'auto' (a CUDA GPU when one is available, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
-    def __init__(self) -> None:
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device `device:` names. 'auto' is CUDA when available, else the CPU; a bare 'cuda' is this process's
+    GPU (LOCAL_RANK under `accelerate launch`). Raises ValueError, naming the key, for an unknown or absent device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: unknown device {name!r}; use {DEVICE_HELP}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: {name!r} is not supported; use {DEVICE_HELP}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} asked for, but torch.cuda.is_available() is False on this machine "
+                             "(use 'auto' or 'cpu')")
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {dev} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device: 'mps' asked for, but torch.backends.mps.is_available() is False on this machine")
+    return dev
+
+
+class Dist:
+    """Rank, world size, this process's device and the few collective operations the loop needs; every method is
+    exact for W = 1."""
+
+    def __init__(self, device: str = "cpu") -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = 0
+        self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.comm_device = torch.device("cpu")  # where collectives run: the CPU for gloo, the GPU for NCCL
         if self.world > 1:
             from accelerate import PartialState
 
-            state = PartialState(cpu=True)  # gloo: the loop keeps every tensor on the CPU (no GPU placement yet)
+            on_gpu = self.device.type == "cuda"
+            if self.device.type == "mps":
+                raise ValueError("device: 'mps' supports one process only; use 'cpu' with several processes")
+            state = PartialState(cpu=not on_gpu)  # gloo on the CPU, NCCL across GPUs
             self.rank, self.world = state.process_index, state.num_processes
+            if on_gpu:
+                self.device = self.comm_device = state.device  # cuda:LOCAL_RANK, set as the current device
         self.main = self.rank == 0
 
     # ---- data layout ----
@@ -63,13 +101,14 @@ class Dist:
         """Concatenate every rank's rows (same shape on each rank), optionally reordered by `order`."""
         if self.world == 1:
             return x  # `order` is the identity for one process
-        parts = [torch.empty_like(x) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, x.contiguous())
-        out = torch.cat(parts)
+        y = x.to(self.comm_device).contiguous()
+        parts = [torch.empty_like(y) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, y)
+        out = torch.cat(parts).to(x.device)
         return out if order is None else out[order]
 
     def gather_objects(self, obj) -> list:
-        """Every rank's `obj` (picklable), in rank order."""
+        """Every rank's `obj` (picklable; tensors in it should be on the CPU), in rank order."""
         if self.world == 1:
             return [obj]
         out = [None] * self.world
@@ -79,14 +118,14 @@ class Dist:
     def sum(self, x: float) -> float:
         if self.world == 1:
             return x
-        t = torch.tensor([float(x)], dtype=torch.float64)
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.comm_device)
         torch.distributed.all_reduce(t)
         return float(t.item())
 
     def max(self, x: float) -> float:
         if self.world == 1:
             return x
-        t = torch.tensor([float(x)], dtype=torch.float64)
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.comm_device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
 

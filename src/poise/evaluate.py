@@ -107,13 +107,13 @@ def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int
     rows p*k .. p*k+k-1) and score them. Yields (rows, seconds generating, seconds scoring, generated tokens), one
     row per problem: uid, level, question, answer (gold), responses, scores (None = unscorable), n_correct,
     unscorable, tokens (response lengths, EOS included) and truncated (responses that hit the limit without EOS)."""
-    was_training = model.training
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
     try:
         for s in range(0, len(problems), batch_prompts):
             chunk = problems[s:s + batch_prompts]
             t0 = time.perf_counter()
-            ids, mask = encode_prompts(tokenizer, chunk, k)  # (P*k, L)
+            ids, mask = (x.to(device) for x in encode_prompts(tokenizer, chunk, k))  # (P*k, L), on the model's device
             resp, rmask = generate(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
                                    tokenizer.pad_token_id, temperature, top_p, generator, group_size=k)  # (P*k, T)
             texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
@@ -144,7 +144,7 @@ def evaluate(model, tokenizer, task, problems, samples: int = 4, max_new_tokens:
     Returns {"accuracy": Avg@k over all problems, "levels": {level: {"n", "accuracy"}},
              "per_problem": [{"uid", "level", "rewards": [...], "responses": [...]}]}.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     per_problem = []
     batches = sample_batches(model, tokenizer, task, problems, samples, max_new_tokens, temperature, top_p, gen,
                              batch_prompts)
@@ -206,6 +206,7 @@ def select_problems(task, split: str, n: int, seed: int) -> tuple[list, dict]:
 def _build(cfg):
     """(task with its verifier, problems, info, model, tokenizer); bad names become ConfigErrors naming the key."""
     from poise.configio import ConfigError
+    from poise.distributed import resolve_device
     from poise.models import load_policy
     from poise.tasks import drop_long_prompts, get_task
     from poise.tasks.dataset import task_kwargs
@@ -224,6 +225,10 @@ def _build(cfg):
             raise ConfigError(str(e).replace("reward.function", "reward_function")) from None
     problems, info = select_problems(task, cfg.split, cfg.num_problems, cfg.seed)
     try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
         model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
     except ValueError as e:
         if str(e).startswith("model.name"):
@@ -234,7 +239,7 @@ def _build(cfg):
         raise ConfigError(f"task.max_prompt_tokens: every selected prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
     task.verifier = SafeVerifier(timeout=cfg.reward_timeout)  # answer checking in a sandboxed worker process
-    return task, problems, info, model, tokenizer
+    return task, problems, info, model.to(device), tokenizer
 
 
 def run_eval(cfg, progress: bool = True) -> dict:
@@ -255,7 +260,7 @@ def run_eval(cfg, progress: bool = True) -> dict:
     note = f" ({info['repeats_dropped']} repeated questions dropped)" if info["repeats_dropped"] else ""
     print(f"eval: {cfg.model.name} on {task.name} ({cfg.split}): {len(problems)} problems x k={cfg.k}{note}")
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)  # on the model's device
     kept, t_gen, t_score, tokens, truncated = [], 0.0, 0.0, 0, 0
     t_loop = time.perf_counter()
     bar = tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress, mininterval=2)

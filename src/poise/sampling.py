@@ -98,11 +98,12 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
     reward_seconds = 0.0
     before = dict(task.verifier.stats)
     model.eval()
+    device = next(model.parameters()).device
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
         problems = stream.take(P)  # with several processes: this rank's share of P (trainer.ShardedStream)
         n = len(problems)
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, problems, G)  # (n*G, L)
+        prompt_ids, prompt_mask = (x.to(device) for x in encode_prompts(tokenizer, problems, G))  # (n*G, L)
         response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
                                                tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
                                                r.top_p, generator, group_size=G)
@@ -136,7 +137,7 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
         problems, scores = [], torch.zeros(0)
     rewards = scores.clone()
     if cfg.reward.overlong_buffer > 0 and len(scores):
-        rewards += overlong_penalty(batch.response_mask.sum(1), r.max_new_tokens, cfg.reward.overlong_buffer,
+        rewards += overlong_penalty(batch.response_mask.sum(1).cpu(), r.max_new_tokens, cfg.reward.overlong_buffer,
                                     cfg.reward.overlong_penalty)
     counts = {k: task.verifier.stats[k] - before.get(k, 0) for k in ("timeouts", "errors", "rejected", "unscorable")}
     return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,

@@ -108,6 +108,8 @@ def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=
     for them is its own value, so it is not pulled anywhere.
     """
     a, G = cfg.algorithm.advantage, cfg.rollout.group_size
+    if values is not None:  # the critic's values live on the model's device; rewards come from the CPU
+        rewards = rewards.to(values.device)
     rewards, valid = mask_unscorable(rewards)
     if a == "critic":
         adv, returns = value_advantages(rewards, values, mask, cfg.critic.mode)
@@ -138,7 +140,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     (distributed.py); rank 0 writes the logs, checkpoints and the final policy."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dist = Dist()
+    try:
+        dist = Dist(cfg.device)  # rank, world size and this process's device
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     problem = check_layout(dist.world, cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
                            cfg.algorithm.dynamic_sampling)
     if problem:
@@ -153,6 +158,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # ---- task, model, data ----
     task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before anything else
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
+    model.to(dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
     if cfg.reward.function:  # the user's TRL-style reward replaces the task's
@@ -171,7 +177,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
     local_stream = stream if dist.world == 1 else ShardedStream(stream, dist, cfg.optim.mini_batch_prompts)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as a single process
+    gen = torch.Generator(dist.device).manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as a single process
     warm = max(1, cfg.optim.warmup_steps)
 
     def warmup(opt):
@@ -212,7 +218,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
-          f"({n_params / 1e6:.2f} M) | task {task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
+          f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
           f"{f' | {dist.world} processes' if dist.world > 1 else ''}"
           f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 
@@ -258,6 +264,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 feats = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden,
                                          batch.response_mask, batch.response_ids, batch.entropy, marker_id,
                                          cfg.probe.k)
+                feats = {k: v.cpu() for k, v in feats.items()}  # the probe and its buffer live on the CPU
                 batch.prompt_hidden = batch.response_hidden = None  # features keep what the probe needs
             times["time/score_s"] = time.perf_counter() - t
 
@@ -292,7 +299,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     cfg.optim.grad_clip, dist), dist))
                 if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
                     m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
-                    v, r = (torch.cat(dist.gather_objects(x[m])) for x in (old, returns))
+                    v, r = (torch.cat(dist.gather_objects(x[m].cpu())) for x in (old, returns))
                     metrics["critic/explained_variance"] = explained_variance(v, r, torch.ones_like(v, dtype=torch.bool))
                     metrics["critic/value_mean"] = float(v.mean())
                 critic_passes = cfg.optim.epochs * n_tokens(batch, shared_prompts=False)

@@ -32,6 +32,7 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
     its share of what the loss averages over, and gradients are averaged before clipping; skips are decided jointly.
     """
     dist = dist or Dist()
+    advantages = advantages.to(batch.response_ids.device)  # computed on the CPU (a critic's: on the model's device)
     G, lo = batch.group_size, cfg.loss
     P = batch.prompt_ids.shape[0] // G  # this rank's prompts
     mb_prompts = local_minibatch_prompts(cfg, P, dist)

@@ -3,6 +3,7 @@ a ConfigError that names the key. `poise.config.build_config` calls `validate` o
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from poise.config import CompareConfig, EvalConfig, SFTConfig, TaskConfig, TrainConfig
@@ -47,6 +48,12 @@ def report_targets(report_to: str) -> list[str]:
     return [] if names == ["none"] else names
 
 
+def _check_device(name: str) -> None:
+    """The device's spelling; whether this machine has it is checked when the run starts (distributed.resolve_device)."""
+    _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name) is not None, "device",
+           "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", name)
+
+
 def validate(cfg: Any) -> None:
     """Impossible values fail here, naming the key."""
     if isinstance(cfg, SFTConfig):
@@ -62,6 +69,7 @@ def validate(cfg: Any) -> None:
         _check(cfg.k >= 1, "k", "must be >= 1 (samples per problem)", cfg.k)
         _check_positive(cfg, "", ["num_problems", "max_new_tokens", "batch_size", "temperature", "reward_timeout"])
         _check_positive(cfg, "", ["threads"], allow_zero=True)
+        _check_device(cfg.device)
         _check(0.0 < cfg.top_p <= 1.0, "top_p", "must be in (0, 1]", cfg.top_p)
         _check(cfg.model.lora_r == 0, "model.lora_r", "poise eval loads a saved policy, whose LoRA adapters are "
                "already merged; leave it 0", cfg.model.lora_r)
@@ -80,6 +88,7 @@ def validate(cfg: Any) -> None:
         return
     _check_positive(cfg, "", ["max_steps"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
+    _check_device(cfg.device)
     _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", cfg.model.dtype)
     m = cfg.model
     _check(m.lora_r >= 0, "model.lora_r", "must be >= 0 (0 turns LoRA off)", m.lora_r)
