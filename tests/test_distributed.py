@@ -49,8 +49,62 @@ def test_interleaved_shards_rebuild_the_single_process_order():
         assert sorted(i for s in shards for i in s[j * per:(j + 1) * per]) == list(range(j * M, (j + 1) * M))
     gathered_rows = torch.tensor([i * G + g for s in shards for i in s for g in range(G)])
     assert torch.equal(gathered_rows[Fake(0, W).global_order(P, M, G)], torch.arange(P * G))
-    assert check_layout(2, 12, 4, False) is None and "multiple of the number of processes" in check_layout(3, 12, 4, False)
-    assert "dynamic_sampling" in check_layout(2, 12, 4, True)
+    assert check_layout(2, 12, 4) is None and "multiple of the number of processes" in check_layout(3, 12, 4)
+
+
+class FakeWorld(Dist):
+    """Rank `rank` of W simulated ranks whose collectives read every rank's input from `inputs` (rank -> value)."""
+
+    def __init__(self, rank, world, inputs=None):
+        self.rank, self.world, self.main, self.inputs = rank, world, rank == 0, inputs
+
+    def gather_rows(self, x, order=None):
+        out = torch.cat([self.inputs[r] for r in range(self.world)])
+        return out if order is None else out[order]
+
+    def gather_objects(self, obj):
+        return [self.inputs[r] for r in range(self.world)]
+
+
+def test_a_short_last_mini_batch_is_split_evenly_too():
+    """Dynamic sampling can keep fewer prompts than a whole number of mini-batches: 10 prompts, mini-batches of 4,
+    2 ranks. Each mini-batch, the last (2 prompts) included, is split evenly, and the order still inverts."""
+    n, M, W, G = 10, 4, 2, 2
+    shards = [FakeWorld(r, W).local_prompts(n, M) for r in range(W)]
+    assert shards == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 9]]
+    per = M // W  # each rank's local mini-batch: 2, 2, then 1
+    for j, lo in enumerate(range(0, n, M)):
+        assert sorted(i for s in shards for i in s[j * per:(j + 1) * per]) == list(range(lo, min(lo + M, n)))
+    gathered_rows = torch.tensor([i * G + g for s in shards for i in s for g in range(G)])
+    assert torch.equal(gathered_rows[FakeWorld(0, W).global_order(n, M, G)], torch.arange(n * G))
+
+
+def test_dynamic_sampling_keeps_the_first_varied_groups_over_all_ranks_and_evens_the_split():
+    from poise.rollout import RolloutBatch
+    from poise.sampling import global_keep, rebalance
+
+    P, M, W, G = 8, 4, 2, 2
+    varied = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)  # one process keeps 1, 2, 4 with budget 3
+    local = {r: varied[FakeWorld(r, W).local_prompts(P, M)].long() for r in range(W)}
+    picks = [global_keep(local[r].bool(), 3, FakeWorld(r, W, local), M) for r in range(W)]
+    assert [p[1] for p in picks] == [3, 3]  # every rank counts the same kept total
+    assert sorted(g for p in picks for g in p[2]) == [1, 2, 4]  # the single-process choice
+    assert picks[0][2] == [1, 4] and picks[1][2] == [2]  # uneven: rank 0 holds 2 of them
+
+    def piece(keys):  # a batch whose prompt ids record (round, prompt) so the re-split can be read back
+        ids = torch.tensor([[rnd, k] for rnd, k in keys for _ in range(G)])
+        return RolloutBatch(ids, torch.ones_like(ids, dtype=torch.bool), ids, torch.ones_like(ids, dtype=torch.bool),
+                            G, ended=torch.ones(len(ids), dtype=torch.bool))
+
+    keys = {0: [(1, 1), (1, 4), (2, 0)], 1: [(1, 2), (2, 5)]}  # 5 kept over two rounds
+    kept = {r: [(piece(keys[r]), [f"p{k}" for k in keys[r]], torch.zeros(len(keys[r]) * G), keys[r])]
+            for r in range(W)}
+    flat = {r: [(key, piece([key]), f"p{key}", torch.zeros(G)) for key in keys[r]] for r in range(W)}
+    out = [rebalance(kept[r], FakeWorld(r, W, flat), M) for r in range(W)]
+    assert [o[1] for o in out] == [1, 1]  # 5 groups -> 4, one dropped so both ranks get 2
+    order = [(1, 1), (1, 2), (1, 4), (2, 0)]  # single-process order (round, prompt), the last (2, 5) dropped
+    got = {r: [tuple(b.prompt_ids[0].tolist()) for b, _, _ in out[r][0]] for r in range(W)}
+    assert got == {0: order[:2], 1: order[2:]}  # the mini-batch of 4 split in two runs, as for a fixed batch
 
 
 @pytest.mark.slow
@@ -100,3 +154,30 @@ def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "poise.cli", *args[:-4], "--max-steps", "4", "--resume"],
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "written by 2 process(es)" in r.stderr
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_with_two_processes(micro_dir, tmp_path):
+    """DAPO's dynamic sampling under `accelerate launch`: rounds decided jointly, the kept groups re-split evenly,
+    POISE's probe identical on both ranks. One round only, so most steps end short, some with an odd kept count."""
+    run = tmp_path / "run"
+    args = ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "4", "--seed", "1",
+            "--algorithm.dynamic_sampling", "true", "--algorithm.max_sampling_rounds", "1",
+            "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
+            "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
+            "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
+            "--reward.function", "test_rewards_light:trl_parity", "--threads", "1"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", _free_port(), "-m", "poise.cli", *args]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4]
+    for m in rows:
+        trained = m["dynamic_sampling/groups_trained"]
+        assert trained % 2 == 0 and trained <= 8 and m["dynamic_sampling/rounds"] == 1
+        assert m["compute/prompts"] == 8  # both ranks' shares of the round
+        assert m["dynamic_sampling/dropped_uneven"] in (0, 1)
+        if trained:
+            assert m["dist/probe_in_sync"] == 1
+    assert {m["dynamic_sampling/dropped_uneven"] for m in rows} == {0, 1}  # both cases ran (seed 1)

@@ -77,20 +77,27 @@ class Dist:
         self.main = self.rank == 0
 
     # ---- data layout ----
+    def owners(self, n: int, mini_batch: int) -> list[int]:
+        """The rank that takes each of n prompts: mini-batch j (prompts j*M .. , the last one possibly shorter, of
+        size s_j) is split into W equal runs, rank r taking run r. Needs every s_j divisible by W."""
+        out = []
+        for i in range(n):
+            j, q = divmod(i, mini_batch)
+            out.append(q // ((min(mini_batch, n - j * mini_batch)) // self.world))
+        return out
+
     def local_prompts(self, n: int, mini_batch: int) -> list[int]:
         """Indices (into a step's n prompts) that this rank takes: interleaved per mini-batch of `mini_batch`."""
         if self.world == 1:
             return list(range(n))
-        per = mini_batch // self.world
-        return [i for i in range(n) if (i % mini_batch) // per == self.rank]
+        return [i for i, r in enumerate(self.owners(n, mini_batch)) if r == self.rank]
 
     def global_order(self, n: int, mini_batch: int, group: int = 1) -> Tensor:
         """Permutation that puts rows gathered rank by rank (each rank's rows in its local order, `group` rows per
         prompt) back into single-process order: out[k] = gathered index of global row k."""
         if self.world == 1:
             return torch.arange(n * group)
-        per = mini_batch // self.world
-        owner = [(i % mini_batch) // per for i in range(n)]
+        owner = self.owners(n, mini_batch)
         gathered = [i for r in range(self.world) for i in range(n) if owner[i] == r]  # gathered position -> prompt
         inv = torch.empty(n, dtype=torch.long)
         inv[torch.tensor(gathered)] = torch.arange(n)
@@ -173,7 +180,7 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
-def check_layout(world: int, prompts_per_step: int, mini_batch_prompts: int, dynamic_sampling: bool) -> str | None:
+def check_layout(world: int, prompts_per_step: int, mini_batch_prompts: int) -> str | None:
     """Why a config cannot run on `world` processes (None if it can)."""
     if world == 1:
         return None
@@ -181,6 +188,4 @@ def check_layout(world: int, prompts_per_step: int, mini_batch_prompts: int, dyn
     if prompts_per_step % mb or mb % world:
         return (f"optim.mini_batch_prompts ({mb}) must divide rollout.prompts_per_step ({prompts_per_step}) and be "
                 f"a multiple of the number of processes ({world}), so every rank gets whole groups")
-    if dynamic_sampling:
-        return "algorithm.dynamic_sampling is not supported with more than one process yet"
     return None

@@ -34,10 +34,13 @@ def sampling_metrics(cfg, col, dist: Dist) -> dict:
     groups, varied = dist.sum(col.groups_generated), dist.sum(col.groups_varied)
     if cfg.rollout.group_size > 1:
         m["reward/frac_zero_std_groups"] = 1.0 - varied / groups
-    if cfg.algorithm.dynamic_sampling:  # single process only (distributed.check_layout)
+    if cfg.algorithm.dynamic_sampling:  # rounds are decided jointly, so they are the same on every rank
+        trained = int(dist.sum(len(col.problems)))
         m["dynamic_sampling/rounds"] = col.rounds
-        m["dynamic_sampling/kept_fraction"] = len(col.problems) / col.groups_generated
-        m["dynamic_sampling/groups_trained"] = len(col.problems)
+        m["dynamic_sampling/kept_fraction"] = trained / groups
+        m["dynamic_sampling/groups_trained"] = trained
+        if dist.world > 1:
+            m["dynamic_sampling/dropped_uneven"] = col.dropped_uneven  # identical on every rank
     if cfg.reward.overlong_buffer > 0 and len(col.rewards):
         penalty = _cat(dist, (col.rewards - col.scores).nan_to_num(0.0))
         m["reward/overlong_penalty"] = penalty.mean().item()

@@ -39,6 +39,15 @@ class RolloutBatch:
         padded width counts as truncated (exact only when T = max_new_tokens)."""
         return ~self.ended if self.ended is not None else self.response_mask.all(dim=1)
 
+    def to(self, device) -> "RolloutBatch":
+        """The batch with every tensor on `device` (extras are left alone)."""
+        def move(x):
+            return None if x is None else x.to(device)
+        return RolloutBatch(*(move(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "response_ids",
+                                                                 "response_mask")), self.group_size,
+                            *(move(getattr(self, f)) for f in ("old_logp", "entropy", "prompt_hidden",
+                                                                 "response_hidden")), ended=move(self.ended))
+
     def rows(self, idx: torch.Tensor) -> "RolloutBatch":
         """Subset of rows (e.g. one mini-batch); tensors are indexed, nothing copied twice."""
         def take(x):

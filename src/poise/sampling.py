@@ -83,16 +83,55 @@ class Collected:
     generated_tokens: int  # response tokens generated, dropped samples included
     reward_seconds: float  # time spent decoding and verifying answers
     verifier: dict  # this step's verifier counts: timeouts, errors, rejected, unscorable
+    dropped_uneven: int = 0  # several processes, dynamic sampling: kept groups dropped so every rank gets as many
 
 
-def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
+def global_keep(ok: Tensor, budget: int, dist, mini_batch: int) -> tuple[list[int], int, list[int]]:
+    """Dynamic sampling over several processes: which of this rank's groups to keep so that all ranks together keep
+    the first `budget` varied groups of the round in single-process order, as one process would.
+
+    ok: (n,) this rank's varied flags (its share of the round's P = n * W prompts, in local order).
+    Returns (local positions kept, groups kept over all ranks, their indices among the round's P prompts)."""
+    P = len(ok) * dist.world
+    varied = dist.gather_rows(ok.long(), dist.global_order(P, mini_batch)).bool()  # (P,) single-process order
+    chosen = varied.nonzero().flatten()[:budget].tolist()
+    mine = dist.local_prompts(P, mini_batch)
+    where = {g: i for i, g in enumerate(mine)}
+    local = [where[g] for g in chosen if g in where]
+    return local, len(chosen), [mine[i] for i in local]
+
+
+def rebalance(kept: list, dist, mini_batch: int) -> tuple[list, int]:
+    """Dynamic sampling over several processes: the kept groups are uneven across ranks, so gather them all (in
+    single-process order: round, then prompt) and give each rank its interleaved share of whole groups, as for a
+    fixed batch (distributed.py). The total is cut to a multiple of W, so a short step drops at most W - 1 groups.
+
+    kept: this rank's [(RolloutBatch, problems, scores, keys)], keys = (round, prompt index) per group.
+    Returns (this rank's [(RolloutBatch on the CPU, problems, scores)] and the groups dropped to even the split)."""
+    groups = []
+    for batch, problems, scores, keys in kept:
+        G = batch.group_size
+        for j, (problem, key) in enumerate(zip(problems, keys)):
+            rows = torch.arange(j * G, (j + 1) * G)
+            groups.append((key, batch.rows(rows).to("cpu"), problem, scores[rows]))
+    everything = sorted((g for part in dist.gather_objects(groups) for g in part), key=lambda g: g[0])
+    K = len(everything) - len(everything) % dist.world
+    mine = dist.local_prompts(K, min(mini_batch, K)) if K else []
+    return [(everything[i][1], [everything[i][2]], everything[i][3]) for i in mine], len(everything) - K
+
+
+def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) -> Collected:
     """Generate and reward `cfg.rollout.prompts_per_step` groups, with dynamic sampling when enabled.
 
     `cfg` is the TrainConfig; `meter` (compute.ComputeMeter) receives prompts, samples, prompt and generated tokens.
+    With several processes (`dist`, distributed.Dist) each rank generates its share of every round; dynamic
+    sampling then decides which groups to keep over all ranks (`global_keep`) and re-splits them (`rebalance`).
     """
     r, G, P = cfg.rollout, cfg.rollout.group_size, cfg.rollout.prompts_per_step
     dynamic = cfg.algorithm.dynamic_sampling
-    kept: list[tuple[RolloutBatch, list, Tensor]] = []
+    spread = dynamic and dist is not None and dist.world > 1  # keep decisions and the kept groups span ranks
+    mb = min(cfg.optim.mini_batch_prompts, P)
+    kept: list[tuple[RolloutBatch, list, Tensor, list]] = []
     all_scores, all_levels = [], []
     rounds = n_kept = generated = varied = n_tokens = 0
     reward_seconds = 0.0
@@ -122,12 +161,22 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
                              ended=(response_ids == tokenizer.eos_token_id).any(dim=1))
         ok = varied_groups(scores, G) if G > 1 else torch.zeros(n, dtype=torch.bool)
         generated, varied = generated + n, varied + int(ok.sum())
-        keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(n)
+        if spread:
+            local, n_new, keys = global_keep(ok, P - n_kept, dist, mb)
+            keep = torch.tensor(local, dtype=torch.long)
+        else:
+            keep = ok.nonzero().flatten()[: P - n_kept] if dynamic else torch.arange(n)
+            n_new, keys = len(keep), keep.tolist()
         if len(keep):
             rows = (keep[:, None] * G + torch.arange(G)).flatten()
-            kept.append((batch.rows(rows), [problems[i] for i in keep.tolist()], scores[rows]))
-            n_kept += len(keep)
+            kept.append((batch.rows(rows), [problems[i] for i in keep.tolist()], scores[rows],
+                         [(rounds, k) for k in keys]))
+        n_kept += n_new  # over all ranks: the loop condition is the same on every rank
 
+    uneven = 0
+    if spread:
+        kept, uneven = rebalance(kept, dist, cfg.optim.mini_batch_prompts)
+        kept = [(b.to(device), *rest) for b, *rest in kept]
     if kept:
         batch = cat_batches([k[0] for k in kept], tokenizer.pad_token_id)
         problems = [p for k in kept for p in k[1]]
@@ -141,4 +190,4 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter) -> Collected:
                                     cfg.reward.overlong_penalty)
     counts = {k: task.verifier.stats[k] - before.get(k, 0) for k in ("timeouts", "errors", "rejected", "unscorable")}
     return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,
-                     generated, varied, n_tokens, reward_seconds, counts)
+                     generated, varied, n_tokens, reward_seconds, counts, uneven)

@@ -144,8 +144,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         dist = Dist(cfg.device)  # rank, world size and this process's device
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    problem = check_layout(dist.world, cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
-                           cfg.algorithm.dynamic_sampling)
+    problem = check_layout(dist.world, cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts)
     if problem:
         raise ConfigError(problem)
     random.seed(cfg.seed)
@@ -237,7 +236,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
         # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
         t = time.perf_counter()
-        col = collect(model, tokenizer, task, local_stream, cfg, gen, meter)
+        col = collect(model, tokenizer, task, local_stream, cfg, gen, meter, dist)
         batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
         times["time/generate_s"] = time.perf_counter() - t - col.reward_seconds
         times["time/reward_s"] = col.reward_seconds
@@ -295,7 +294,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 old = values[:, 0] if outcome else values
                 metrics.update(mean_over_ranks(critic_update(
                     critic, critic_opt, critic_sched, batch, old, returns, outcome,
-                    min(cfg.optim.mini_batch_prompts, P) // dist.world * G, cfg.optim.epochs, cfg.critic.value_clip,
+                    local_minibatch_prompts(cfg, n_local, dist) * G, cfg.optim.epochs, cfg.critic.value_clip,
                     cfg.optim.grad_clip, dist), dist))
                 if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
                     m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
@@ -310,7 +309,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             if use_probe:
                 targets, has = poise_targets(*mask_unscorable(group_view(rewards, G)))  # mean of siblings' rewards
-                order = dist.global_order(P, min(cfg.optim.mini_batch_prompts, P), G)  # rows in one-process order
+                n_all = n_local * dist.world  # the step's kept prompts over all ranks (P without dynamic sampling)
+                order = dist.global_order(n_all, min(cfg.optim.mini_batch_prompts, n_all), G)  # one-process order
                 rows = {k: dist.gather_rows(v, order) for k, v in
                         {**feats, "targets": targets.flatten(), "has": has.flatten()}.items()}
                 keep = rows["has"]  # rows whose siblings were all unscorable have no target
