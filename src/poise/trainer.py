@@ -245,18 +245,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
             # ---- score: old log-probs, entropies, probe-layer hidden states; critic values. The first mini-batch's
-            # forward is the update's own (graph kept, ratio 1); the other rows get one no-grad forward ----
+            # forward is the update's own (graph kept, ratio 1); the other rows get no-grad forwards of the same
+            # size, so scoring never holds more activations than the update ----
             t = time.perf_counter()
             n_local = len(batch.prompt_ids) // G  # this rank's prompts this step
             first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
-            score(model, batch, layer, cfg.rollout.temperature, skip=first)  # eval mode, as sampled
+            score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)  # eval mode
             first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)  # train mode
             meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
             if critic is not None:
                 with torch.no_grad():
                     critic.eval()
-                    values = critic(batch)  # (B, T)
+                    values = torch.cat([critic(batch.rows(rows)) for rows in  # (B, T), a mini-batch at a time
+                                        minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)])
                 meter.add(forward_tokens_critic=n_tokens(batch, shared_prompts=False))
             feats = None
             if use_probe:
