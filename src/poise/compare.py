@@ -28,8 +28,7 @@ from poise.config import TrainConfig, build_config, load_yaml, parse_cli_value
 from poise.distributed import resolve_device
 from poise.evaluate import evaluate, select_problems
 from poise.models import load_policy
-from poise.tasks import get_task
-from poise.tasks.dataset import task_kwargs
+from poise.tasks.dataset import build_task
 from poise.tracking import read_metrics
 
 
@@ -186,7 +185,7 @@ def run_compare(cfg) -> dict:
         build_config(TrainConfig, values)
     runs = {(m, s): train_run(v) for m, s, v in specs}
     first = build_config(TrainConfig, specs[0][2])
-    task = get_task(first.task.name, **task_kwargs(first.task))
+    task = build_task(first.task)
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained

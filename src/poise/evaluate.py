@@ -208,14 +208,11 @@ def _build(cfg):
     from poise.configio import ConfigError
     from poise.distributed import resolve_device
     from poise.models import load_policy
-    from poise.tasks import drop_long_prompts, get_task
-    from poise.tasks.dataset import task_kwargs
+    from poise.tasks import drop_long_prompts
+    from poise.tasks.dataset import build_task
     from poise.verifier import SafeVerifier
 
-    try:
-        task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before the model
-    except KeyError as e:
-        raise ConfigError(f"task.name: {e.args[0]}") from None
+    task = build_task(cfg.task)  # a data file is validated here, before the model
     if cfg.reward_function:  # the user's TRL-style reward replaces the task's, as in training (checked before loading)
         from poise.rewards import TRLReward
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from poise.config import SFTConfig, save_config
 from poise.evaluate import evaluate, level_table
 from poise.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
-from poise.tasks import build_messages, get_task
+from poise.tasks import build_messages
+from poise.tasks.dataset import build_task
 
 
 def encode_examples(tokenizer, problems) -> list[tuple[list[int], int]]:
@@ -69,8 +70,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "sft_config.yaml")
-    task = get_task(cfg.task.name, **({"levels": cfg.task.levels} if cfg.task.levels else {}),
-                    test_fraction=cfg.task.test_fraction)
+    task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)
     if cfg.model in TINY_PRESETS:
         tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed), cfg.vocab_size)

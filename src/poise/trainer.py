@@ -38,8 +38,8 @@ from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noq
 from poise.rollout import RolloutBatch, minibatch_rows, prompts_shared, score, score_with_graph
 from poise.sampling import collect
 from poise.configio import ConfigError
-from poise.tasks import drop_long_prompts, get_task
-from poise.tasks.dataset import task_kwargs
+from poise.tasks import drop_long_prompts
+from poise.tasks.dataset import build_task
 from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
 from poise.update import local_minibatch_prompts, policy_update
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         save_config(cfg, out / "config.yaml")
 
     # ---- task, model, data ----
-    task = get_task(cfg.task.name, **task_kwargs(cfg.task))  # a data file is validated here, before anything else
+    task = build_task(cfg.task)  # a data file is validated here, before anything else
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     model.to(dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None

@@ -224,7 +224,16 @@ def available_tasks() -> list[str]:
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
-    """Instantiate a registered task; unknown names raise KeyError listing the available ones."""
+    """Instantiate a registered task, or a mixture of them ('chain_sum+basic_arithmetic', tasks/mixture.py); unknown
+    names raise KeyError listing the available ones."""
+    if "+" in name and name not in _REGISTRY:
+        from .mixture import SEPARATOR, MixtureTask
+
+        parts = name.split(SEPARATOR)
+        unknown = [p for p in parts if p not in _REGISTRY]
+        if unknown:
+            raise KeyError(f"unknown task {unknown[0]!r} in {name!r}; available: {', '.join(available_tasks())}")
+        return MixtureTask(parts, **kwargs)
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return _REGISTRY[name](**kwargs)

@@ -246,6 +246,24 @@ def benchmark_task(name: str):
     return make
 
 
+def build_task(task_cfg: Any):
+    """`get_task` from a TaskConfig. A data file's problems stay DatasetErrors (file, field, rows); an unknown name
+    or a bad level becomes a ConfigError naming task.name or task.levels."""
+    from poise.configio import ConfigError
+
+    from .base import get_task
+
+    try:
+        return get_task(task_cfg.name, **task_kwargs(task_cfg))
+    except DatasetError:
+        raise
+    except KeyError as e:
+        raise ConfigError(f"task.name: {e.args[0]}") from None
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith("task.") else f"task.levels: {msg}") from None
+
+
 def task_kwargs(task_cfg: Any) -> dict[str, Any]:
     """Keyword arguments of `get_task(task_cfg.name, ...)` from a TaskConfig (the dataset fields only for
     `name == "dataset"`)."""
