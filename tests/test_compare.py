@@ -43,3 +43,18 @@ def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
         assert (out / png).stat().st_size > 1000
     assert main(args) == 0  # the finished runs and their evaluations are reused, not redone
     assert json.loads((out / "compare.json").read_text())["curves"] == res["curves"]
+
+
+def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
+    """compare_gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it makes
+    must exist and hold a valid value."""
+    from poise.compare import run_values
+    from poise.config import CompareConfig, TrainConfig, build_config, load_yaml
+
+    cfg = build_config(CompareConfig, load_yaml("compare_gpu"))
+    assert cfg.methods == ["poise", "dapo", "grpo", "rloo"] and cfg.eval_batch_prompts == 16
+    for method in cfg.methods:
+        run = build_config(TrainConfig, run_values(cfg, method, 0))
+        assert run.model.name == "models/Qwen3-0.6B" and run.task.name == "countdown"
+        assert run.rollout.max_new_tokens == 1024 and run.optim.lr == 1e-6 and run.model.dtype == "float32"
+        assert run.rollout.prompts_per_step % run.optim.mini_batch_prompts == 0

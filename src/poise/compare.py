@@ -69,7 +69,7 @@ def evaluate_run(run: Path, base_model, tokenizer, task, problems, cfg) -> list[
         if step not in cache:
             load_model(base_model, str(ckpt / "policy.safetensors"))
             res = evaluate(base_model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
-                           progress=False)
+                           batch_prompts=cfg.eval_batch_prompts, progress=False)
             cache[step] = res["accuracy"]
             cache_path.write_text(json.dumps(cache))
         m = metrics[step]
@@ -190,7 +190,7 @@ def run_compare(cfg) -> dict:
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained
     initial = evaluate(model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
-                       progress=False)["accuracy"]
+                       batch_prompts=cfg.eval_batch_prompts, progress=False)["accuracy"]
     curves: dict = {m: {} for m in cfg.methods}
     rewards: dict = {m: {} for m in cfg.methods}
     for (m, s), run in runs.items():

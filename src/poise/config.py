@@ -349,6 +349,8 @@ class CompareConfig:
     """Samples per held-out problem (Avg@k)."""
     eval_max_new_tokens: int = 64
     """Response length limit at evaluation."""
+    eval_batch_prompts: int = 64
+    """Held-out prompts sampled together (each eval_k times); lower it when long responses fill GPU memory."""
     output_dir: str = "runs/compare"
     """Where the runs, the results JSON, the report and the plots go; finished runs found there are reused."""
     threads: int = 0

@@ -79,7 +79,8 @@ def validate(cfg: Any) -> None:
         _check(bool(cfg.seeds), "seeds", "must list at least one seed", cfg.seeds)
         _check(cfg.budget_key in ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens",
                                   "seconds"), "budget_key", "must be a budget.* counter", cfg.budget_key)
-        _check_positive(cfg, "", ["budget", "max_steps", "eval_every", "eval_problems", "eval_k", "eval_max_new_tokens"])
+        _check_positive(cfg, "", ["budget", "max_steps", "eval_every", "eval_problems", "eval_k", "eval_max_new_tokens",
+                                "eval_batch_prompts"])
         _check_positive(cfg, "", ["threads"], allow_zero=True)
         for o in cfg.overrides:
             _check("=" in o, "overrides", "each must be 'key=value'", o)
