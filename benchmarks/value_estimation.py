@@ -13,7 +13,9 @@ the features of the first response. The critic predicts it from the prompt, read
 token. The target is the pass rate of the other `--samples` responses (Avg@8 by default), so no estimate sees the
 responses it is scored against. Reported: MAE, Pearson r, Brier skill score (1 - MSE / MSE of predicting the
 training mean), and AUROC for "solved at least once". Also reported: the probe fitted on some difficulty levels
-(`--fit-levels`) and scored on the others (`--eval-levels`). A scatter plot of predicted against empirical value
+(`--fit-levels`) and scored on the others (`--eval-levels`), beside a probe fitted on the scored levels' own
+training prompts. With a task mixture (`chain_sum+basic_arithmetic`, levels `task/level`) this is the transfer
+from one task to another. A scatter plot of predicted against empirical value
 is written next to the JSON.
 """
 
@@ -145,12 +147,17 @@ def main() -> None:
                "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
         # transfer across difficulty: fitted on some levels, scored on the others
         fit_lv, eval_lv = a.fit_levels.split(","), a.eval_levels.split(",")
-        fit_p = [p for p in task.problems("train", a.fit_prompts * 2, seed=a.seed + 2) if p.level in fit_lv]
+        fit_p = [p for p in task.problems("train", a.fit_prompts * 4, seed=a.seed + 2) if p.level in fit_lv]
         tprobe, tmean = fit_probe(model, tok, task, fit_p[:a.fit_prompts], cfg, layer, marker_id, gen)
         mask = torch.tensor([p.level in eval_lv for p in problems])
         pt = tprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
+        # the in-domain reference: the same amount of data, from the levels it is scored on
+        own_p = [p for p in task.problems("train", a.fit_prompts * 4, seed=a.seed + 3) if p.level in eval_lv]
+        oprobe, omean = fit_probe(model, tok, task, own_p[:a.fit_prompts], cfg, layer, marker_id, gen)
+        po = oprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
         res["transfer"] = {"fit_levels": fit_lv, "eval_levels": eval_lv,
                            "probe": value_metrics(pt, target[mask], solved[mask], tmean),
+                           "probe_fitted_on_eval_levels": value_metrics(po, target[mask], solved[mask], omean),
                            "probe_fitted_on_all_levels": value_metrics(pred_probe[mask], target[mask], solved[mask],
                                                                        train_mean),
                            "critic": value_metrics(pred_critic[mask], target[mask], solved[mask], train_mean)}
@@ -173,6 +180,8 @@ def main() -> None:
     print("| estimator | n | MAE | Pearson r | Brier skill | AUROC solved |\n|---|---:|---:|---:|---:|---:|")
     rows = [("probe", res["probe"]), ("critic", res["critic"]), ("constant", res["constant"]),
             (f"probe fit on {a.fit_levels}, scored on {a.eval_levels}", res["transfer"]["probe"]),
+            (f"probe fit on {a.eval_levels} (in-domain reference)", res["transfer"]["probe_fitted_on_eval_levels"]),
+            (f"probe fit on all levels, scored on {a.eval_levels}", res["transfer"]["probe_fitted_on_all_levels"]),
             (f"critic on {a.eval_levels}", res["transfer"]["critic"])]
     if "poise_online_probe" in res:
         rows.append(("POISE run's online probe (its policy)", res["poise_online_probe"]))
