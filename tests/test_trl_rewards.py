@@ -64,7 +64,8 @@ def test_eval_scores_with_a_user_reward_function(tmp_path, micro_dir):
 
     assert [r["scores"] for r in rows] == [[expected(t, r["answer"]) for t in r["responses"]] for r in rows]
     assert main(["eval", "--model.name", str(micro_dir), "--num-problems", "2", "--k", "1", "--threads", "1",
-                 "--output", str(tmp_path / "one.jsonl"), "--reward-function", "test_rewards_light:trl_always_one"]) == 0
+                 "--output", str(tmp_path / "one.jsonl"),
+                 "--reward-function", "test_rewards_light:trl_always_one"]) == 0
     assert json.loads((tmp_path / "one.jsonl").read_text().splitlines()[0])["scores"] == [1.0]
 
 

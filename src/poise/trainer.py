@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
     local_stream = stream if dist.world == 1 else ShardedStream(stream, dist, cfg.optim.mini_batch_prompts)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    gen = torch.Generator(dist.device).manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as a single process
+    gen = torch.Generator(dist.device).manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as one process
     warm = max(1, cfg.optim.warmup_steps)
 
     def warmup(opt):
@@ -217,7 +217,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
-          f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | {cfg.max_steps} steps"
+          f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | "
+          f"{cfg.max_steps} steps"
           f"{f' | {dist.world} processes' if dist.world > 1 else ''}"
           f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 

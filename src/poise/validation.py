@@ -49,7 +49,8 @@ def report_targets(report_to: str) -> list[str]:
 
 
 def _check_device(name: str) -> None:
-    """The device's spelling; whether this machine has it is checked when the run starts (distributed.resolve_device)."""
+    """The device's spelling; whether this machine has it is checked when the run starts
+    (distributed.resolve_device)."""
     _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name) is not None, "device",
            "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", name)
 
