@@ -1,5 +1,5 @@
-"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare` (options generated from the config
-dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
+"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`, `poise probe-eval` (options generated
+from the config dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import os
 import sys
 import typing
 
-from poise.config import (CompareConfig, ConfigError, EvalConfig, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml,
-                          parse_cli_value)
+from poise.config import (CompareConfig, ConfigError, EvalConfig, ProbeEvalConfig, SFTConfig, TrainConfig, build_config,
+                          flat_fields, load_yaml, parse_cli_value)
 
 COMMANDS = {
     "train": (TrainConfig, "RL training (POISE by default) on the embedded default task and model."),
     "sft": (SFTConfig, "Supervised warm start on programmatic worked solutions; writes a model directory."),
     "eval": (EvalConfig, "Avg@k and pass@k of a model on a task's held-out split; per-problem JSON Lines + summary."),
     "compare": (CompareConfig, "Methods x seeds at one compute budget; held-out accuracy against cost, report, plots."),
+    "probe-eval": (ProbeEvalConfig, "Value estimation on held-out prompts: the probe against the PPO critic."),
 }
 
 
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             from poise.compare import run_compare
 
             run_compare(cfg)
+        elif args.command == "probe-eval":
+            from poise.probe_eval import run_probe_eval
+
+            run_probe_eval(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as e:  # bad input: the message names it, no traceback
         print(f"poise {args.command}: error: {e}", file=sys.stderr)
         return 2

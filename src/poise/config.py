@@ -327,6 +327,35 @@ class EvalConfig:
 
 
 @dataclass
+class ProbeEvalConfig:
+    """`poise probe-eval`: how well a probe fitted for a run's final policy estimates the value (pass rate) of
+    held-out prompts, against the run's PPO critic when it has one and its online probe when it is a POISE run;
+    optionally across levels or tasks. Writes a JSON and a scatter plot, prints a table."""
+
+    run: str = ""
+    """A finished `poise train` output directory (its config.yaml, policy/, and critic/ for PPO runs)."""
+    other_run: str = ""
+    """Also score another POISE run's online probe on its own policy (same held-out prompts)."""
+    fit_prompts: int = 2048
+    """Training prompts (x 2 rollouts) the probe is fitted on; 2,048 fill the default 4,096-row buffer."""
+    eval_prompts: int = 300
+    """Held-out prompts (distinct ones; a small level may have fewer)."""
+    samples: int = 8
+    """Responses per held-out prompt whose pass rate is the target (Avg@samples)."""
+    fit_levels: list[str] = field(default_factory=list)
+    """Transfer study: levels the transfer probe is fitted on (with a mixture task, e.g. chain_sum/t2d1); empty
+    skips it."""
+    eval_levels: list[str] = field(default_factory=list)
+    """Transfer study: levels it is scored on."""
+    seed: int = 0
+    """Seed of the prompts and of the sampling generator."""
+    output: str = ""
+    """Results JSON (the plot goes beside it as .png); empty means RUN/probe_eval.json."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
 class CompareConfig:
     """`poise compare`: several presets x several seeds on the same task, model and compute budget; each run's
     checkpoints are evaluated on held-out problems; a results JSON, a Markdown report and PNG plots are written."""

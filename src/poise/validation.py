@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from poise.config import CompareConfig, EvalConfig, SFTConfig, TaskConfig, TrainConfig
+from poise.config import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig, TaskConfig, TrainConfig
 from poise.configio import ConfigError
 
 ADVANTAGES = ("poise", "rloo", "grpo", "dr_grpo", "critic")
@@ -74,6 +74,13 @@ def validate(cfg: Any) -> None:
         _check(0.0 < cfg.top_p <= 1.0, "top_p", "must be in (0, 1]", cfg.top_p)
         _check(cfg.model.lora_r == 0, "model.lora_r", "poise eval loads a saved policy, whose LoRA adapters are "
                "already merged; leave it 0", cfg.model.lora_r)
+        return
+    if isinstance(cfg, ProbeEvalConfig):
+        _check(bool(cfg.run), "run", "must name a `poise train` output directory", cfg.run)
+        _check_positive(cfg, "", ["fit_prompts", "eval_prompts", "samples"])
+        _check_positive(cfg, "", ["threads"], allow_zero=True)
+        _check(bool(cfg.fit_levels) == bool(cfg.eval_levels), "fit_levels", "and eval_levels must be given together "
+               "(the transfer study) or both left empty", cfg.fit_levels)
         return
     if isinstance(cfg, CompareConfig):
         _check(bool(cfg.methods), "methods", "must name at least one preset", cfg.methods)

@@ -1,0 +1,73 @@
+"""`poise probe-eval`: the value-estimation metrics, and the command on tiny PPO and POISE runs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from poise.cli import main
+from poise.probe_eval import auroc, value_metrics
+from poise.trainer import train
+
+
+def test_metrics_on_hand_made_values():
+    scores, labels = torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True])
+    assert auroc(scores, labels) == 0.75  # 0.35 beats 0.1 only, 0.8 beats both: 3 of 4 pairs
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([True, False])) == 0.5  # a tie counts half
+    assert math.isnan(auroc(scores, torch.ones(4, dtype=torch.bool)))
+    target = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    m = value_metrics(0.5 * target + 0.1, target, target > 0, train_mean=0.5)
+    assert m["pearson"] == pytest.approx(1.0) and m["auroc_solved"] == 1.0 and m["n"] == 4
+    assert m["mae"] == pytest.approx(float((0.1 - 0.5 * target).abs().mean()))
+    mse, base = float(((0.1 - 0.5 * target) ** 2).mean()), float(((0.5 - target) ** 2).mean())
+    assert m["brier_skill"] == pytest.approx(1 - mse / base)
+    assert value_metrics(target, target, target > 0, 0.5)["brier_skill"] == 1.0
+
+
+def _probe_eval(run, tmp_path, *extra):
+    out = tmp_path / "pe" / "v.json"
+    assert main(["probe-eval", "--run", str(run), "--fit-prompts", "16", "--eval-prompts", "10", "--samples", "2",
+                 "--threads", "1", "--output", str(out), *extra]) == 0
+    assert out.with_suffix(".png").is_file()
+    return json.loads(out.read_text())
+
+
+def test_a_ppo_run_scores_the_probe_against_its_critic_with_a_transfer_study(tiny_run, tmp_path, capsys):
+    cfg = tiny_run(tmp_path, "ppo")
+    train(cfg, progress=False)
+    res = _probe_eval(cfg.output_dir, tmp_path, "--fit-levels", "t2d1,t3d1", "--eval-levels", "t2d2")
+    n = res["probe"]["n"]
+    assert 0 < n <= 10 and res["critic"]["n"] == res["constant"]["n"] == n and "online_probe" not in res
+    for m in (res["probe"], res["critic"]):
+        assert 0.0 <= m["mae"] <= 1.0 and 0.0 <= m["target_mean"] <= 1.0
+    t = res["transfer"]
+    assert t["fit_levels"] == ["t2d1", "t3d1"] and t["eval_levels"] == ["t2d2"]
+    assert t["probe"]["n"] == t["critic"]["n"] == t["probe_fitted_on_eval_levels"]["n"] < n
+    table = capsys.readouterr().out
+    assert "| critic |" in table and "probe fit on t2d2 (in-domain reference)" in table
+
+
+def test_a_poise_run_scores_its_own_online_probe_and_has_no_critic(tiny_run, tmp_path):
+    cfg = tiny_run(tmp_path)
+    train(cfg, progress=False)
+    res = _probe_eval(cfg.output_dir, tmp_path)
+    assert "critic" not in res and "transfer" not in res
+    assert res["online_probe"]["n"] == res["probe"]["n"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--run", "/nowhere/run"], "run: /nowhere/run/config.yaml does not exist"),
+    (["--run", "x", "--fit-levels", "t2d1"], "fit_levels: and eval_levels must be given together"),
+    ([], "run: must name a `poise train` output directory"),
+])
+def test_bad_input_names_the_key(argv, message, capsys):
+    assert main(["probe-eval", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_level_the_run_does_not_have_is_refused(tiny_run, tmp_path, capsys):
+    cfg = tiny_run(tmp_path, max_steps=1)
+    train(cfg, progress=False)
+    assert main(["probe-eval", "--run", cfg.output_dir, "--fit-levels", "t2d1", "--eval-levels", "t9d9"]) == 2
+    assert "fit_levels/eval_levels: ['t9d9'] are not levels of the run's task" in capsys.readouterr().err
