@@ -46,12 +46,12 @@ def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
 
 
 def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
-    """compare_gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it makes
-    must exist and hold a valid value."""
+    """configs/compare/gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it
+    makes must exist and hold a valid value."""
     from poise.compare import run_values
     from poise.config import CompareConfig, TrainConfig, build_config, load_yaml
 
-    cfg = build_config(CompareConfig, load_yaml("compare_gpu"))
+    cfg = build_config(CompareConfig, load_yaml("compare/gpu"))
     assert cfg.methods == ["poise", "dapo", "grpo", "rloo"] and cfg.eval_batch_prompts == 16
     for method in cfg.methods:
         run = build_config(TrainConfig, run_values(cfg, method, 0))
