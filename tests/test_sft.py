@@ -24,3 +24,25 @@ def test_sft_lowers_loss_and_raises_accuracy(tmp_path):
     model, tok2 = load_local(tmp_path / "sft")  # the saved model reloads as a Hugging Face directory
     assert tok2.get_vocab() == tok.get_vocab()
     assert (tmp_path / "sft" / "eval_levels.md").read_text().startswith("| level")
+
+
+def test_sft_continues_from_a_local_model_directory(tmp_path, micro_dir):
+    """A real model is warm-started the same way: any name `model.name` takes (here a local directory)."""
+    import torch
+
+    cfg = build_config(SFTConfig, {"output_dir": str(tmp_path / "sft"), "model": str(micro_dir), "steps": 3,
+                                   "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "task.levels": ["t2d1"],
+                                   "task.train_size": 32, "task.eval_size": 4, "eval_samples": 1,
+                                   "max_new_tokens": 4})
+    run_sft(cfg)
+    before, tok = load_local(micro_dir)
+    after, tok2 = load_local(tmp_path / "sft")
+    assert tok2.get_vocab() == tok.get_vocab()  # its own tokenizer, not a new one
+    assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
+
+
+def test_sft_names_a_bad_model(tmp_path, capsys):
+    from poise.cli import main
+
+    assert main(["sft", "--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "model: " in capsys.readouterr().err

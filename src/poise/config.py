@@ -263,7 +263,8 @@ class SFTConfig:
     seed: int = 0
     """Random seed (tokenizer corpus, initialisation, data order, evaluation sampling)."""
     model: str = "tiny"
-    """Start from a tiny preset built from scratch ('tiny', 'micro') or a local Hugging Face model directory."""
+    """Start from a tiny preset built from scratch ('tiny', 'micro'), 'default' (the embedded model), a GGUF such as
+    'smollm2-135m', or a local Hugging Face model directory."""
     vocab_size: int = 512
     """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
     task: TaskConfig = field(default_factory=TaskConfig)

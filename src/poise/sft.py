@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poise.config import SFTConfig, save_config
+from poise.config import ConfigError, SFTConfig, save_config
 from poise.evaluate import evaluate, level_table
-from poise.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
+from poise.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_policy, tokenizer_corpus
 from poise.tasks import build_messages
 from poise.tasks.dataset import build_task
 
@@ -75,8 +75,11 @@ def run_sft(cfg: SFTConfig) -> dict:
     if cfg.model in TINY_PRESETS:
         tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed), cfg.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
-    else:
-        model, tokenizer = load_local(cfg.model)
+    else:  # 'default', a GGUF such as 'smollm2-135m', or a local Hugging Face directory
+        try:
+            model, tokenizer = load_policy(cfg.model, cfg.task.name, cfg.seed)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("model.name", "model")) from None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sft: {cfg.model} ({n_params / 1e6:.2f} M parameters, vocabulary {len(tokenizer)}) on {task.name}")
 
