@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The first check of the GPU path on a CUDA machine (docs/RESULTS.md, section "GPUs"); nothing here runs in CI.
+# Every method for a few steps on the embedded default model with --device cuda, an evaluation on the GPU, a resume,
+# and, with two or more GPUs, two ranks over NCCL. Each run writes runs/gpu_check/<name>/metrics.jsonl, whose
+# reward/*, probe/* and time/* show whether it trains and how fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.cuda.get_device_name(0))"
+out=runs/gpu_check
+rm -rf "$out"
+poise train --max-steps 20 --device cuda --output-dir "$out/poise" --checkpoint.every 10
+poise train --max-steps 30 --device cuda --output-dir "$out/poise" --resume      # resumes on the GPU
+for m in grpo dapo rloo ppo; do
+  poise train --config "$m" --max-steps 5 --device cuda --output-dir "$out/$m"
+done
+poise eval --model.name "$out/poise/policy" --device cuda --num-problems 100 --k 4 --output "$out/eval.jsonl"
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --max-steps 10 --output-dir "$out/ddp"
+  accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --config dapo --max-steps 5 \
+    --output-dir "$out/ddp_dapo"
+fi
+echo "gpu_check: every run finished; see $out/*/metrics.jsonl"
