@@ -58,3 +58,15 @@ def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
         assert run.model.name == "models/Qwen3-0.6B" and run.task.name == "countdown"
         assert run.rollout.max_new_tokens == 1024 and run.optim.lr == 1e-6 and run.model.dtype == "float32"
         assert run.rollout.prompts_per_step % run.optim.mini_batch_prompts == 0
+
+
+def test_held_out_accuracy_uses_the_reward_the_runs_trained_on(micro_dir, tmp_path):
+    out = tmp_path / "cmp"
+    over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "rollout.prompts_per_step=8",
+            "rollout.max_new_tokens=8", "optim.mini_batch_prompts=4",
+            "reward.function=test_rewards_light:trl_always_one"]
+    assert main(["compare", "--methods", "[rloo]", "--seeds", "[0]", "--budget-key", "samples", "--budget", "16",
+                 "--eval-every", "1", "--eval-problems", "4", "--eval-k", "2", "--eval-max-new-tokens", "8",
+                 "--output-dir", str(out), "--threads", "1", "--overrides", json.dumps(over)]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert res["summary"]["initial_accuracy"] == 1.0 and [p["accuracy"] for p in res["curves"]["rloo"]["0"]] == [1.0]
