@@ -155,3 +155,20 @@ def test_token_accounting_counts_a_shared_prompt_once_per_group(micro_dir):
     assert n_tokens(b, shared_prompts=False) == prompt + response  # the critic does not share it
     single = RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 1)
     assert n_tokens(single) == prompt + response
+
+
+def test_logprobs_and_entropy_from_one_log_softmax_match_the_separate_functions():
+    from poise.features import token_entropy
+    from poise.rollout import logprobs_and_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(11, 7, 50, generator=g)).requires_grad_(True)
+    with torch.no_grad():
+        logits[0, 0, :25] = float("-inf")  # zero-probability tokens contribute 0 entropy
+    ids = torch.randint(25, 50, (11, 7), generator=g)
+    logp, ent = logprobs_and_entropy(logits, ids, chunk=4)  # 11 rows: chunks of 4, 4, 3
+    assert torch.equal(logp, token_logprobs(logits, ids)) and torch.equal(ent, token_entropy(logits.detach()))
+    assert not ent.requires_grad and torch.isfinite(ent).all()
+    (grad,) = torch.autograd.grad(logp.sum(), logits)
+    (want,) = torch.autograd.grad(token_logprobs(logits, ids).sum(), logits)
+    assert torch.equal(grad, want)

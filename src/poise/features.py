@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["last_k_mean", "reasoning_end", "entropy_stats", "rollout_features", "token_entropy"]
+__all__ = ["last_k_mean", "reasoning_end", "entropy_stats", "rollout_features", "token_entropy",
+           "entropy_from_log_probs"]
 
 
 def last_k_mean(hidden: Tensor, mask: Tensor, k: int) -> Tensor:
@@ -170,7 +171,19 @@ def token_entropy(logits: Tensor) -> Tensor:
     Source: POISE §2 (token entropy H_t).
     """
     x = logits if logits.dtype == torch.float64 else logits.float()
-    logp = torch.log_softmax(x, dim=-1)
+    return entropy_from_log_probs(torch.log_softmax(x, dim=-1))
+
+
+def entropy_from_log_probs(logp: Tensor) -> Tensor:
+    """Entropy from log-probabilities, for callers that already hold the log-softmax.
+
+      H = -sum_v exp(logp_v) logp_v        (terms with p_v = 0 contribute 0)
+
+    Args:
+        logp: (..., V) log-probabilities (a log_softmax over the last dim).
+    Returns:
+        (...), in logp's dtype. `token_entropy(x)` is `entropy_from_log_probs(log_softmax(x))`.
+    """
     p = logp.exp()
-    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=x.dtype, device=x.device))
+    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
     return -plogp.sum(dim=-1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from poise.features import token_entropy
+from poise.features import entropy_from_log_probs
 
 
 @dataclass
@@ -178,6 +178,20 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 8):
+    """`token_logprobs` and the token entropies from one log-softmax: logits (B, T, V), ids (B, T) ->
+    (log pi(ids_t) (B, T), differentiable; H_t (B, T), no gradient). The entropy's temporaries are made `chunk` rows
+    at a time, so beyond the logits and their log-softmax only a chunk's worth of (T, V) tensors is alive. The same
+    values as `token_logprobs` and `features.token_entropy` on the same logits."""
+    lsm = logits.log_softmax(-1)
+    logp = lsm.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        d = lsm.detach()
+        ent = torch.cat([entropy_from_log_probs(d[s:s + chunk]) for s in range(0, d.shape[0], chunk)]) \
+            if d.shape[0] else d.new_zeros(d.shape[:-1])
+    return logp, ent
+
+
 def minibatch_rows(n_prompts: int, mb_prompts: int, group_size: int) -> list[torch.Tensor]:
     """Row indices of each mini-batch of whole groups: prompts [s, s + mb_prompts) -> rows p*G .. p*G+G-1."""
     G = group_size
@@ -185,13 +199,11 @@ def minibatch_rows(n_prompts: int, mb_prompts: int, group_size: int) -> list[tor
             for s in range(0, n_prompts, mb_prompts)]
 
 
-def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, logits: torch.Tensor,
+def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor,
           hidden: torch.Tensor | None) -> None:
-    """Write rows' old log-probs (n, T), entropies (from logits (n, T, V)) and, with `hidden` (n, L+T, H), the
-    probe-layer states into the batch, allocating its (B, ...) tensors on first use."""
+    """Write rows' old log-probs (n, T), entropies (n, T) and, with `hidden` (n, L+T, H), the probe-layer states into
+    the batch, allocating its (B, ...) tensors on first use."""
     B, (L, T) = batch.prompt_ids.shape[0], (batch.prompt_ids.shape[1], batch.response_ids.shape[1])
-    with torch.no_grad():
-        ent = token_entropy(logits)
     if batch.old_logp is None:
         batch.old_logp, batch.entropy = logp.new_zeros(B, T), ent.new_zeros(B, T)
     batch.old_logp[rows], batch.entropy[rows] = logp.detach(), ent.detach()
@@ -215,8 +227,8 @@ def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int 
     model.train()
     mb = batch.rows(rows)
     logits, hidden = response_forward(model, mb, temperature, layer)
-    logp = token_logprobs(logits, mb.response_ids)
-    _fill(batch, rows, logp, logits, hidden)
+    logp, ent = logprobs_and_entropy(logits, mb.response_ids)
+    _fill(batch, rows, logp, ent, hidden)
     return logp
 
 
@@ -235,7 +247,7 @@ def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.
         rows = todo[s:s + step]
         mb = batch.rows(rows)
         logits, hidden = response_forward(model, mb, temperature, layer)
-        _fill(batch, rows, token_logprobs(logits, mb.response_ids), logits, hidden)
+        _fill(batch, rows, *logprobs_and_entropy(logits, mb.response_ids), hidden)
     return batch
 
 
