@@ -185,11 +185,7 @@ def run_compare(cfg) -> dict:
         build_config(TrainConfig, values)
     runs = {(m, s): train_run(v) for m, s, v in specs}
     first = build_config(TrainConfig, specs[0][2])
-    task = build_task(first.task)
-    if first.reward.function:  # held-out accuracy is scored with the reward the runs trained on
-        from poise.rewards import TRLReward
-
-        task.reward_function = TRLReward(first.reward.function)
+    task = build_task(first.task, first.reward.function)  # held-out accuracy uses the reward the runs trained on
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained

@@ -212,14 +212,7 @@ def _build(cfg):
     from poise.tasks.dataset import build_task
     from poise.verifier import SafeVerifier
 
-    task = build_task(cfg.task)  # a data file is validated here, before the model
-    if cfg.reward_function:  # the user's TRL-style reward replaces the task's, as in training (checked before loading)
-        from poise.rewards import TRLReward
-
-        try:
-            task.reward_function = TRLReward(cfg.reward_function)
-        except ValueError as e:
-            raise ConfigError(str(e).replace("reward.function", "reward_function")) from None
+    task = build_task(cfg.task, cfg.reward_function, "reward_function")  # checked before the model loads
     problems, info = select_problems(task, cfg.split, cfg.num_problems, cfg.seed)
     try:
         device = resolve_device(cfg.device)

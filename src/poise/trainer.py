@@ -33,7 +33,6 @@ from poise.config import TrainConfig, save_config, to_dict
 from poise.critic import ValueModel, critic_update, explained_variance
 from poise.features import rollout_features
 from poise.models import decoder_layers, load_model, resolve_layer, save_policy
-from poise.rewards import TRLReward
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noqa: F401
 from poise.rollout import RolloutBatch, minibatch_rows, prompts_shared, score, score_with_graph
 from poise.sampling import collect
@@ -155,16 +154,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         save_config(cfg, out / "config.yaml")
 
     # ---- task, model, data ----
-    task = build_task(cfg.task)  # a data file is validated here, before anything else
+    task = build_task(cfg.task, cfg.reward.function)  # data file and reward function checked before anything else
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     model.to(dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
-    if cfg.reward.function:  # the user's TRL-style reward replaces the task's
-        try:
-            task.reward_function = TRLReward(cfg.reward.function)  # imported here: a bad name fails now
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
     pool, n_long = drop_long_prompts(task.problems("train", cfg.task.train_size, seed=cfg.seed), tokenizer,
                                      cfg.task.max_prompt_tokens)
     if n_long:

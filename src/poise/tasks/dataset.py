@@ -246,15 +246,17 @@ def benchmark_task(name: str):
     return make
 
 
-def build_task(task_cfg: Any):
-    """`get_task` from a TaskConfig. A data file's problems stay DatasetErrors (file, field, rows); an unknown name
-    or a bad level becomes a ConfigError naming task.name or task.levels."""
+def build_task(task_cfg: Any, reward_function: str = "", reward_key: str = "reward.function"):
+    """`get_task` from a TaskConfig, with the user's TRL-style `reward_function` ('module:fn' or 'file.py:fn')
+    replacing the task's reward when given. A data file's problems stay DatasetErrors (file, field, rows); an unknown
+    name, a bad level or a bad reward function becomes a ConfigError naming task.name, task.levels or `reward_key`."""
     from poise.configio import ConfigError
+    from poise.rewards import TRLReward
 
     from .base import get_task
 
     try:
-        return get_task(task_cfg.name, **task_kwargs(task_cfg))
+        task = get_task(task_cfg.name, **task_kwargs(task_cfg))
     except DatasetError:
         raise
     except KeyError as e:
@@ -262,6 +264,12 @@ def build_task(task_cfg: Any):
     except ValueError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("task.") else f"task.levels: {msg}") from None
+    if reward_function:
+        try:
+            task.reward_function = TRLReward(reward_function)  # imported here: a bad name fails now
+        except ValueError as e:
+            raise ConfigError(str(e).replace("reward.function", reward_key, 1)) from None
+    return task
 
 
 def task_kwargs(task_cfg: Any) -> dict[str, Any]:
