@@ -31,6 +31,7 @@ def test_levels_problems_and_rewards_come_from_each_part():
 
 @pytest.mark.parametrize("argv, message", [
     (["--task.name", "chain_sum+gsm8k"], "task.name: 'gsm8k' cannot be mixed"),
+    (["--task.name", "chain_sum+dataset"], "task.name: 'dataset' cannot be mixed"),
     (["--task.name", "chain_sum+chain_sum"], "task.name: a mixture names two or more different tasks"),
     (["--task.name", "chain_sum+nope"], "task.name: unknown task 'nope' in 'chain_sum+nope'"),
     (["--task.name", "chain_sum+countdown", "--task.levels", "t2d1"], "task.levels: chain_sum+countdown: bad level"),

@@ -83,7 +83,7 @@ class Dist:
         out = []
         for i in range(n):
             j, q = divmod(i, mini_batch)
-            out.append(q // ((min(mini_batch, n - j * mini_batch)) // self.world))
+            out.append(q // (min(mini_batch, n - j * mini_batch) // self.world))
         return out
 
     def local_prompts(self, n: int, mini_batch: int) -> list[int]:

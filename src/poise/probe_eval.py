@@ -154,6 +154,10 @@ def run_probe_eval(cfg) -> dict:
     if unknown:
         raise ConfigError(f"fit_levels/eval_levels: {unknown} are not levels of the run's task "
                           f"({', '.join(task.levels)})")
+    other = Path(cfg.other_run) if cfg.other_run else None
+    if other is not None and not (other / "policy" / "probe.safetensors").is_file():  # before any sampling
+        raise FileNotFoundError(f"other_run: {other / 'policy' / 'probe.safetensors'} does not exist "
+                                "(a POISE run's online probe is needed)")
     critic = None
     if (run / "critic" / "critic.safetensors").is_file():
         critic = ValueModel(model)
@@ -180,11 +184,7 @@ def run_probe_eval(cfg) -> dict:
         if cfg.fit_levels:  # transfer: fitted on some levels (or tasks), scored on the others
             res["transfer"] = _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target,
                                         solved, pred_probe, pred_critic, train_mean)
-        if cfg.other_run:
-            other = Path(cfg.other_run)
-            if not (other / "policy" / "probe.safetensors").is_file():
-                raise FileNotFoundError(f"other_run: {other / 'policy' / 'probe.safetensors'} does not exist "
-                                        "(a POISE run's online probe is needed)")
+        if other is not None:
             ocfg, pmodel, ptok, players, pmarker = _load_run(other)
             online = load_probe(other / "policy")
             pf, ptarget, psolved = heldout(pmodel, ptok, task, problems, cfg.samples, ocfg, players, pmarker, gen)
