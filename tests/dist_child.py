@@ -1,5 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks) or alone (1 rank): one fixed batch, one policy update
-and one probe fit; writes the updated weights and the probe to OUT/rank<r>.safetensors."""
+and one probe fit; writes the updated weights and the probe to OUT/rank<r>.safetensors. With a third argument
+'fsdp' the model is sharded (poise.fsdp): sampling and scoring run gathered, and the weights written are the full
+ones gathered to rank 0 (rank 1 writes none)."""
 
 import json
 import sys
@@ -15,8 +17,9 @@ from poise.advantages import group_view, poise_targets  # noqa: E402
 from poise.compute import ComputeMeter  # noqa: E402
 from poise.config import TrainConfig, build_config  # noqa: E402
 from poise.distributed import Dist  # noqa: E402
+from poise import fsdp  # noqa: E402
 from poise.features import rollout_features  # noqa: E402
-from poise.models import load_local  # noqa: E402
+from poise.models import decoder_layers, load_local  # noqa: E402
 from poise.probe import RidgeProbe  # noqa: E402
 from poise.rollout import score  # noqa: E402
 from poise.sampling import collect  # noqa: E402
@@ -24,17 +27,21 @@ from poise.tasks import get_task  # noqa: E402
 from poise.trainer import PromptStream, compute_advantages, policy_update  # noqa: E402
 
 
-def main(values: dict, out: str) -> None:
+def main(values: dict, out: str, sharded: bool = False) -> None:
     torch.set_num_threads(1)
     dist = Dist()
     cfg = build_config(TrainConfig, values)
     model, tok = load_local(values["model.name"])
+    if sharded:
+        fsdp.shard(model, type(decoder_layers(model)[0]), dist.device, dist.world)
+        dist.sharded = True
     task = get_task("parity_test")
     P, G, mb = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.optim.mini_batch_prompts
     # every rank builds the same full batch, then keeps its share of whole groups
-    col = collect(model, tok, task, PromptStream(task.problems("train", 64, seed=0), 0), cfg,
-                  torch.Generator().manual_seed(0), ComputeMeter())
-    score(model, col.batch, 1)
+    with fsdp.gathered(model if sharded else None):
+        col = collect(model, tok, task, PromptStream(task.problems("train", 64, seed=0), 0), cfg,
+                      torch.Generator().manual_seed(0), ComputeMeter())
+        score(model, col.batch, 1)
     feats = rollout_features(col.batch.prompt_hidden, col.batch.prompt_mask, col.batch.response_hidden,
                              col.batch.response_mask, col.batch.response_ids, col.batch.entropy, None, 3)
     adv, _, _ = compute_advantages(cfg, col.rewards)
@@ -50,14 +57,19 @@ def main(values: dict, out: str) -> None:
                 {**feats, "targets": targets.flatten()}.items()}
     probe = RidgeProbe(4, 4, 100.0).fit(gathered["prompt"], gathered["trajectory"], gathered["entropy"],
                                         gathered["targets"])
-    tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    if sharded:  # the full weights on rank 0 ({} on rank 1), under named_parameters' names (tied ones included)
+        full = fsdp.fill_tied(model, fsdp.full_state(model))
+        params = {n: full[n] for n in params if n in full}
+    tensors = {f"param.{n}": p.contiguous() for n, p in params.items()}
     tensors.update({f"probe.{k}": v.contiguous() for k, v in probe.state_dict().items()})
     tensors.update({f"gathered.{k}": v.contiguous() for k, v in gathered.items()})
     save_file(tensors, str(Path(out) / f"rank{dist.rank}.safetensors"))
+    local = sum((p.to_local() if sharded else p).numel() for p in model.parameters())  # this rank's share
     Path(out, f"stats{dist.rank}.json").write_text(json.dumps({**stats, "in_sync": dist.in_sync(probe.state_dict()),
-                                                               "world": dist.world}))
+                                                               "world": dist.world, "local_numel": local}))
     dist.close()
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]), sys.argv[2])
+    main(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["fsdp"])

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `<run>/checkpoints/step-000123/` holding everything the next step depends on:
     policy.safetensors, critic.safetensors   model weights (safetensors; tied weights handled by save_model)
-    optim.pt                                 optimizer + scheduler states (loaded with torch.load(weights_only=True))
+    optim.pt                                 optimizer + scheduler states (loaded with torch.load(weights_only=True);
+                                             an FSDP run's optimizer states are keyed by parameter name)
     probe.safetensors                        the fitted probe and the feature buffer's rows (prefixed keys)
     rng.safetensors                          torch's global RNG state and the sampling generator's state
     state.json                               step, data position, Python / NumPy RNG states, compute totals,
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from poise import fsdp
 from poise.config import save_config
 
 PACKAGES = ("poise", "torch", "transformers", "safetensors", "reasoning-gym", "numpy")
@@ -70,11 +72,20 @@ def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
 
-    save_model(parts["model"], str(tmp / "policy.safetensors"))
-    optim = {"optimizer": parts["optimizer"].state_dict(), "scheduler": parts["scheduler"].state_dict()}
+    full = parts.get("full") or {}  # FSDP: unsharded states gathered by fsdp.checkpoint_states
+
+    def save_weights(key: str, name: str) -> None:
+        if key in full:
+            save_file(full[key], str(tmp / name))
+        else:
+            save_model(parts[key], str(tmp / name))
+
+    save_weights("model", "policy.safetensors")
+    optim = {"optimizer": full.get("optimizer") or parts["optimizer"].state_dict(),
+             "scheduler": parts["scheduler"].state_dict()}
     if parts.get("critic") is not None:
-        save_model(parts["critic"], str(tmp / "critic.safetensors"))
-        optim["critic_optimizer"] = parts["critic_optimizer"].state_dict()
+        save_weights("critic", "critic.safetensors")
+        optim["critic_optimizer"] = full.get("critic_optimizer") or parts["critic_optimizer"].state_dict()
         optim["critic_scheduler"] = parts["critic_scheduler"].state_dict()
     torch.save(optim, tmp / "optim.pt")
     probe, buffer = parts["probe"], parts["buffer"]
@@ -164,13 +175,20 @@ def load_checkpoint(path: str | Path, parts: dict) -> dict:
 
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    load_model(parts["model"], str(path / "policy.safetensors"))
     optim = torch.load(path / "optim.pt", weights_only=True)
-    parts["optimizer"].load_state_dict(optim["optimizer"])
+
+    def load_weights(key: str, opt_key: str, name: str) -> None:
+        if fsdp.is_sharded(parts[key]):  # every rank reads the full tensors and keeps its shard
+            fsdp.load_full_state(parts[key], load_file(str(path / name)))
+            fsdp.load_optimizer_state(parts[key], parts[opt_key], optim[opt_key])
+        else:
+            load_model(parts[key], str(path / name))
+            parts[opt_key].load_state_dict(optim[opt_key])
+
+    load_weights("model", "optimizer", "policy.safetensors")
     parts["scheduler"].load_state_dict(optim["scheduler"])
     if parts.get("critic") is not None:
-        load_model(parts["critic"], str(path / "critic.safetensors"))
-        parts["critic_optimizer"].load_state_dict(optim["critic_optimizer"])
+        load_weights("critic", "critic_optimizer", "critic.safetensors")
         parts["critic_scheduler"].load_state_dict(optim["critic_scheduler"])
     tensors = load_file(str(path / "probe.safetensors"))
     probe_sd = {k[len("probe."):]: v for k, v in tensors.items() if k.startswith("probe.")}

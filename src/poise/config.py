@@ -233,6 +233,10 @@ class TrainConfig:
     device: str = "auto"
     """Where the policy (and critic, reference) runs: 'auto' (this process's CUDA GPU when one is available, else
     the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. Rewards, advantages and the probe stay on the CPU."""
+    fsdp: bool = False
+    """With several processes, shard the policy, critic and reference over them with PyTorch FSDP2 (parameters,
+    gradients and AdamW state; `poise/fsdp.py`) instead of keeping a whole copy on every rank. Also turned on by an
+    accelerate config with `distributed_type: FSDP`. Not with LoRA."""
     report_to: str = "tensorboard"
     """Where step metrics go besides metrics.jsonl (always written): tensorboard, wandb (needs `pip install wandb`;
     project from $WANDB_PROJECT, default 'poise'), both as 'tensorboard,wandb', or none."""

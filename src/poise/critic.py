@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from poise.fsdp import clip_grad_norm_
 from poise.losses import value_loss
 from poise.rollout import RolloutBatch, position_ids
 
@@ -84,8 +85,7 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
             (loss * weight).backward()  # x * 1.0 is exact: one process is unchanged
             if dist is not None:
                 dist.average_grads(critic.parameters())
-            norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(),
-                                                        grad_clip if grad_clip > 0 else float("inf")).item())
+            norms.append(clip_grad_norm_(critic.parameters(), grad_clip if grad_clip > 0 else float("inf")).item())
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())

@@ -64,6 +64,7 @@ class Dist:
         self.rank = 0
         self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
         self.comm_device = torch.device("cpu")  # where collectives run: the CPU for gloo, the GPU for NCCL
+        self.sharded = False  # FSDP (fsdp.py): gradients are averaged by its reduce-scatter, not average_grads
         if self.world > 1:
             from accelerate import PartialState
 
@@ -148,8 +149,9 @@ class Dist:
         return n_local / total * self.world if total > 0 else 0.0
 
     def average_grads(self, params) -> None:
-        """All-reduce (mean) the gradients of `params` in one flat buffer; a missing gradient counts as zero."""
-        if self.world == 1:
+        """All-reduce (mean) the gradients of `params` in one flat buffer; a missing gradient counts as zero. Nothing to
+        do for one process, or under FSDP, whose backward has already averaged (and sharded) them."""
+        if self.world == 1 or self.sharded:
             return
         params = [p for p in params if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -9,6 +9,7 @@ import math
 import torch
 
 from poise.distributed import Dist
+from poise.fsdp import local_sum
 from poise.probe import probe_metrics
 from poise.rollout import RolloutBatch
 
@@ -92,7 +93,7 @@ def adam_variance_proxy(optimizer: torch.optim.Optimizer) -> float:
             t = float(st["step"])
             m_hat = st["exp_avg"] / (1 - b1 ** t)
             v_hat = st["exp_avg_sq"] / (1 - b2 ** t)
-            total += float((v_hat - m_hat ** 2).sum())
+            total += local_sum(v_hat - m_hat ** 2)  # under FSDP, this rank's shard (the trainer sums ranks)
             seen = True
     return total if seen else float("nan")
 

@@ -302,12 +302,13 @@ def load_model(m: ModelConfig, task_name: str = "chain_sum", seed: int = 0):
     return model, tokenizer
 
 
-def save_policy(model: torch.nn.Module, path: str | Path) -> None:
+def save_policy(model: torch.nn.Module, path: str | Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` of a trained policy as a plain Hugging Face model directory. A LoRA policy is saved with
-    its adapters merged into the weights (a merged copy; `model` itself keeps training as it was)."""
+    its adapters merged into the weights (a merged copy; `model` itself keeps training as it was). `state_dict`:
+    the weights to write instead of the model's own (an FSDP model's, gathered by `fsdp.full_state`)."""
     from poise.lora import is_lora, merged_copy
 
-    (merged_copy(model) if is_lora(model) else model).save_pretrained(path)
+    (merged_copy(model) if is_lora(model) else model).save_pretrained(path, state_dict=state_dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from poise import fsdp
 from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, mask_unscorable, poise_advantages,
                               poise_targets, rloo_advantages, value_advantages)
 from poise.checkpoint import resume, save_checkpoint
@@ -146,6 +147,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     problem = check_layout(dist.world, cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts)
     if problem:
         raise ConfigError(problem)
+    try:
+        cfg.fsdp = dist.sharded = fsdp.requested(cfg.fsdp)  # recorded in config.yaml, so resume checks it
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.fsdp and cfg.model.lora_r > 0:
+        raise ConfigError("fsdp: not supported with LoRA (model.lora_r > 0), whose trainable weights and optimizer "
+                          "state are already small; leave fsdp off (every rank then keeps the whole model)")
+    if cfg.fsdp and dist.world == 1:
+        raise ConfigError("fsdp: sharding needs several processes: `accelerate launch --num_processes N poise train "
+                          "...` (or leave fsdp off)")
+    unread = fsdp.unread_accelerate_settings() if dist.world > 1 and dist.main else []
+    if unread:
+        print(f"warning: accelerate settings that poise does not apply: {', '.join(unread)} (poise shards each "
+              "decoder layer fully with `fsdp`, keeps parameters on the device, and takes the dtype from model.dtype)")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical on every rank: tiny presets are built from it
     out = Path(cfg.output_dir)
@@ -158,6 +173,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     model.to(dist.device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+    critic = ValueModel(model) if cfg.algorithm.advantage == "critic" else None  # PPO: a policy-sized value model
+    if dist.sharded:  # each of them in units of one decoder layer, before the optimizers see their parameters
+        layer_type = type(decoder_layers(model)[0])
+        for m in (model, ref_model, critic):
+            if m is not None:
+                fsdp.shard(m, layer_type, dist.device, dist.world)
     task.verifier = SafeVerifier(timeout=cfg.reward.timeout)  # answer checking in a sandboxed worker process
     pool, n_long = drop_long_prompts(task.problems("train", cfg.task.train_size, seed=cfg.seed), tokenizer,
                                      cfg.task.max_prompt_tokens)
@@ -188,8 +209,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
     buffer = FeatureBuffer(cfg.probe.buffer_size)
 
-    # ---- PPO critic: a policy-sized value model with its own optimizer ----
-    critic = ValueModel(model) if cfg.algorithm.advantage == "critic" else None
+    # ---- PPO critic: its own optimizer ----
     critic_opt = critic_sched = None
     if critic is not None:
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
@@ -210,11 +230,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     progress = progress and dist.main
     budget = {k: v for k, v in to_dict(cfg.budget).items() if v}
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
-          f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | "
-          f"{cfg.max_steps} steps"
-          f"{f' | {dist.world} processes' if dist.world > 1 else ''}"
-          f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
+    if dist.main:
+        print(f"train: {cfg.algorithm.name} ({cfg.algorithm.advantage} advantages) | model {cfg.model.name} "
+              f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | "
+              f"{cfg.max_steps} steps"
+              f"{f' | {dist.world} processes' if dist.world > 1 else ''}{' (FSDP)' if dist.sharded else ''}"
+              f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
 
     metrics: dict = {}
     counted = progress_budget(budget)  # with a budget the bar counts towards it (a budget, not max_steps, ends runs)
@@ -231,7 +252,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
         # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
         t = time.perf_counter()
-        col = collect(model, tokenizer, task, local_stream, cfg, gen, meter, dist)
+        with fsdp.gathered(model):  # FSDP: full weights while ranks sample different lengths
+            col = collect(model, tokenizer, task, local_stream, cfg, gen, meter, dist)
         batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
         times["time/generate_s"] = time.perf_counter() - t - col.reward_seconds
         times["time/reward_s"] = col.reward_seconds
@@ -245,7 +267,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             n_local = len(batch.prompt_ids) // G  # this rank's prompts this step
             first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
-            score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)  # eval mode
+            with fsdp.gathered(model):
+                score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)  # eval mode
             first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)  # train mode
             meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
@@ -330,7 +353,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["optim/skipped_total"] = counters["skipped_total"]
-        metrics["optim/grad_var_proxy"] = adam_variance_proxy(optimizer)  # sum(v_hat - m_hat^2), identical on ranks
+        proxy = adam_variance_proxy(optimizer)  # sum(v_hat - m_hat^2): identical on ranks, or this rank's shard
+        metrics["optim/grad_var_proxy"] = dist.sum(proxy) if dist.sharded else proxy
         times["time/step_s"] = time.perf_counter() - t_step
         if dist.world > 1:  # the slowest rank's phase times; compute summed over ranks (identical totals everywhere)
             times = {k: dist.max(v) for k, v in times.items()}
@@ -345,8 +369,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         reason = budget_reached(budget, meter.totals_for_budget())
         if reason or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             parts["rng_states"] = dist.gather_objects((torch.get_rng_state(), gen.get_state()))  # one pair per rank
+            parts["full"] = fsdp.checkpoint_states(parts) if dist.sharded else None  # gathered to rank 0
             if dist.main:
                 save_checkpoint(out, step, parts, cfg.checkpoint.keep_last)
+            parts["full"] = None
             dist.barrier()
         if reason:
             bar.close()
@@ -355,17 +381,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     bar.close()
 
     # ---- save ----
+    full = {k: fsdp.full_state(m) for k, m in (("model", model), ("critic", critic))  # FSDP: gathered to rank 0
+            if m is not None and dist.sharded}
     if not dist.main:
         dist.close()
         return metrics
     writer.close()
-    save_policy(model, out / "policy")  # LoRA: adapters merged into a copy
+    save_policy(model, out / "policy", fsdp.fill_tied(model, full["model"]) if full else None)  # LoRA: merged
     tokenizer.save_pretrained(out / "policy")
     if use_probe and probe.fitted:
         save_probe(probe, out / "policy", feature_meta)
     if critic is not None:
         (out / "critic").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(out / "critic" / "critic.safetensors"))
+        state = full.get("critic") or {k: v.contiguous() for k, v in critic.state_dict().items()}
+        save_file(state, str(out / "critic" / "critic.safetensors"))
     dist.close()
     return metrics
 

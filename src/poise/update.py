@@ -9,6 +9,7 @@ import torch
 
 from poise.config import TrainConfig
 from poise.distributed import Dist
+from poise.fsdp import clip_grad_norm_
 from poise.losses import aggregate, kl_k3, ppo_clip_loss
 from poise.rollout import RolloutBatch, minibatch_rows, response_logits, token_logprobs
 
@@ -81,7 +82,7 @@ def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, a
             (loss * dist.loss_weight(float(n_local))).backward()  # weight 1.0 (exact) for one process
             dist.average_grads(model.parameters())
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            gnorm = clip_grad_norm_(model.parameters(), clip)  # over all shards under FSDP
             if not torch.isfinite(gnorm):  # a NaN/inf gradient: drop it, leave weights and Adam moments alone
                 skip(f"gradient norm ({gnorm.item()})")
                 continue
