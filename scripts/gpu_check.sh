@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The first check of the GPU path on a CUDA machine (docs/RESULTS.md, section "GPUs"); nothing here runs in CI.
 # Every method for a few steps on the embedded default model with --device cuda, an evaluation on the GPU, a resume,
-# and, with two or more GPUs, two ranks over NCCL. Each run writes runs/gpu_check/<name>/metrics.jsonl, whose
-# reward/*, probe/* and time/* show whether it trains and how fast.
+# and, with two or more GPUs, two ranks over NCCL (DDP, then FSDP). Each run writes
+# runs/gpu_check/<name>/metrics.jsonl, whose reward/*, probe/* and time/* show whether it trains and how fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -19,5 +19,9 @@ if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; th
   accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --max-steps 10 --output-dir "$out/ddp"
   accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --config dapo --max-steps 5 \
     --output-dir "$out/ddp_dapo"
+  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.cli train --max-steps 10 \
+    --output-dir "$out/fsdp"                                                       # FSDP2 over NCCL
+  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.cli train --config ppo \
+    --max-steps 5 --output-dir "$out/fsdp_ppo"
 fi
 echo "gpu_check: every run finished; see $out/*/metrics.jsonl"
