@@ -5,9 +5,14 @@
 Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.cli train ...` run of POISE, the
 two modes alternating within a repetition. DDP is `--multi_gpu` (every rank keeps the whole model, its gradients
 and its AdamW moments); FSDP adds `--fsdp true` (each rank keeps half of each, and gathers the whole model for
-sampling and scoring). Per run: the largest peak resident set size over the launched processes (`ru_maxrss` of
-the children, read in a wrapper process that starts nothing else, so it is the larger rank's), and the median
-`time/step_s` over steps 2..N. Reported per mode: the median over repetitions (and min, max).
+sampling and scoring). Per run:
+  - what rank 0 holds of the training state after step 1 (weights, gradients, AdamW moments: the trainer's
+    "memory on rank 0" line, counted from the live tensors, its shards under FSDP);
+  - the largest resident set size of one launched process, sampled every 0.1 s from /proc: over the whole run,
+    and from the moment step 1 is logged on (training only: while loading, every rank holds the whole model in
+    both modes);
+  - the median over steps 2..N of the step time and of its generate, score and update phases.
+Reported per mode: the median over repetitions, [min, max].
 """
 
 from __future__ import annotations
@@ -20,10 +25,47 @@ import statistics as st
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
-WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-           "print(json.dumps({'rc': r.returncode, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+PHASES = ("generate", "score", "update", "step")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def watch(proc: subprocess.Popen, metrics: Path, peaks: dict) -> None:
+    """Until `proc` ends, every 0.1 s: the largest RSS of one process below it, kept as the peak over the whole run
+    and as the peak once step 1 is logged (training only, loading excluded)."""
+    while proc.poll() is None:
+        top = max((rss_mb(p) for p in descendants(proc.pid)), default=0.0)
+        peaks["peak_rss_mb"] = max(peaks.get("peak_rss_mb", 0.0), top)
+        if metrics.is_file() and metrics.stat().st_size > 0:
+            peaks["peak_rss_training_mb"] = max(peaks.get("peak_rss_training_mb", 0.0), top)
+        time.sleep(0.1)
 
 
 def free_port() -> str:
@@ -40,12 +82,22 @@ def one_run(mode: str, args: argparse.Namespace, out: Path) -> dict:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--main_process_port", free_port(), "-m", "poise.cli", *train]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([sys.executable, "-c", WRAPPER, *launch], env=env, capture_output=True, text=True)
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    if r.returncode or res["rc"]:
-        raise RuntimeError(f"{' '.join(launch)} failed:\n{r.stderr[-3000:]}")
+    peaks: dict = {}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(launch, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        watcher = threading.Thread(target=watch, args=(proc, out / "metrics.jsonl", peaks))
+        watcher.start()
+        proc.wait()
+        watcher.join()
+        log.seek(0)
+        text = log.read()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(launch)} failed:\n{text[-3000:]}")
+    line = next(ln for ln in text.splitlines() if "memory on rank 0 after step 1: " in ln)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"peak_rss_mb": res["maxrss_kb"] / 1024, "step_s": st.median(m["time/step_s"] for m in rows[1:]),
+    held = dict(part.rsplit(" ", 2)[:2] for part in line.split("after step 1: ", 1)[1].split(", "))
+    return {**peaks, **{f"{k}_mb": float(v.replace(",", "")) for k, v in held.items()},
+            **{f"{p}_s": st.median(m[f"time/{p}_s"] for m in rows[1:]) for p in PHASES},
             "reward_mean": st.mean(m["reward/mean"] for m in rows)}
 
 
@@ -67,16 +119,16 @@ def main() -> None:
                 runs[mode].append(res)
                 print(f"rep {rep} {mode}: {res}", flush=True)
     summary = {m: {k: {"median": st.median(r[k] for r in rs), "min": min(r[k] for r in rs),
-                       "max": max(r[k] for r in rs)} for k in ("peak_rss_mb", "step_s")} for m, rs in runs.items()}
+                       "max": max(r[k] for r in rs)} for k in rs[0] if k != "reward_mean"} for m, rs in runs.items()}
     result = {"command": "python " + " ".join(sys.argv), "args": vars(args), "runs": runs, "summary": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print("| mode | peak RSS per rank, MB (median [min, max]) | step time, s |")
-    print("| --- | --- | --- |")
+    keys = list(summary["ddp"])
+    print("| mode | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
     for m, s in summary.items():
-        p, t = s["peak_rss_mb"], s["step_s"]
-        print(f"| {m} | {p['median']:.0f} [{p['min']:.0f}, {p['max']:.0f}] | {t['median']:.2f} [{t['min']:.2f}, "
-              f"{t['max']:.2f}] |")
+        print(f"| {m} | " + " | ".join(f"{s[k]['median']:.2f} [{s[k]['min']:.2f}, {s[k]['max']:.2f}]" for k in keys)
+              + " |")
 
 
 if __name__ == "__main__":

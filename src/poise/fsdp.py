@@ -177,6 +177,20 @@ def checkpoint_states(parts: dict) -> dict:
     return out
 
 
+def state_megabytes(modules, optimizers) -> dict[str, float]:
+    """What this rank holds of the training state, in MB: the weights and gradients of `modules` and the tensors in
+    the states of `optimizers` (under FSDP, this rank's shards; None entries are skipped). Tied weights count once."""
+    def local_mb(t) -> float:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size() / 2 ** 20
+
+    params = {id(p): p for m in modules if m is not None for p in m.parameters()}.values()
+    states = [v for o in optimizers if o is not None for st in o.state.values() for v in st.values()]
+    return {"weights": sum(local_mb(p) for p in params),
+            "gradients": sum(local_mb(p.grad) for p in params if p.grad is not None),
+            "optimizer": sum(local_mb(v) for v in states if isinstance(v, torch.Tensor) and v.dim() > 0)}
+
+
 def local_sum(x: torch.Tensor) -> float:
     """Sum of this rank's part of `x` (the whole of a plain tensor)."""
     return float((x.to_local() if hasattr(x, "to_local") else x).sum())

@@ -252,23 +252,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
         # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
         t = time.perf_counter()
-        with fsdp.gathered(model):  # FSDP: full weights while ranks sample different lengths
+        with fsdp.gathered(model):  # FSDP: the whole model, gathered once, while ranks sample different lengths
             col = collect(model, tokenizer, task, local_stream, cfg, gen, meter, dist)
+            t_score = time.perf_counter()
+            n_local = len(col.batch.prompt_ids) // G if len(col.problems) else 0  # this rank's prompts this step
+            if n_local:  # the no-grad scoring pass (below) of every mini-batch but the first, whose forward the
+                first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]  # update reuses
+                score(model, col.batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)
         batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
-        times["time/generate_s"] = time.perf_counter() - t - col.reward_seconds
+        times["time/generate_s"] = t_score - t - col.reward_seconds
         times["time/reward_s"] = col.reward_seconds
         metrics = {"step": step, **sampling_metrics(cfg, col, dist)}
         if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
             # ---- score: old log-probs, entropies, probe-layer hidden states; critic values. The first mini-batch's
-            # forward is the update's own (graph kept, ratio 1); the other rows get no-grad forwards of the same
-            # size, so scoring never holds more activations than the update ----
-            t = time.perf_counter()
-            n_local = len(batch.prompt_ids) // G  # this rank's prompts this step
-            first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
-            with fsdp.gathered(model):
-                score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)  # eval mode
+            # forward is the update's own (graph kept, ratio 1); the other rows got no-grad forwards of the same
+            # size above (eval mode), so scoring never holds more activations than the update ----
+            t = t_score
             first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)  # train mode
             meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
@@ -363,6 +364,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics.update(meter.end_step(times))
         if writer is not None:
             writer.log(metrics)
+        if step == start + 1 and dist.main:  # the training state this rank holds (a half of it per rank under FSDP)
+            held = fsdp.state_megabytes((model, ref_model, critic), (optimizer, critic_opt))
+            tqdm.write(f"memory on rank 0 after step {step}: " + ", ".join(f"{k} {v:,.1f} MB" for k, v in held.items()))
         bar.update(progress_now(step) - bar.n)
         bar.set_postfix({**({"step": step} if counted else {}), "reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
