@@ -10,7 +10,9 @@ sampling and scoring). Per run:
     "memory on rank 0" line, counted from the live tensors, its shards under FSDP);
   - the largest resident set size of one launched process, sampled every 0.1 s from /proc: over the whole run,
     and from the moment step 1 is logged on (training only: while loading, every rank holds the whole model in
-    both modes);
+    both modes). Both modes run with MALLOC_MMAP_THRESHOLD_=1048576: glibc then serves every allocation of 1 MB
+    or more with its own mapping and unmaps it when freed, so the RSS follows the live tensors rather than the
+    high-water mark of the heap (with glibc's default, memory freed after loading stays resident);
   - the median over steps 2..N of the step time and of its generate, score and update phases.
 Reported per mode: the median over repetitions, [min, max].
 """
@@ -81,7 +83,8 @@ def one_run(mode: str, args: argparse.Namespace, out: Path) -> dict:
              "--report-to", "none", "--output-dir", str(out), *(["--fsdp", "true"] if mode == "fsdp" else [])]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--main_process_port", free_port(), "-m", "poise.cli", *train]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}  # RSS tracks live tensors (see the docstring)
     peaks: dict = {}
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(launch, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -250,27 +250,30 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         t_step = time.perf_counter()
         times: dict[str, float] = {}
 
-        # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary) ----
+        # ---- sample prompts, generate, reward (dynamic sampling: more rounds until P groups vary); score: old
+        # log-probs, entropies, probe-layer hidden states. The first mini-batch's scoring forward is the update's own
+        # (graph kept, ratio 1); the other rows get no-grad forwards of the same size (eval mode), so scoring never
+        # holds more activations than the update. FSDP: the whole model is gathered once for all of this, and ranks
+        # may sample different lengths ----
         t = time.perf_counter()
-        with fsdp.gathered(model):  # FSDP: the whole model, gathered once, while ranks sample different lengths
+        with fsdp.gathered(model):
             col = collect(model, tokenizer, task, local_stream, cfg, gen, meter, dist)
             t_score = time.perf_counter()
-            n_local = len(col.batch.prompt_ids) // G if len(col.problems) else 0  # this rank's prompts this step
-            if n_local:  # the no-grad scoring pass (below) of every mini-batch but the first, whose forward the
-                first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]  # update reuses
-                score(model, col.batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)
-        batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
+            batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
+            n_local = len(batch.prompt_ids) // G if len(col.problems) else 0  # this rank's prompts this step
+            if n_local:
+                first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), G)[0]
+                score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)
+                first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)
         times["time/generate_s"] = t_score - t - col.reward_seconds
         times["time/reward_s"] = col.reward_seconds
+        times["time/score_s"] = time.perf_counter() - t_score
         metrics = {"step": step, **sampling_metrics(cfg, col, dist)}
-        if len(col.problems) == 0:  # dynamic sampling kept nothing: no update this step
+        if n_local == 0:  # dynamic sampling kept nothing: no update this step
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:
-            # ---- score: old log-probs, entropies, probe-layer hidden states; critic values. The first mini-batch's
-            # forward is the update's own (graph kept, ratio 1); the other rows got no-grad forwards of the same
-            # size above (eval mode), so scoring never holds more activations than the update ----
-            t = t_score
-            first_logp = score_with_graph(model, batch, first, layer, cfg.rollout.temperature)  # train mode
+            # ---- the rest of scoring: the critic's values (PPO), the probe's features (POISE) ----
+            t = time.perf_counter()
             meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
             values = None
             if critic is not None:
@@ -286,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                          cfg.probe.k)
                 feats = {k: v.cpu() for k, v in feats.items()}  # the probe and its buffer live on the CPU
                 batch.prompt_hidden = batch.response_hidden = None  # features keep what the probe needs
-            times["time/score_s"] = time.perf_counter() - t
+            times["time/score_s"] += time.perf_counter() - t
 
             # ---- baseline / advantages (probe fitted on earlier steps only) ----
             t = time.perf_counter()
