@@ -1,6 +1,8 @@
 """Peak memory per rank and step time of DDP against FSDP, on 2 CPU processes (gloo), side by side.
 
-    python benchmarks/fsdp_memory.py --model smollm2-135m --steps 4 --reps 2 --out results/fsdp_memory.json
+    python benchmarks/fsdp_memory.py --model smollm2-135m --steps 5 --reps 3 --out results/fsdp_memory.json
+    python benchmarks/fsdp_memory.py --model smollm2-135m --steps 5 --reps 3 --mmap-threshold 0 \
+        --out results/fsdp_timing.json
 
 Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.cli train ...` run of POISE, the
 two modes alternating within a repetition. DDP is `--multi_gpu` (every rank keeps the whole model, its gradients
@@ -12,7 +14,8 @@ sampling and scoring). Per run:
     and from the moment step 1 is logged on (training only: while loading, every rank holds the whole model in
     both modes). Both modes run with MALLOC_MMAP_THRESHOLD_=1048576: glibc then serves every allocation of 1 MB
     or more with its own mapping and unmaps it when freed, so the RSS follows the live tensors rather than the
-    high-water mark of the heap (with glibc's default, memory freed after loading stays resident);
+    high-water mark of the heap (with glibc's default, memory freed after loading stays resident). Mapping and
+    unmapping costs time, so step times are best read from a run with `--mmap-threshold 0`;
   - the median over steps 2..N of the step time and of its generate, score and update phases.
 Reported per mode: the median over repetitions, [min, max].
 """
@@ -84,7 +87,7 @@ def one_run(mode: str, args: argparse.Namespace, out: Path) -> dict:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--main_process_port", free_port(), "-m", "poise.cli", *train]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}  # RSS tracks live tensors (see the docstring)
+           **({"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {})}
     peaks: dict = {}
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(launch, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=2, help="prompts per step (= one mini-batch, split over 2 ranks)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--mmap-threshold", type=int, default=1 << 20,
+                    help="MALLOC_MMAP_THRESHOLD_ for the runs, in bytes; 0 keeps glibc's default (for timing)")
     ap.add_argument("--out", default="results/fsdp_memory.json")
     args = ap.parse_args()
     runs: dict[str, list[dict]] = {"ddp": [], "fsdp": []}
