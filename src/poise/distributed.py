@@ -1,10 +1,12 @@
-"""Multi-process training: `accelerate launch --num_processes N poise train ...` (data parallel, DDP semantics).
+"""Multi-process training: `accelerate launch --multi_gpu --num_processes N -m poise.cli train ...` (data parallel,
+DDP semantics).
 
-Every rank holds the whole policy and optimizer. A step's P prompts are split between ranks by whole groups, so a
-group's G rollouts (and its advantages, which need only the group) stay on one rank. The split is interleaved per
-mini-batch: with M prompts per mini-batch and W ranks, rank r takes prompts i with (i mod M) // (M / W) == r. The
-union over ranks of their j-th local mini-batch is then exactly the j-th mini-batch of a single process on the
-whole batch, and one optimizer step per mini-batch sees the same data either way.
+Every rank holds the whole policy and optimizer (with `fsdp: true`, a shard of each: `fsdp.py`). A step's P prompts
+are split between ranks by whole groups, so a group's G rollouts (and its advantages, which need only the group)
+stay on one rank. The split is interleaved per mini-batch: with M prompts per mini-batch and W ranks, rank r takes
+prompts i with (i mod M) // (M / W) == r. The union over ranks of their j-th local mini-batch is then exactly the
+j-th mini-batch of a single process on the whole batch, and one optimizer step per mini-batch sees the same data
+either way.
 
 Gradients: each rank weights its local loss by (n_local / n_global) * W, where n counts what the loss averages
 over (tokens for token-mean, sequences for the sequence modes); averaging the gradients over ranks then gives the
