@@ -141,13 +141,22 @@ def test_shipped_fsdp_config_matches_ddp_and_resumes_exactly(micro_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_fsdp_ppo_critic_matches_ddp(micro_dir, tmp_path):
-    """PPO: the policy and its policy-sized critic both sharded; the same run as DDP up to float rounding."""
-    args = ["train", "--config", "ppo", "--model.name", str(micro_dir), "--rollout.prompts_per_step", "8",
+@pytest.mark.parametrize("preset", ["ppo", "dynamic_sampling"])
+def test_fsdp_ppo_critic_and_dynamic_sampling_match_ddp(micro_dir, tmp_path, preset):
+    """PPO: the policy and its policy-sized critic both sharded. Dynamic sampling (one round, seed 1): steps that
+    end short of 8 groups, some with an odd count cut to an even one. Each the same run as DDP up to float
+    rounding."""
+    args = ["train", "--model.name", str(micro_dir), "--rollout.prompts_per_step", "8",
             "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12", "--task.train_size", "64",
             "--reward.function", "test_rewards_light:trl_parity", "--threads", "1", "--optim.lr", "1e-2",
-            "--max-steps", "3"]
+            "--max-steps", "4"]
+    args += ["--config", "ppo"] if preset == "ppo" else ["--seed", "1", "--algorithm.dynamic_sampling", "true",
+                                                         "--algorithm.max_sampling_rounds", "1"]
     _launch([*args, "--fsdp", "true"], None, tmp_path / "fsdp")
     _launch(args, None, tmp_path / "ddp")
-    _same_run(tmp_path / "fsdp", tmp_path / "ddp", ("policy/model.safetensors", "critic/critic.safetensors"),
-              exact=False)
+    _same_run(tmp_path / "fsdp", tmp_path / "ddp", ("policy/model.safetensors",) +
+              (("critic/critic.safetensors",) if preset == "ppo" else ()), exact=False)
+    if preset == "dynamic_sampling":
+        trained = [m["dynamic_sampling/groups_trained"] for m in read_metrics(tmp_path / "fsdp")]
+        assert min(trained) < 8  # short steps ran sharded
+        assert {m["dynamic_sampling/dropped_uneven"] for m in read_metrics(tmp_path / "fsdp")} == {0, 1}
