@@ -235,7 +235,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
               f"({n_params / 1e6:.2f} M, {dist.device}) | task {task.name} | {P} prompts x {G} rollouts | "
               f"{cfg.max_steps} steps"
               f"{f' | {dist.world} processes' if dist.world > 1 else ''}{' (FSDP)' if dist.sharded else ''}"
-              f"{' | budget ' + str(budget) if budget else ''}{f' | resumed after step {start}' if start else ''} -> {out}")
+              f"{' | budget ' + str(budget) if budget else ''}"
+              f"{f' | resumed after step {start}' if start else ''} -> {out}")
 
     metrics: dict = {}
     counted = progress_budget(budget)  # with a budget the bar counts towards it (a budget, not max_steps, ends runs)
