@@ -32,6 +32,14 @@ import torch
 from torch import nn
 
 
+# accelerate launch settings poise does not apply: name -> (environment variable, the values that ask for nothing more)
+UNREAD = {"mixed_precision": ("ACCELERATE_MIXED_PRECISION", ("no", "")),  # model.dtype decides
+          "fsdp_offload_params": ("FSDP_OFFLOAD_PARAMS", ("false",)),
+          "fsdp_activation_checkpointing": ("FSDP_ACTIVATION_CHECKPOINTING", ("false",)),
+          "fsdp_sharding_strategy": ("FSDP_SHARDING_STRATEGY", ("FULL_SHARD", "1")),
+          "fsdp_reshard_after_forward": ("FSDP_RESHARD_AFTER_FORWARD", ("true", "FULL_SHARD"))}
+
+
 def requested(cfg_fsdp: bool) -> bool:
     """Whether to shard: `fsdp: true`, or an accelerate launch configured for FSDP. Raises ValueError for an
     accelerate launch configured for DeepSpeed, which poise does not drive."""
@@ -45,16 +53,24 @@ def requested(cfg_fsdp: bool) -> bool:
 def unread_accelerate_settings() -> list[str]:
     """accelerate launch settings (from its config file or flags) that ask for something poise does not do; the
     trainer prints them so that nobody believes, say, parameters are offloaded when they are not."""
-    env = os.environ
-    asked = {
-        "mixed_precision": env.get("ACCELERATE_MIXED_PRECISION", "no") not in ("no", ""),  # model.dtype decides
-        "fsdp_offload_params": env.get("FSDP_OFFLOAD_PARAMS", "false") == "true",
-        "fsdp_activation_checkpointing": env.get("FSDP_ACTIVATION_CHECKPOINTING", "false") == "true",
-        "fsdp_sharding_strategy": env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD") not in ("FULL_SHARD", "1"),
-        "fsdp_reshard_after_forward": env.get("FSDP_RESHARD_AFTER_FORWARD", "true") not in ("true", "FULL_SHARD"),
-    }
-    names = {"mixed_precision": "ACCELERATE_MIXED_PRECISION"}
-    return [f"{k}={env[names.get(k, k.upper())]}" for k, on in asked.items() if on]
+    return [f"{name}={os.environ[env]}" for name, (env, plain) in UNREAD.items()
+            if os.environ.get(env, plain[0]) not in plain]
+
+
+def configure(cfg, dist) -> None:
+    """Decide whether this run shards (`requested`), record it in `cfg.fsdp` and `dist.sharded`, and print the
+    accelerate settings it does not apply. Raises ValueError, naming `fsdp`, for a run that cannot shard."""
+    cfg.fsdp = dist.sharded = requested(cfg.fsdp)
+    if cfg.fsdp and cfg.model.lora_r > 0:
+        raise ValueError("fsdp: not supported with LoRA (model.lora_r > 0), whose trainable weights and optimizer "
+                         "state are already small; leave fsdp off (every rank then keeps the whole model)")
+    if cfg.fsdp and dist.world == 1:
+        raise ValueError("fsdp: sharding needs several processes: `accelerate launch --num_processes N poise train "
+                         "...` (or leave fsdp off)")
+    unread = unread_accelerate_settings() if dist.world > 1 and dist.main else []
+    if unread:
+        print(f"warning: accelerate settings that poise does not apply: {', '.join(unread)} (poise shards each "
+              "decoder layer fully with `fsdp`, keeps parameters on the device, and takes the dtype from model.dtype)")
 
 
 def is_sharded(module: nn.Module | None) -> bool:

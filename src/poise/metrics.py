@@ -75,13 +75,15 @@ def mean_over_ranks(stats: dict, dist: Dist, keep: tuple[str, ...] = ()) -> dict
     return {k: v if k in keep else dist.sum(v) / dist.world for k, v in stats.items()}
 
 
-def adam_variance_proxy(optimizer: torch.optim.Optimizer) -> float:
+def adam_variance_proxy(optimizer: torch.optim.Optimizer, dist: Dist | None = None) -> float:
     """The gradient-variance proxy the POISE paper plots: sum over parameters of v_hat - m_hat^2.
 
       m_hat = m / (1 - beta1^t),  v_hat = v / (1 - beta2^t)    (Adam's bias-corrected moment estimates)
 
     v_hat estimates E[g^2] and m_hat^2 estimates E[g]^2 over recent steps, so their difference tracks the variance of
     the stochastic gradient. Returns nan before the first optimizer step. Source: POISE §6 (gradient variance).
+    With `dist` sharded (FSDP) each rank holds a shard of the moments, so the sum runs over all ranks' shards (a
+    collective every rank joins); otherwise the moments, and so the result, are identical on every rank.
     """
     total, seen = 0.0, False
     for group in optimizer.param_groups:
@@ -93,8 +95,10 @@ def adam_variance_proxy(optimizer: torch.optim.Optimizer) -> float:
             t = float(st["step"])
             m_hat = st["exp_avg"] / (1 - b1 ** t)
             v_hat = st["exp_avg_sq"] / (1 - b2 ** t)
-            total += local_sum(v_hat - m_hat ** 2)  # under FSDP, this rank's shard (the trainer sums ranks)
+            total += local_sum(v_hat - m_hat ** 2)  # under FSDP, this rank's shard
             seen = True
+    if dist is not None and dist.sharded:
+        total = dist.sum(total)
     return total if seen else float("nan")
 
 

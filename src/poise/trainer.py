@@ -148,19 +148,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if problem:
         raise ConfigError(problem)
     try:
-        cfg.fsdp = dist.sharded = fsdp.requested(cfg.fsdp)  # recorded in config.yaml, so resume checks it
+        fsdp.configure(cfg, dist)  # sets cfg.fsdp (recorded, so resume checks it) and dist.sharded
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.fsdp and cfg.model.lora_r > 0:
-        raise ConfigError("fsdp: not supported with LoRA (model.lora_r > 0), whose trainable weights and optimizer "
-                          "state are already small; leave fsdp off (every rank then keeps the whole model)")
-    if cfg.fsdp and dist.world == 1:
-        raise ConfigError("fsdp: sharding needs several processes: `accelerate launch --num_processes N poise train "
-                          "...` (or leave fsdp off)")
-    unread = fsdp.unread_accelerate_settings() if dist.world > 1 and dist.main else []
-    if unread:
-        print(f"warning: accelerate settings that poise does not apply: {', '.join(unread)} (poise shards each "
-              "decoder layer fully with `fsdp`, keeps parameters on the device, and takes the dtype from model.dtype)")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical on every rank: tiny presets are built from it
     out = Path(cfg.output_dir)
@@ -358,8 +348,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         # ---- log, budget ----
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["optim/skipped_total"] = counters["skipped_total"]
-        proxy = adam_variance_proxy(optimizer)  # sum(v_hat - m_hat^2): identical on ranks, or this rank's shard
-        metrics["optim/grad_var_proxy"] = dist.sum(proxy) if dist.sharded else proxy
+        metrics["optim/grad_var_proxy"] = adam_variance_proxy(optimizer, dist)  # sum(v_hat - m_hat^2), all ranks
         times["time/step_s"] = time.perf_counter() - t_step
         if dist.world > 1:  # the slowest rank's phase times; compute summed over ranks (identical totals everywhere)
             times = {k: dist.max(v) for k, v in times.items()}
