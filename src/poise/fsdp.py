@@ -11,13 +11,14 @@ changes. FSDP's reduce-scatter in the backward takes the mean over ranks, in pla
 update is the single-process one up to float rounding.
 
 Where the full parameters are needed:
-  - Sampling and the no-grad scoring pass run inside `gathered(model)`: every unit is all-gathered once and kept
-    for the whole call, then resharded. Ranks generate different lengths and so call the model a different number
-    of times; with the parameters already gathered no call communicates. The whole model is resident there, as
-    under DDP, while gradients and optimizer moments stay sharded.
-  - The update's forwards and backwards run sharded: a unit is gathered just for its own forward and backward.
-    FSDP needs every rank to make the same calls, and the layout guarantees that: the same number of local
-    mini-batches on every rank, each with the same forward structure.
+  - Sampling and scoring (the no-grad pass, and the first mini-batch's forward that the update reuses) run inside
+    one `gathered(model)` per step: every unit is all-gathered once and kept for the whole block, then resharded.
+    Ranks generate different lengths and so call the model a different number of times; with the parameters
+    already gathered no call communicates. The whole model is resident there, as under DDP, while gradients and
+    optimizer moments stay sharded.
+  - The update's backwards (the first one included) and its other forwards run sharded: a unit is gathered just
+    for its own forward and backward. FSDP needs every rank to make the same calls, and the layout guarantees
+    that: the same number of local mini-batches on every rank, each with the same forward structure.
 Checkpoints and the final policy hold full tensors in the usual files. They are gathered to rank 0's CPU (a
 collective every rank joins) and written by rank 0, so an FSDP run's checkpoint and policy look exactly like a DDP
 run's; resume reads them on every rank and keeps each rank's shard.
@@ -95,8 +96,9 @@ def shard(module: nn.Module, layer_type: type, device: torch.device, world: int)
 
 @contextlib.contextmanager
 def gathered(module: nn.Module | None):
-    """Full parameters on every rank for the duration of the block (sampling, no-grad scoring): one all-gather per
-    unit on entry, none per forward call inside, reshard on exit. A no-op for an unsharded module."""
+    """Full parameters on every rank for the duration of the block (sampling, scoring): one all-gather per unit on
+    entry, none per forward call inside, reshard on exit. A graph built inside can be backpropagated after the block:
+    FSDP gathers each unit again for its backward. A no-op for an unsharded module."""
     if not is_sharded(module):
         yield
         return
