@@ -149,6 +149,26 @@ def test_feature_buffer_state_round_trip():
     assert len(FeatureBuffer.from_state({}, {"capacity": 5})) == 0
 
 
+def test_feature_buffer_in_steps_keeps_only_the_newest_steps_and_their_moments():
+    buf = FeatureBuffer(capacity=100, max_steps=2)
+    buf.add(*_rows(3, 0), step=1)
+    buf.add(*_rows(4, 3), step=2)
+    assert len(buf) == 7 and buf.num_steps == 2
+    buf.add(*_rows(2, 7), step=3)  # step 1 leaves, whatever the row capacity
+    assert buf.tensors()[3].tolist() == list(range(3, 9)) and buf.num_steps == 2
+    rows64 = torch.cat([*buf.tensors()[:3], buf.tensors()[3][:, None]], 1).double()
+    m = buf.moments()  # the evicted rows left the running sums too
+    assert m.n == 6 and torch.allclose(m.mean, rows64.mean(0)) and torch.allclose(m.cov, torch.cov(rows64.T, correction=0))
+    restored = FeatureBuffer.from_state(buf.state_dict(), buf.metadata())
+    assert restored.max_steps == 2 and restored.tensors()[3].tolist() == list(range(3, 9))
+    for b in (buf, restored):
+        b.add(*_rows(1, 20), step=4)
+    assert buf.tensors()[3].tolist() == restored.tensors()[3].tolist() == [7, 8, 20]
+    assert FeatureBuffer(5, max_steps=2).capacity == 5 and FeatureBuffer.from_state({}, {"capacity": 5}).max_steps == 0
+    with pytest.raises(ValueError, match="max_steps"):
+        FeatureBuffer(10, max_steps=-1)
+
+
 def _stream_into(buf, n_steps, rows_per_step, d, seed=0):
     for s in range(n_steps):
         p, t, e, y = _synthetic(rows_per_step, d=d, seed=seed + s)

@@ -1,4 +1,8 @@
-"""The probe's FIFO feature buffer (POISE §3: the 4,096 most recent rows) and its running moments.
+"""The probe's FIFO feature buffer (POISE §3: the 4,096 most recent rows, about 8 policy steps) and its running moments.
+
+The buffer holds at most `capacity` rows and, when `max_steps` > 0, only the rows of the `max_steps` most recent
+steps: the reference's 4,096 rows are about 8 steps of 256 prompts x 2, and sizing the buffer in steps keeps the
+probe that fresh at any batch size.
 
 A row is v = [prompt (Hp) | trajectory (Ht) | entropy (E) | target (1)], D = Hp + Ht + E + 1. Besides the rows, the
 buffer keeps the float64 sums  s1 = sum (v - c)  and  s2 = sum (v - c)(v - c)^T  over the rows it holds (c a shift
@@ -28,15 +32,18 @@ class Moments:
 
 
 class FeatureBuffer:
-    """FIFO buffer of the most recent `capacity` feature rows, oldest evicted first. Preallocated float32 ring
-    tensors (allocated on the first add); `add` is one indexed copy plus the moment update."""
+    """FIFO buffer of the most recent `capacity` feature rows, oldest evicted first, and (`max_steps` > 0) of rows
+    from the `max_steps` most recent steps only. Preallocated float32 ring tensors (allocated on the first add);
+    `add` is one indexed copy plus the moment update."""
 
     _KEYS = ("prompt", "trajectory", "entropy", "targets")
 
-    def __init__(self, capacity: int = 4096):
+    def __init__(self, capacity: int = 4096, max_steps: int = 0):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
+        if max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0: no limit), got {max_steps}")
+        self.capacity, self.max_steps = int(capacity), int(max_steps)
         self._data: dict[str, Tensor] | None = None
         self._steps = torch.zeros(self.capacity, dtype=torch.long)
         self._start, self._size = 0, 0
@@ -80,6 +87,19 @@ class FeatureBuffer:
             self._recompute()
         else:
             self._accumulate(self._joined(pos), 1.0)
+        self._evict_old_steps()
+
+    def _evict_old_steps(self) -> None:
+        """Drop the oldest rows until they come from at most `max_steps` distinct steps (rows are in step order)."""
+        if not self.max_steps or not self._size:
+            return
+        steps = torch.unique_consecutive(self._steps[self._order()], return_counts=True)[1]
+        if len(steps) <= self.max_steps:
+            return
+        n_old = int(steps[:len(steps) - self.max_steps].sum())
+        self._accumulate(self._joined(self._order()[:n_old]), -1.0)
+        self._start = (self._start + n_old) % self.capacity
+        self._size -= n_old
 
     def _order(self) -> Tensor:
         return (self._start + torch.arange(self._size)) % self.capacity
@@ -132,12 +152,13 @@ class FeatureBuffer:
                 "moment_shift": self._shift.clone(), "moment_s1": self._s1.clone(), "moment_s2": self._s2.clone()}
 
     def metadata(self) -> dict:
-        """JSON-able: capacity, current size, rows added since the sums were last recomputed."""
-        return {"capacity": self.capacity, "size": self._size, "since_exact": self._since_exact}
+        """JSON-able: capacity, step limit, current size, rows added since the sums were last recomputed."""
+        return {"capacity": self.capacity, "max_steps": self.max_steps, "size": self._size,
+                "since_exact": self._since_exact}
 
     @classmethod
     def from_state(cls, state_dict: dict[str, Tensor], metadata: dict) -> "FeatureBuffer":
-        buf = cls(int(metadata["capacity"]))
+        buf = cls(int(metadata["capacity"]), int(metadata.get("max_steps", 0)))  # older checkpoints: no step limit
         if state_dict:
             steps = state_dict["steps"]
             bounds = torch.nonzero(steps[1:] != steps[:-1]).flatten().add(1).tolist()

@@ -197,7 +197,11 @@ class ProbeConfig:
     alpha: float = 100.0
     """Ridge regularisation strength."""
     buffer_size: int = 4096
-    """FIFO buffer of the most recent rows the probe is fitted on."""
+    """FIFO buffer of the most recent rows the probe is fitted on (a cap in rows; see buffer_steps)."""
+    buffer_steps: int = 8
+    """Keep only the rows of the most recent this many policy steps (0: rows up to buffer_size, however old). The
+    reference's 4,096 rows are about 8 steps of 256 prompts x 2; counting in steps keeps the probe as fresh as the
+    reference's at our smaller batches (64 x 2 = 128 rows a step, so 8 steps are 1,024 rows)."""
     warmup_steps: int = 16
     """Policy steps that use RLOO advantages before the probe baseline takes over."""
     min_fit_steps: int = 8

@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     feature_meta = {"layer": layer, "k": cfg.probe.k, "marker": cfg.probe.marker, "marker_id": marker_id}
     probe = load_probe(cfg.probe.load, feature_meta) if cfg.probe.load else RidgeProbe(
         cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
-    buffer = FeatureBuffer(cfg.probe.buffer_size)
+    buffer = FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps)
 
     # ---- PPO critic: its own optimizer ----
     critic_opt = critic_sched = None

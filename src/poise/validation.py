@@ -153,7 +153,9 @@ def validate(cfg: Any) -> None:
     _check(p.layer == int(p.layer) or 0.0 < p.layer < 1.0, "probe.layer",
            "must be a fraction in (0, 1) or an integer layer index", p.layer)
     _check_positive(p, "probe.", ["k", "prompt_dim", "trajectory_dim", "alpha", "buffer_size"])
-    _check_positive(p, "probe.", ["warmup_steps", "min_fit_steps"], allow_zero=True)
+    _check_positive(p, "probe.", ["warmup_steps", "min_fit_steps", "buffer_steps"], allow_zero=True)
+    _check(p.buffer_steps == 0 or p.min_fit_steps <= p.buffer_steps, "probe.buffer_steps",
+           f"must be 0 or >= probe.min_fit_steps = {p.min_fit_steps} (the probe would never be fitted)", p.buffer_steps)
     _check(bool(p.marker), "probe.marker", "must not be empty", p.marker)
     rows_per_step = r.prompts_per_step * r.group_size
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",
