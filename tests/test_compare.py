@@ -1,25 +1,91 @@
 """`poise compare` on the micro model: runs, evaluation of every checkpoint, summary, report, plots, reuse."""
 
 import json
+import math
+from types import SimpleNamespace
+
+import pytest
 
 from poise.cli import main
-from poise.compare import first_reaching, summarise
+from poise.compare import load_eval_cache
+from poise.compare_report import first_crossing, report, summarise
+from poise.compute import COUNTERS, estimated_flops
+from poise.tracking import read_metrics
 
 
-def test_summary_target_is_the_best_accuracy_every_method_reaches():
-    def pts(accs):
-        return [{"accuracy": a, "generated_tokens": 100 * (i + 1), "seconds": 10.0 * (i + 1)}
-                for i, a in enumerate(accs)]
+def pts(accs, tokens=100, n=4):
+    """Hand-made checkpoints: every one of n problems at the accuracy, costs growing linearly with the index."""
+    return [{"accuracy": a, "per_problem": [a] * n, "generated_tokens": tokens * (i + 1),
+             "seconds": tokens / 10 * (i + 1), "flops": tokens * 10 * (i + 1)} for i, a in enumerate(accs)]
 
-    curves = {"a": {0: pts([0.2, 0.4, 0.5]), 1: pts([0.3, 0.5, 0.5])},
-              "b": {0: pts([0.1, 0.2, 0.3]), 1: pts([0.2, 0.3, 0.4])}}
-    s = summarise(curves, initial=0.1)
-    assert s["target_accuracy"] == 0.35  # b's best seed mean; a's is 0.5
+
+def test_first_crossing_interpolates_between_checkpoints():
+    x, y = [0.0, 100.0, 200.0, 300.0], [0.1, 0.2, 0.4, 0.5]
+    assert first_crossing(x, y, 0.3) == pytest.approx(150.0)  # halfway from 0.2 to 0.4
+    assert first_crossing(x, y, 0.4) == 200.0 and first_crossing(x, y, 0.05) == 0.0  # the initial point: cost 0
+    assert first_crossing(x, y, 0.6) == math.inf
+    batch = first_crossing([x, x], [y, [0.1, 0.5, 0.5, 0.5]], [0.3, 0.3])  # (2, K) curves, one target each
+    assert batch == pytest.approx([150.0, 50.0])
+
+
+def test_summary_target_without_dapo_is_the_best_accuracy_every_method_reaches():
+    curves = {"a": {0: pts([0.2, 0.4, 0.5]), 1: pts([0.2, 0.4, 0.5])},
+              "b": {0: pts([0.1, 0.2, 0.3]), 1: pts([0.1, 0.2, 0.3])}}
+    s = summarise(curves, initial=[0.1] * 4, n_boot=200)
+    assert s["target_rule"] == "best_every_method_reaches" and s["target_accuracy"] == pytest.approx(0.3)
     a, b = s["methods"]["a"], s["methods"]["b"]
-    assert a["tokens_to_target"] == 200 and a["seeds_reaching_target"] == 2  # seed 0 at 0.4, seed 1 at 0.5
-    assert b["seeds_reaching_target"] == 1 and b["tokens_to_target"] == 300 and b["seconds_to_target"] == 30
-    assert a["final_accuracy_mean"] == 0.5 and b["final_accuracy_min"] == 0.3
-    assert first_reaching(pts([0.1, 0.2]), 0.5) is None
+    assert a["tokens_to_target"] == pytest.approx(150) and a["seconds_to_target"] == pytest.approx(15)
+    assert a["flops_to_target"] == pytest.approx(1500) and b["tokens_to_target"] == pytest.approx(300)
+    # identical seeds and problems: every replicate is the point estimate
+    assert a["tokens_to_target_ci"] == pytest.approx([150, 150]) and a["final_accuracy_ci"] == pytest.approx([0.5, 0.5])
+    assert a["seeds_reaching_target"] == 2 and a["tokens_to_target_per_seed"] == pytest.approx([150, 150])
+    assert a["curve"]["generated_tokens"] == [0, 100, 200, 300] and a["curve"]["accuracy"][0] == pytest.approx(0.1)
+    assert "poise_over_dapo" not in s
+
+
+def test_summary_target_is_dapos_final_accuracy_with_intervals_over_seeds():
+    """DAPO's seed 0 stops a checkpoint early (padded with its last point). Seed resamples {0,0}, {0,1}, {1,1} put
+    the target at 0.4, 0.5, 0.6 and DAPO's cost at 200, 250, 300; POISE reaches them at 75, 100, 150 tokens."""
+    curves = {"poise": {0: pts([0.3, 0.5, 0.6], tokens=50), 1: pts([0.3, 0.5, 0.6], tokens=50)},
+              "dapo": {0: pts([0.2, 0.4]), 1: pts([0.3, 0.5, 0.6])},
+              "grpo": {0: pts([0.1, 0.2, 0.3])}}
+    s = summarise(curves, initial=[0.1] * 4)
+    assert s["target_rule"] == "dapo_final" and s["target_accuracy"] == pytest.approx(0.5)
+    assert s["target_accuracy_ci"] == pytest.approx([0.4, 0.6])
+    p, d, g = (s["methods"][m] for m in ("poise", "dapo", "grpo"))
+    assert d["final_accuracy_mean"] == pytest.approx(0.5) and d["final_accuracies"] == [0.4, 0.6]
+    assert d["tokens_to_target"] == pytest.approx(250) and d["tokens_to_target_ci"] == pytest.approx([200, 300])
+    assert d["seeds_reaching_target"] == 1 and d["tokens_to_target_per_seed"][0] is None  # seed 0 peaks at 0.4
+    assert p["tokens_to_target"] == pytest.approx(100) and p["tokens_to_target_ci"] == pytest.approx([75, 150])
+    assert g["tokens_to_target"] is None and g["tokens_to_target_ci"] == [None, None]
+    assert g["replicates_reaching_target"] == 0.0 and p["replicates_reaching_target"] == 1.0
+    r = s["poise_over_dapo"]
+    assert r["tokens"] == pytest.approx(0.4) and r["tokens_ci"] == pytest.approx([0.375, 0.5])
+    assert r["seconds"] == pytest.approx(0.4) and r["flops_ci"] == pytest.approx([0.375, 0.5])
+    text = report(s, SimpleNamespace(methods=list(curves), seeds=[0, 1], budget_key="generated_tokens",
+                                     budget=300, eval_k=4, overrides=[]))
+    assert "| grpo | 0.300 [0.300, 0.300] |" in text and "not reached [not reached, not reached]" in text
+    assert "0.40x [0.38, 0.50] generated tokens" in text and "DAPO's final seed-mean accuracy" in text
+    slow = summarise({"poise": {0: pts([0.1, 0.2])}, "dapo": {0: pts([0.3, 0.5])}}, initial=[0.1] * 4, n_boot=100)
+    assert slow["poise_over_dapo"]["tokens"] is None and slow["poise_over_dapo"]["tokens_ci"] == [None, None]
+    assert "not reached [inf, inf] generated tokens" in report(slow, SimpleNamespace(
+        methods=["poise", "dapo"], seeds=[0], budget_key="generated_tokens", budget=200, eval_k=4, overrides=[]))
+
+
+def test_summary_refuses_runs_evaluated_on_other_problems():
+    with pytest.raises(ValueError, match="other problems"):
+        summarise({"a": {0: pts([0.2], n=3)}}, initial=[0.1] * 4)
+
+
+def test_an_old_scalar_eval_cache_is_recomputed(tmp_path):
+    key = {"uids": ["p1", "p2"], "eval_k": 2, "eval_max_new_tokens": 8}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"10": 0.25, "20": 0.5}))  # the format before per-problem accuracies
+    assert load_eval_cache(path, key) == {}
+    path.write_text(json.dumps({"key": {**key, "eval_k": 4}, "steps": {"10": {"accuracy": 0.5}}}))
+    assert load_eval_cache(path, key) == {}  # evaluated with another k
+    path.write_text(json.dumps({"key": key, "steps": {"10": {"accuracy": 0.5, "per_problem": [0.5, 0.5]}}}))
+    assert load_eval_cache(path, key) == {10: {"accuracy": 0.5, "per_problem": [0.5, 0.5]}}
 
 
 def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
@@ -39,10 +105,33 @@ def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
         assert [p["samples"] for p in pts] == [16, 32, 48]
         assert all(0.0 <= p["accuracy"] <= 1.0 for p in pts)
     assert (out / "poise/seed0/done.json").is_file() and (out / "compare.md").read_text().startswith("# poise compare")
-    for png in ("accuracy_vs_tokens.png", "accuracy_vs_time.png", "reward_vs_tokens.png"):
+    for png in ("accuracy_vs_tokens.png", "accuracy_vs_time.png", "accuracy_vs_flops.png", "reward_vs_tokens.png"):
         assert (out / png).stat().st_size > 1000
-    assert main(args) == 0  # the finished runs and their evaluations are reused, not redone
-    assert json.loads((out / "compare.json").read_text())["curves"] == res["curves"]
+    s = res["summary"]
+    n = s["policy_params"]
+    metrics = {m["step"]: m for m in read_metrics(out / "poise/seed0")}
+    for p in res["curves"]["poise"]["0"]:  # FLOPs from the step's counters, the critic counted policy-sized
+        totals = {c: metrics[p["step"]][f"compute/total_{c}"] for c in COUNTERS}
+        assert p["flops"] == estimated_flops(totals, n, n) and p["flops"] > 2 * n * p["generated_tokens"]
+    cache = json.loads((out / "poise/seed0/eval.json").read_text())["steps"]
+    assert len(cache["3"]["per_problem"]) == 6 == s["bootstrap"]["problems"]
+    assert sum(cache["3"]["per_problem"]) / 6 == pytest.approx(cache["3"]["accuracy"])  # evaluate()'s accuracy
+    assert s["target_rule"] == "best_every_method_reaches"
+    lo, hi = s["initial_accuracy_ci"]
+    assert lo <= s["initial_accuracy"] <= hi
+    for m in s["methods"].values():
+        lo, hi = m["final_accuracy_ci"]
+        assert lo <= m["final_accuracy_mean"] <= hi and lo < hi  # 6 problems that differ: a real interval
+        for name in ("tokens", "seconds", "flops"):  # the target is reached by every method by construction
+            lo, hi = m[f"{name}_to_target_ci"]
+            assert m[f"{name}_to_target"] is not None and lo is not None and lo <= hi
+        curve = m["curve"]
+        assert len(curve["accuracy"]) == 4 and all(a <= b for a, b in zip(curve["lo"], curve["hi"]))
+    assert "FLOPs to target [95% CI]" in (out / "compare.md").read_text()
+    (out / "rloo/seed0/eval.json").write_text(json.dumps({"1": 0.0, "2": 0.0, "3": 0.0}))  # an old scalar cache
+    assert main(args) == 0  # the finished runs and their evaluations are reused, not redone; the old cache redone
+    again = json.loads((out / "compare.json").read_text())
+    assert again["curves"] == res["curves"] and again["summary"] == res["summary"]
 
 
 def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
@@ -70,3 +159,11 @@ def test_held_out_accuracy_uses_the_reward_the_runs_trained_on(micro_dir, tmp_pa
                  "--output-dir", str(out), "--threads", "1", "--overrides", json.dumps(over)]) == 0
     res = json.loads((out / "compare.json").read_text())
     assert res["summary"]["initial_accuracy"] == 1.0 and [p["accuracy"] for p in res["curves"]["rloo"]["0"]] == [1.0]
+
+
+def test_compare_help_lists_the_bootstrap_options(capsys):
+    """Every CompareConfig docstring becomes --help text (argparse %-formats it: a bare % would crash --help)."""
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--bootstrap INT Bootstrap replicates" in text and "--bootstrap-seed" in text

@@ -2,17 +2,29 @@
 
 Every run is `poise train` with its preset, the same task and model, and `budget.<budget_key> = budget`, so the
 methods differ only in the algorithm and stop at the same cost. Checkpoints every `eval_every` steps (and at the
-budget stop) are then evaluated with Avg@k on the same held-out problems, which gives held-out accuracy against
-generated tokens and against wall time (the runs' summed step times, start-up excluded). Outputs in `output_dir`:
+budget stop), and the initial model, are then evaluated with Avg@k on the same held-out problems (a paired design),
+keeping each problem's correct fraction. That gives held-out accuracy against three costs: generated tokens, wall
+time (the runs' summed step times, start-up excluded) and estimated FLOPs (`compute.estimated_flops`: 2 x parameters
+per forward token, 4 x per backward token, over the policy, the reference and the critic). Outputs in `output_dir`:
 
-    <method>/seed<s>/          the runs (poise train's run directories) and their eval.json
-    compare.json               every point of every curve, final accuracies, costs to reach the target
-    compare.md                 the report: final accuracy (mean, spread over seeds) and cost to reach the target
-    accuracy_vs_tokens.png, accuracy_vs_time.png, reward_vs_tokens.png
+    <method>/seed<s>/          the runs (poise train's run directories) and their eval.json (per-problem accuracies)
+    initial_eval.json          the initial model's per-problem accuracies
+    compare.json               every point of every curve, and the summary: final accuracies, the target, costs to
+                               reach it and the POISE/DAPO cost ratios, each with its 95% bootstrap interval, and
+                               each method's seed-mean curve with its band
+    compare.md                 the report
+    accuracy_vs_tokens.png, accuracy_vs_time.png, accuracy_vs_flops.png, reward_vs_tokens.png
 
-The target accuracy is the best seed-mean held-out accuracy that every method reaches; the cost to reach it is the
-first checkpoint at or above it, per seed, averaged over the seeds that reach it. Finished runs found in
-`output_dir` are reused, interrupted ones resumed, so the command can be run again after a kill.
+The target accuracy is DAPO's final seed-mean accuracy when 'dapo' is among the methods (the question: does POISE
+reach DAPO's final accuracy at less cost?), otherwise the best seed-mean accuracy every method reaches. The cost to
+reach it is where the method's seed-mean accuracy curve first gets there, interpolated linearly between checkpoints
+(the initial model is the point at cost 0). Intervals come from one bootstrap that resamples every method's seeds
+and the held-out problems (the same problem draw for every method and checkpoint) and recomputes everything; a
+replicate that never reaches the target counts as not reached. The statistics are in `compare_report.py`.
+
+Finished runs found in `output_dir` are reused, interrupted ones resumed, and evaluations are cached (an eval.json
+written for other problems, k or response limit, or by an older version that kept only the scalar accuracy, is
+recomputed), so the command can be run again after a kill.
 """
 
 from __future__ import annotations
@@ -24,7 +36,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
-from poise.config import TrainConfig, build_config, load_yaml, parse_cli_value
+from poise.compare_report import plot, report, reward_bands, summarise
+from poise.compute import COUNTERS, estimated_flops
+from poise.config import ConfigError, TrainConfig, build_config, load_yaml, parse_cli_value
 from poise.distributed import resolve_device
 from poise.evaluate import evaluate, select_problems
 from poise.models import load_policy
@@ -58,114 +72,81 @@ def train_run(values: dict) -> Path:
     return run
 
 
-def evaluate_run(run: Path, base_model, tokenizer, task, problems, cfg) -> list[dict]:
-    """Avg@k of every checkpoint of a run (cached in run/eval.json), with the run's costs at that step."""
-    cache_path = run / "eval.json"
-    cache = {int(k): v for k, v in json.loads(cache_path.read_text()).items()} if cache_path.is_file() else {}
+def eval_key(problems, cfg, **extra) -> dict:
+    """What an evaluation depends on: the held-out problems (by uid), k and the response limit (and `extra`)."""
+    return {"uids": [p.uid for p in problems], "eval_k": cfg.eval_k,
+            "eval_max_new_tokens": cfg.eval_max_new_tokens, **extra}
+
+
+def load_eval_cache(path: Path, key: dict) -> dict[int, dict]:
+    """{step: {"accuracy", "per_problem"}} from an eval.json written with the same `key`; {} (recompute) when the
+    file is missing, was written for other problems or settings, or is an old cache of scalar accuracies only."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "steps" not in data:
+        print(f"compare: {path} holds scalar accuracies only (no per-problem values); re-evaluating")
+        return {}
+    if data.get("key") != key:
+        print(f"compare: {path} was evaluated on other problems, k or response limit; re-evaluating")
+        return {}
+    return {int(k): v for k, v in data["steps"].items()}
+
+
+def evaluate_checkpoint(model, tokenizer, task, problems, cfg) -> dict:
+    """{"accuracy": Avg@k, "per_problem": [mean reward of each problem's k samples, None counted 0]} — the same
+    definition as `evaluate()`'s accuracy, which is the mean of per_problem."""
+    res = evaluate(model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
+                   batch_prompts=cfg.eval_batch_prompts, progress=False)
+    per_problem = [sum(x or 0.0 for x in r["rewards"]) / len(r["rewards"]) for r in res["per_problem"]]
+    return {"accuracy": res["accuracy"], "per_problem": per_problem}
+
+
+def evaluate_initial(out: Path, model, tokenizer, task, problems, cfg, model_name: str) -> dict:
+    """The initial model's evaluation (`evaluate_checkpoint`), cached in out/initial_eval.json."""
+    with torch.no_grad():  # the weights' checksum too: a rebuilt model of the same name is evaluated anew
+        checksum = float(sum(p.double().sum() for p in model.parameters()))
+    path, key = out / "initial_eval.json", eval_key(problems, cfg, model=model_name, weights_sum=checksum)
+    cache = load_eval_cache(path, key)
+    if 0 not in cache:
+        cache[0] = evaluate_checkpoint(model, tokenizer, task, problems, cfg)
+        path.write_text(json.dumps({"key": key, "steps": cache}))
+    return cache[0]
+
+
+def evaluate_run(run: Path, base_model, tokenizer, task, problems, cfg, n_params: int) -> list[dict]:
+    """Avg@k and per-problem accuracies of every checkpoint of a run (cached in run/eval.json), with the run's
+    costs at that step: generated tokens, samples, training seconds and estimated FLOPs (`compute.estimated_flops`,
+    the critic, when there is one, counted with the policy's `n_params`)."""
+    cache_path, key = run / "eval.json", eval_key(problems, cfg)
+    cache = load_eval_cache(cache_path, key)
     metrics = {m["step"]: m for m in read_metrics(run)}
     points = []
     for ckpt in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         step = int(ckpt.name.split("-")[1])
         if step not in cache:
             load_model(base_model, str(ckpt / "policy.safetensors"))
-            res = evaluate(base_model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
-                           batch_prompts=cfg.eval_batch_prompts, progress=False)
-            cache[step] = res["accuracy"]
-            cache_path.write_text(json.dumps(cache))
+            cache[step] = evaluate_checkpoint(base_model, tokenizer, task, problems, cfg)
+            cache_path.write_text(json.dumps({"key": key, "steps": cache}))
         m = metrics[step]
-        points.append({"step": step, "accuracy": cache[step],
+        totals = {c: m[f"compute/total_{c}"] for c in COUNTERS}
+        points.append({"step": step, **cache[step],
                        "generated_tokens": m["compute/total_generated_tokens"],
-                       "samples": m["compute/total_samples"], "seconds": m["time_total/step_s"]})
+                       "samples": m["compute/total_samples"], "seconds": m["time_total/step_s"],
+                       "flops": estimated_flops(totals, n_params, n_params)})
     return points
 
 
-def first_reaching(points: list[dict], target: float) -> dict | None:
-    """The first point (in training order) whose accuracy is at least `target`."""
-    return next((p for p in points if p["accuracy"] >= target - 1e-12), None)
-
-
-def summarise(curves: dict[str, dict[int, list[dict]]], initial: float) -> dict:
-    """Final accuracy per method (mean, min, max over seeds), the target and each method's cost to reach it."""
-    out: dict = {"initial_accuracy": initial, "methods": {}}
-    best_mean = {}
-    for method, by_seed in curves.items():
-        n = min(len(pts) for pts in by_seed.values())  # checkpoints every seed has (aligned by index)
-        mean_curve = [statistics.mean(pts[i]["accuracy"] for pts in by_seed.values()) for i in range(n)]
-        best_mean[method] = max([initial, *mean_curve])
-        finals = [pts[-1]["accuracy"] for pts in by_seed.values()]
-        out["methods"][method] = {
-            "final_accuracy_mean": statistics.mean(finals), "final_accuracy_min": min(finals),
-            "final_accuracy_max": max(finals), "final_accuracies": finals,
-            "final_tokens_mean": statistics.mean(pts[-1]["generated_tokens"] for pts in by_seed.values()),
-            "final_seconds_mean": statistics.mean(pts[-1]["seconds"] for pts in by_seed.values()),
-            "best_seed_mean_accuracy": best_mean[method]}
-    target = min(best_mean.values())
-    out["target_accuracy"] = target
-    for method, by_seed in curves.items():
-        hits = [first_reaching(pts, target) for pts in by_seed.values()]
-        reached = [h for h in hits if h is not None]
-        out["methods"][method].update({
-            "seeds_reaching_target": len(reached), "seeds": len(hits),
-            "tokens_to_target": statistics.mean(h["generated_tokens"] for h in reached) if reached else None,
-            "seconds_to_target": statistics.mean(h["seconds"] for h in reached) if reached else None})
-    return out
-
-
-def report(summary: dict, cfg) -> str:
-    """The Markdown report."""
-    lines = [f"# poise compare: {', '.join(cfg.methods)} x seeds {cfg.seeds}", "",
-             f"Budget: {cfg.budget_key} = {cfg.budget:,.0f} per run. Held-out Avg@{cfg.eval_k} on "
-             f"{cfg.eval_problems} problems; initial model {summary['initial_accuracy']:.3f}. Overrides: "
-             f"{cfg.overrides or 'none'}.", "",
-             "| method | final Avg@k, mean | min | max | tokens at stop | train seconds at stop | "
-             f"tokens to {summary['target_accuracy']:.3f} | seconds to it | seeds reaching it |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for method, m in summary["methods"].items():
-        tok = f"{m['tokens_to_target']:,.0f}" if m["tokens_to_target"] is not None else "not reached"
-        sec = f"{m['seconds_to_target']:.0f}" if m["seconds_to_target"] is not None else "not reached"
-        lines.append(f"| {method} | {m['final_accuracy_mean']:.3f} | {m['final_accuracy_min']:.3f} | "
-                     f"{m['final_accuracy_max']:.3f} | {m['final_tokens_mean']:,.0f} | {m['final_seconds_mean']:.0f} "
-                     f"| {tok} | {sec} | {m['seeds_reaching_target']}/{m['seeds']} |")
-    ratio = summary.get("poise_over_dapo")
-    if ratio:
-        lines += ["", f"POISE / DAPO cost to reach {summary['target_accuracy']:.3f}: "
-                      f"{ratio['tokens']:.2f}x generated tokens, {ratio['seconds']:.2f}x wall time."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(curves: dict, rewards: dict, initial: float, out: Path) -> None:
-    """Accuracy against tokens and time, training reward against tokens: seed mean line and min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def draw(series: dict, xkey: str, ykey: str, xlabel: str, ylabel: str, name: str, start=None):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method, by_seed in series.items():
-            n = min(len(p) for p in by_seed.values())
-            xs = [statistics.mean(p[i][xkey] for p in by_seed.values()) for i in range(n)]
-            ys = [[p[i][ykey] for p in by_seed.values()] for i in range(n)]
-            if start is not None:
-                xs, ys = [0.0, *xs], [[start], *ys]
-            ax.plot(xs, [statistics.mean(y) for y in ys], label=method)
-            ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.2)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-
-    draw(curves, "generated_tokens", "accuracy", "generated tokens", "held-out Avg@k", "accuracy_vs_tokens.png",
-         initial)
-    draw(curves, "seconds", "accuracy", "training seconds", "held-out Avg@k", "accuracy_vs_time.png", initial)
-    draw(rewards, "generated_tokens", "reward", "generated tokens", "training reward (10-step mean)",
-         "reward_vs_tokens.png")
+def count_parameters(model) -> int:
+    """Distinct parameters of the policy (tied embeddings once). The FLOPs estimate uses it for the critic too: the
+    critic copies the policy's body (no LM head) and adds a Linear(H, 1) value head, so with untied embeddings this
+    overstates the critic by the LM head's V x H and ignores the head's H + 1."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def reward_curve(run: Path, window: int = 10) -> list[dict]:
+    """Training reward of a run: the mean of `reward/mean` over windows of `window` steps (half-overlapping), at
+    the generated tokens of each window's last step."""
     rows = read_metrics(run)
     out = []
     for i in range(0, len(rows) - window + 1, max(1, window // 2)):
@@ -176,6 +157,10 @@ def reward_curve(run: Path, window: int = 10) -> list[dict]:
 
 
 def run_compare(cfg) -> dict:
+    """`poise compare`: train (or reuse) every run, evaluate the initial model and every checkpoint, then write
+    compare.json, compare.md and the plots (see the module docstring). Returns compare.json's content."""
+    if cfg.bootstrap < 1:
+        raise ConfigError(f"bootstrap: must be at least 1 replicate, got {cfg.bootstrap}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -189,26 +174,25 @@ def run_compare(cfg) -> dict:
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained
-    initial = evaluate(model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
-                       batch_prompts=cfg.eval_batch_prompts, progress=False)["accuracy"]
+    n_params = count_parameters(model)
+    initial = evaluate_initial(out, model, tokenizer, task, problems, cfg, first.model.name)  # before any checkpoint
     curves: dict = {m: {} for m in cfg.methods}
     rewards: dict = {m: {} for m in cfg.methods}
     for (m, s), run in runs.items():
         print(f"compare: evaluating {run}")
-        curves[m][s] = evaluate_run(run, model, tokenizer, task, problems, cfg)
+        curves[m][s] = evaluate_run(run, model, tokenizer, task, problems, cfg, n_params)
         rewards[m][s] = reward_curve(run)
-    summary = summarise(curves, initial)
-    pm, dm = summary["methods"].get("poise"), summary["methods"].get("dapo")
-    if pm and dm and pm["tokens_to_target"] and dm["tokens_to_target"]:
-        summary["poise_over_dapo"] = {"tokens": pm["tokens_to_target"] / dm["tokens_to_target"],
-                                      "seconds": pm["seconds_to_target"] / dm["seconds_to_target"]}
+    summary = summarise(curves, initial["per_problem"], cfg.bootstrap, cfg.bootstrap_seed)
+    summary["policy_params"] = n_params
+    bands = reward_bands(rewards, cfg.bootstrap, cfg.bootstrap_seed)
     result = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "summary": summary,
-              "curves": {m: {str(s): pts for s, pts in by.items()} for m, by in curves.items()},
+              "curves": {m: {str(s): [{k: v for k, v in p.items() if k != "per_problem"} for p in pts]
+                             for s, pts in by.items()} for m, by in curves.items()},
               "rewards": {m: {str(s): pts for s, pts in by.items()} for m, by in rewards.items()},
-              "eval_problems": len(problems)}
+              "reward_bands": bands, "eval_problems": len(problems)}
     (out / "compare.json").write_text(json.dumps(result, indent=1))
     text = report(summary, cfg)
     (out / "compare.md").write_text(text)
-    plot(curves, rewards, initial, out)
+    plot(summary, bands, out)
     print(text)
     return result

@@ -80,3 +80,27 @@ def progress_budget(limits: dict[str, float]) -> tuple[str, float] | None:
     """The budget a progress bar should count towards: the first one set, in BUDGETS order, as (name, limit); None
     when no budget is set (the bar then counts steps)."""
     return next(((name, float(limits[name])) for name in BUDGETS if limits.get(name)), None)
+
+
+def estimated_flops(totals: dict[str, float], policy_params: int, critic_params: int = 0) -> float:
+    """Estimated training FLOPs from the token counters (Kaplan et al. 2020, arXiv 2001.08361: a forward pass costs
+    about 2 N FLOPs per token for N parameters, a backward pass about 4 N):
+
+        FLOPs = 2 N_pol (prompt_tokens + generated_tokens + forward_tokens_policy + forward_tokens_reference)
+              + 2 N_crit forward_tokens_critic + 4 N_pol backward_tokens_policy + 4 N_crit backward_tokens_critic
+
+    `totals` holds those counters (e.g. a run's `compute/total_<counter>` values, prefix removed); generation's
+    prefill and sampled tokens are forward tokens through the policy, and the frozen reference model is the
+    policy's size. The estimate counts every parameter for every token (the LM head included, although the scoring
+    pass computes logits only for response tokens) and leaves out attention's context-length term, so it is a
+    common yardstick across methods rather than a hardware count. A missing counter is a KeyError naming it."""
+    need = ("prompt_tokens", "generated_tokens", "forward_tokens_policy", "forward_tokens_reference",
+            "forward_tokens_critic", "backward_tokens_policy", "backward_tokens_critic")
+    missing = [k for k in need if k not in totals]
+    if missing:
+        raise KeyError(f"estimated_flops needs the compute counters {missing}")
+    t = {k: float(totals[k]) for k in need}
+    policy_forward = t["prompt_tokens"] + t["generated_tokens"] + t["forward_tokens_policy"] \
+        + t["forward_tokens_reference"]
+    return (2.0 * policy_params * policy_forward + 2.0 * critic_params * t["forward_tokens_critic"]
+            + 4.0 * policy_params * t["backward_tokens_policy"] + 4.0 * critic_params * t["backward_tokens_critic"])

@@ -395,6 +395,10 @@ class CompareConfig:
     """torch CPU threads per run; 0 keeps torch's default."""
     overrides: list[str] = field(default_factory=list)
     """'key=value' overrides applied to every run after its preset (e.g. task.name=basic_arithmetic)."""
+    bootstrap: int = 2000
+    """Bootstrap replicates behind every interval (each resamples every method's seeds and the held-out problems)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap's draws: the intervals are deterministic given it."""
 
 
 def build_config(cls: type, overrides: dict[str, Any]) -> Any:
