@@ -159,7 +159,7 @@ class ChainSumTask(_TermsDigitsTask):
 
     name = "chain_sum"
     rg_name = "chain_sum"
-    default_levels = ("t2d1", "t3d1", "t2d2", "t3d2", "t4d2")
+    default_levels = ("t3d1", "t4d1", "t5d1", "t6d1")
 
     reward_fn = staticmethod(chain_sum_reward)
 
