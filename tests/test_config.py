@@ -48,6 +48,8 @@ def test_yaml_then_cli_precedence(tmp_path):
     ({"max_steps": 2.5}, "max_steps"),
     ({"rollout.groupsize": 2}, "rollout.groupsize"),
     ({"probe.buffer_size": 10}, "probe.buffer_size"),
+    ({"probe.buffer_steps": 4}, "probe.buffer_steps"),  # fewer steps than min_fit_steps (8): never fitted
+    ({"probe.buffer_steps": -1}, "probe.buffer_steps"),
 ])
 def test_bad_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

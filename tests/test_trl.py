@@ -221,6 +221,9 @@ def test_config_defaults_and_validation(tmp_path):
         POISEConfig(output_dir=str(tmp_path), use_cpu=True, scale_rewards="group")
     with pytest.raises(ValueError, match="probe_k must be >= 1"):
         POISEConfig(output_dir=str(tmp_path), use_cpu=True, probe_k=0)
+    assert cfg.probe_buffer_steps == 32  # as in `poise train`
+    with pytest.raises(ValueError, match="probe_buffer_steps must be 0 or >= probe_min_fit_steps"):
+        POISEConfig(output_dir=str(tmp_path), use_cpu=True, probe_buffer_steps=4)
 
 
 def test_a_grpo_config_is_refused(micro_dir, tmp_path):

@@ -147,6 +147,9 @@ class POISEConfig(GRPOConfig):
     probe_trajectory_dim: int = field(default=64, metadata={"help": "PCA dimensions of the trajectory state."})
     probe_alpha: float = field(default=100.0, metadata={"help": "Ridge penalty of the probe."})
     probe_buffer_size: int = field(default=4096, metadata={"help": "Rows in the probe's FIFO training buffer."})
+    probe_buffer_steps: int = field(default=32, metadata={
+        "help": "Keep only the rows of the most recent this many generation rounds (0: up to probe_buffer_size "
+                "rows). The reference's 4,096 rows are about 8 steps of 256 prompts x 2; 32 matches `poise train`."})
     probe_warmup_steps: int = field(default=16, metadata={
         "help": "Generation rounds with RLOO advantages before the probe's baseline is used."})
     probe_min_fit_steps: int = field(default=8, metadata={
@@ -164,6 +167,9 @@ class POISEConfig(GRPOConfig):
         for name in ("probe_k", "probe_prompt_dim", "probe_trajectory_dim", "probe_buffer_size", "probe_min_fit_steps"):
             if getattr(self, name) < 1:
                 bad.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.probe_buffer_steps < 0 or 0 < self.probe_buffer_steps < self.probe_min_fit_steps:
+            bad.append(f"probe_buffer_steps must be 0 or >= probe_min_fit_steps = {self.probe_min_fit_steps}, got "
+                       f"{self.probe_buffer_steps} (the probe would never be fitted)")
         if self.probe_warmup_steps < 0:
             bad.append(f"probe_warmup_steps must be >= 0, got {self.probe_warmup_steps}")
         if not self.probe_alpha > 0:
@@ -202,7 +208,7 @@ class POISETrainer(GRPOTrainer):
                                    "marker_id": self.marker_id}
         self.probe = (load_probe(args.probe_load, self.probe_feature_meta) if args.probe_load else
                       RidgeProbe(args.probe_prompt_dim, args.probe_trajectory_dim, args.probe_alpha))
-        self.probe_buffer = FeatureBuffer(args.probe_buffer_size)
+        self.probe_buffer = FeatureBuffer(args.probe_buffer_size, args.probe_buffer_steps)
         self.poise_round = 0  # training generation rounds so far: POISE's step counter
         self.poise_last: dict | None = None  # the last round's rewards, features, predictions, advantages (diagnostics)
         self._poise_rewards_per_func: torch.Tensor | None = None
