@@ -59,6 +59,10 @@ def test_summary_target_is_dapos_final_accuracy_with_intervals_over_seeds():
     assert p["tokens_to_target"] == pytest.approx(100) and p["tokens_to_target_ci"] == pytest.approx([75, 150])
     assert g["tokens_to_target"] is None and g["tokens_to_target_ci"] == [None, None]
     assert g["replicates_reaching_target"] == 0.0 and p["replicates_reaching_target"] == 1.0
+    # paired final-accuracy difference: DAPO's seed draw {0,0}, {0,1}, {1,1} gives 0.4, 0.5, 0.6
+    assert p["final_minus"]["dapo"] == pytest.approx([0.1, 0.0, 0.2])
+    assert g["final_minus"]["dapo"] == pytest.approx([-0.2, -0.3, -0.1]) and "dapo" not in d["final_minus"]
+    assert p["final_minus"]["grpo"] == pytest.approx([0.3, 0.3, 0.3])  # neither resample moves these two
     r = s["poise_over_dapo"]
     assert r["tokens"] == pytest.approx(0.4) and r["tokens_ci"] == pytest.approx([0.375, 0.5])
     assert r["seconds"] == pytest.approx(0.4) and r["flops_ci"] == pytest.approx([0.375, 0.5])
@@ -66,6 +70,7 @@ def test_summary_target_is_dapos_final_accuracy_with_intervals_over_seeds():
                                      budget=300, eval_k=4, overrides=[]))
     assert "| grpo | 0.300 [0.300, 0.300] |" in text and "not reached [not reached, not reached]" in text
     assert "0.40x [0.38, 0.50] generated tokens" in text and "DAPO's final seed-mean accuracy" in text
+    assert "poise +0.100 [+0.000, +0.200], grpo -0.200 [-0.300, -0.100]" in text
     slow = summarise({"poise": {0: pts([0.1, 0.2])}, "dapo": {0: pts([0.3, 0.5])}}, initial=[0.1] * 4, n_boot=100)
     assert slow["poise_over_dapo"]["tokens"] is None and slow["poise_over_dapo"]["tokens_ci"] == [None, None]
     assert "not reached [inf, inf] generated tokens" in report(slow, SimpleNamespace(

@@ -138,6 +138,10 @@ def summarise(curves: dict[str, dict[int, list[dict]]], initial: list[float], n_
         row["curve"] = {**{k: p["x"][k][0].tolist() for k in COSTS}, "accuracy": p["curve"][0].tolist(),
                         "lo": band[:, 0].tolist(), "hi": band[:, 1].tolist()}
         out["methods"][m] = row
+    for m in curves:  # final accuracy minus every other method's, paired: one seed and problem draw per replicate
+        out["methods"][m]["final_minus"] = {
+            o: [float(point["methods"][m]["final"][0] - point["methods"][o]["final"][0]),
+                *_ci(boot["methods"][m]["final"] - boot["methods"][o]["final"])] for o in curves if o != m}
     if "poise" in curves and "dapo" in curves:
         out["poise_over_dapo"] = {}
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -197,6 +201,11 @@ def report(summary: dict, cfg) -> str:
                      f"{m['final_accuracy_min']:.3f}–{m['final_accuracy_max']:.3f} | "
                      f"{_fmt(m['final_tokens_mean'], 'tokens')} | {_fmt(m['final_seconds_mean'], 'seconds')} | "
                      f"{_fmt(m['final_flops_mean'], 'flops')} | {costs} | {m['seeds_reaching_target']}/{m['seeds']} |")
+    diffs = [f"{m} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for m, m_ in s["methods"].items()
+             for d in [m_["final_minus"].get("dapo")] if d is not None]
+    if diffs:
+        lines += ["", f"Final accuracy minus DAPO's (paired over problems, {boot['level']:.0%} interval): "
+                      + ", ".join(diffs) + "."]
     r = s.get("poise_over_dapo")
     if r:
         poise_reaches = s["methods"]["poise"]["tokens_to_target"] is not None
