@@ -3,6 +3,8 @@
     python benchmarks/phases.py --steps 24 --from-step 17 --reps 3 --threads 2 --out results/phases.json
     # the same, for checkouts of other commits side by side (LABEL=SRC_DIR; each run imports poise from SRC_DIR)
     python benchmarks/phases.py --methods poise grpo --src before=/tmp/wt_before/src --src now=src ...
+    # another task or model for every run (here the long-response regime of configs/compare/long.yaml)
+    python benchmarks/phases.py --methods poise dapo --train-arg=--model.name=runs/sft_long ...
 
 Each (method, repetition) is a real `poise train --config METHOD` run in its own process on the embedded default
 model and task; the methods run in a rotated order in each repetition so slow spells of a shared machine spread over
@@ -30,10 +32,11 @@ METHODS = ("poise", "rloo", "grpo", "dr_grpo", "dapo", "ppo")
 PHASES = ("generate", "reward", "score", "advantages", "update", "critic", "probe", "step")
 
 
-def one_run(method: str, steps: int, threads: int, where: Path, src: str | None = None, first: int = 3) -> dict:
+def one_run(method: str, steps: int, threads: int, where: Path, src: str | None = None, first: int = 3,
+            train_args: tuple[str, ...] = ()) -> dict:
     out = where / f"{method}"
     cmd = [sys.executable, "-m", "poise.cli", "train", "--config", method, "--max_steps", str(steps),
-           "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0"]
+           "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0", *train_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"PYTHONPATH": str(Path(src).resolve())} if src else {})}
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: the progress bar cannot fill it and block
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
@@ -59,6 +62,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--src", action="append", default=[], metavar="LABEL=DIR",
                     help="run every method with poise imported from DIR (a checkout's src/), labelled LABEL")
+    ap.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                    help="one more `poise train` argument for every run, e.g. --train-arg=--rollout.max_new_tokens=256")
     ap.add_argument("--out", default="results/phases.json")
     a = ap.parse_args()
     srcs = dict(x.split("=", 1) for x in a.src) or {"": None}
@@ -69,7 +74,7 @@ def main() -> None:
             for label, m in jobs[rep % len(jobs):] + jobs[:rep % len(jobs)]:
                 name = f"{m} {label}".strip()
                 runs[name].append(one_run(m, a.steps, a.threads, Path(tmp) / f"rep{rep}" / (label or "x"),
-                                          srcs[label], a.from_step))
+                                          srcs[label], a.from_step, tuple(a.train_arg)))
                 print(f"rep {rep + 1}/{a.reps} {name}: {runs[name][-1]['step']:.3f} s/step", flush=True)
     summary = {}
     for m, rs in runs.items():

@@ -172,3 +172,17 @@ def test_compare_help_lists_the_bootstrap_options(capsys):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--bootstrap INT Bootstrap replicates" in text and "--bootstrap-seed" in text
+
+
+def test_the_long_response_config_builds_a_valid_run_for_every_method():
+    """configs/compare/long.yaml needs a warm start built by the command in its header; its keys and values must be
+    valid for every run it makes."""
+    from poise.compare import run_values
+    from poise.config import CompareConfig, TrainConfig, build_config, load_yaml
+
+    cfg = build_config(CompareConfig, load_yaml("compare/long"))
+    assert cfg.methods == ["poise", "dapo"] and cfg.eval_max_new_tokens == 256
+    for method in cfg.methods:
+        run = build_config(TrainConfig, run_values(cfg, method, 0))
+        assert run.model.name == "runs/sft_long" and run.task.levels == ["t16d1", "t20d1", "t24d1"]
+        assert run.rollout.max_new_tokens == 256
