@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics as st
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_gain import poise  # noqa: E402
 from paired_eval import paired  # noqa: E402
-
-
-def poise(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "poise.cli", *args], check=True)
 
 
 def main() -> None:

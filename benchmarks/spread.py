@@ -1,0 +1,67 @@
+"""How much signal G = 2 groups carry: per `poise eval` output, per level, the fraction of two-sample groups whose
+rewards would differ, and per `poise train` run, the same fraction over its first steps and its phase shares.
+
+    python benchmarks/spread.py runs/gain/before.jsonl [more.jsonl ...] [--runs RUN_DIR ...]
+
+Eval files: a problem with c correct of k samples gives unequal pairs with probability estimated without bias as
+2c(k - c) / (k (k - 1)); reported with Avg@k and the fractions of problems never and always solved.
+Run dirs: the mean of 1 - reward/frac_zero_std_groups over steps 1-10 and 1-20 and the last 20, DAPO's mean
+kept fraction and rounds when present, and the share of total step time spent generating and updating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics as st
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from poise.tracking import read_metrics  # noqa: E402
+
+
+def eval_spread(rows: list[dict]) -> dict:
+    """{level or 'all': {problems, avg, unequal, never, always}} from per-problem `poise eval` rows."""
+    by = defaultdict(list)
+    for r in rows:
+        by[r["level"]].append(r)
+        by["all"].append(r)
+    out = {}
+    for level, rs in by.items():
+        k = len(rs[0]["scores"])
+        out[level] = {"problems": len(rs), "avg": sum(r["n_correct"] for r in rs) / (k * len(rs)),
+                      "unequal": st.mean(2 * r["n_correct"] * (k - r["n_correct"]) / (k * (k - 1)) for r in rs),
+                      "never": st.mean(r["n_correct"] == 0 for r in rs), "always": st.mean(r["n_correct"] == k for r in rs)}
+    return out
+
+
+def run_spread(rows: list[dict]) -> dict:
+    unequal = [1 - r["reward/frac_zero_std_groups"] for r in rows]
+    last = rows[-1]
+    out = {"unequal_steps_1_10": st.mean(unequal[:10]), "unequal_steps_1_20": st.mean(unequal[:20]),
+           "unequal_last_20": st.mean(unequal[-20:]),
+           "generate_share": last["time_total/generate_s"] / last["time_total/step_s"],
+           "update_share": last["time_total/update_s"] / last["time_total/step_s"]}
+    if "dynamic_sampling/kept_fraction" in last:
+        out["kept_fraction"] = st.mean(r["dynamic_sampling/kept_fraction"] for r in rows)
+        out["rounds"] = st.mean(r["dynamic_sampling/rounds"] for r in rows)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("evals", nargs="*")
+    ap.add_argument("--runs", nargs="*", default=[])
+    a = ap.parse_args()
+    for path in a.evals:
+        for level, s in eval_spread([json.loads(line) for line in open(path)]).items():
+            print(f"{path} {level}: {s['problems']} problems, Avg@k {s['avg']:.3f}, unequal G = 2 {s['unequal']:.3f}, "
+                  f"never {s['never']:.2f}, always {s['always']:.2f}")
+    for run in a.runs:
+        print(run, {k: round(v, 3) for k, v in run_spread(read_metrics(run)).items()})
+
+
+if __name__ == "__main__":
+    main()
