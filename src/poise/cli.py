@@ -33,7 +33,8 @@ def make_parser() -> argparse.ArgumentParser:
     for name, (cls, doc) in COMMANDS.items():
         p = sub.add_parser(name, help=doc, description=(cls.__doc__ or doc) + " Values: dataclass default < "
                            "--config file < command line. Any field can be set as --section.field VALUE.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           allow_abbrev=False)  # `--max-step 4` is an error naming --max_steps, not a silent match
         p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                        help="YAML config file or packaged preset name (e.g. poise, rloo)")
         defaults = _defaults(cls)
@@ -90,10 +91,29 @@ def config_from_args(cls, args: argparse.Namespace):
     return build_config(cls, overrides)
 
 
+def unknown_option(command: str, unknown: list[str]) -> str:
+    """One line naming the first option `poise COMMAND` does not have, with the closest ones it does."""
+    import difflib
+
+    bad = next((u for u in unknown if u.startswith("-")), unknown[0])
+    if not bad.startswith("-"):
+        return f"unexpected argument {bad!r} (options are --section.field VALUE)"
+    known = [f"--{key}" for key, _, _ in flat_fields(COMMANDS[command][0])] + ["--config"]
+    close = difflib.get_close_matches(bad.split("=")[0].replace("-", "_").replace("__", "--", 1),
+                                      [k.replace("-", "_").replace("__", "--", 1) for k in known], n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; `poise {command} --help` lists them"
+    return f"{bad.split('=')[0].lstrip('-')}: unknown option {bad.split('=')[0]}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command in COMMANDS:  # name the option, and the nearest real one
+        print(f"poise {args.command}: config error: {unknown_option(args.command, unknown)}", file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 0

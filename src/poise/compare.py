@@ -48,7 +48,11 @@ from poise.tracking import read_metrics
 
 def run_values(cfg, method: str, seed: int) -> dict:
     """The flat TrainConfig values of one run: preset, then the comparison's fixed settings, then overrides."""
-    values = load_yaml(method)
+    try:
+        values = load_yaml(method)
+    except ConfigError as e:  # name the comparison's own key
+        raise ConfigError(f"methods: {method!r} is not a preset or config file ({str(e).removeprefix('config: ')})") \
+            from None
     values.update({"seed": seed, "output_dir": str(Path(cfg.output_dir) / method / f"seed{seed}"),
                    f"budget.{cfg.budget_key}": cfg.budget if cfg.budget_key == "seconds" else int(cfg.budget),
                    "max_steps": cfg.max_steps, "resume": True,

@@ -142,7 +142,14 @@ def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Flat {dotted key: value} from a YAML file; a top-level `base:` key names a file/preset merged first."""
     path = resolve_config_path(str(path))
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # one line: the file, the place and what the parser expected
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config: {path} is not valid YAML ({getattr(e, 'problem', None) or e}{where})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: {path} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
     base = data.pop("base", None)

@@ -209,7 +209,7 @@ def _build(cfg):
     from poise.distributed import resolve_device
     from poise.models import load_policy
     from poise.tasks import drop_long_prompts
-    from poise.tasks.dataset import build_task
+    from poise.tasks.dataset import build_task, check_reward_function
     from poise.verifier import SafeVerifier
 
     task = build_task(cfg.task, cfg.reward_function, "reward_function")  # checked before the model loads
@@ -229,6 +229,7 @@ def _build(cfg):
         raise ConfigError(f"task.max_prompt_tokens: every selected prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
     task.verifier = SafeVerifier(timeout=cfg.reward_timeout)  # answer checking in a sandboxed worker process
+    check_reward_function(task, problems, "reward_function")
     return task, problems, info, model.to(device), tokenizer
 
 

@@ -63,8 +63,9 @@ GGUF_INSTALL = "pip install -c constraints.txt gguf"
 
 
 class MissingModelError(FileNotFoundError):
-    """A model's weights, or the package that reads them, are not installed. The message names the install command
-    (a FileNotFoundError, so `poise` prints it as one line and exits 2)."""
+    """`model.name` names no loadable model: nothing there, no weights, a damaged directory or GGUF file, or the package
+    that reads it is not installed (then the message names the install command). A FileNotFoundError, so `poise`
+    prints it as one line and exits 2."""
 
 
 def cache_dir() -> Path:
@@ -167,8 +168,15 @@ def load_local(path: str | Path, dtype: torch.dtype = torch.float32):
     if not any((path / f).is_file() for f in tokenizer_files):
         raise FileNotFoundError(f"model.name: {path} has a model but no tokenizer (none of {', '.join(tokenizer_files)}"
                                 "); save one beside it with tokenizer.save_pretrained(path)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
+    weights = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+    if not any(any(path.glob(w)) for w in weights):
+        raise MissingModelError(f"model.name: {path} has a config.json but no weights (no .safetensors or .bin file)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:  # a damaged or foreign directory: name it, not transformers' stack
+        raise MissingModelError(f"model.name: {path} cannot be loaded as a causal LM: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -245,7 +253,11 @@ def convert_gguf(gguf: Path):
         dense = {"quantization_config": GgufConfig(dequantize=True)}
     except ImportError:  # older versions always dequantise
         dense = {}
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **dense, **kw)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **dense, **kw)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MissingModelError(f"model.name: {gguf} cannot be read as a GGUF checkpoint: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -260,6 +272,9 @@ def load_gguf(gguf: str | Path, dtype: torch.dtype = torch.float32):
     gguf = Path(gguf)
     cached = gguf_cache_path(gguf)
     if not (cached / "config.json").is_file():
+        with open(gguf, "rb") as f:
+            if f.read(4) != b"GGUF":  # every GGUF file starts with these four bytes
+                raise MissingModelError(f"model.name: {gguf} is not a GGUF file (it does not start with b'GGUF')")
         print(f"model.name: converting {gguf} to a Hugging Face directory (first use) -> {cached}")
         _save_atomically(cached, *convert_gguf(gguf))
     return load_local(cached, dtype)
@@ -287,8 +302,8 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
         return load_gguf(gguf, torch_dtype)
     if Path(name).is_dir():
         return load_local(name, torch_dtype)
-    raise ValueError(f"model.name: {name!r} is neither 'default', a tiny preset ({', '.join(TINY_PRESETS)}), a "
-                     f"packaged model ({', '.join(PACKAGED_GGUF)}), a .gguf file nor a local model directory")
+    raise MissingModelError(f"model.name: {name!r} is neither 'default', a tiny preset ({', '.join(TINY_PRESETS)}), a "
+                            f"packaged model ({', '.join(PACKAGED_GGUF)}), a .gguf file nor a local model directory")
 
 
 def load_model(m: ModelConfig, task_name: str = "chain_sum", seed: int = 0):
@@ -339,7 +354,9 @@ def resolve_layer(spec: float, num_layers: int) -> int:
         return min(num_layers - 1, int(spec * num_layers))
     idx = int(spec)
     if idx != spec or not -num_layers <= idx < num_layers:
-        raise ValueError(f"probe.layer: {spec:g} is not a fraction in (0, 1) or a layer index for {num_layers} layers")
+        from poise.configio import ConfigError  # a ValueError naming the key
+
+        raise ConfigError(f"probe.layer: {spec:g} is not a fraction in (0, 1) or a layer index for {num_layers} layers")
     return idx % num_layers
 
 

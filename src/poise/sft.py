@@ -67,9 +67,6 @@ def run_sft(cfg: SFTConfig) -> dict:
     """Train, evaluate per level, save model + tokenizer + metrics; returns the evaluation summary."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "sft_config.yaml")
     task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)
     if cfg.model in TINY_PRESETS:
@@ -78,8 +75,11 @@ def run_sft(cfg: SFTConfig) -> dict:
     else:  # 'default', a GGUF such as 'smollm2-135m', or a local Hugging Face directory
         try:
             model, tokenizer = load_policy(cfg.model, cfg.task.name, cfg.seed)
-        except ValueError as e:
-            raise ConfigError(str(e).replace("model.name", "model")) from None
+        except (ValueError, FileNotFoundError) as e:  # named for sft's own key
+            raise ConfigError(str(e).replace("model.name", "model", 1)) from None
+    out = Path(cfg.output_dir)  # written only once the inputs are known good
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "sft_config.yaml")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sft: {cfg.model} ({n_params / 1e6:.2f} M parameters, vocabulary {len(tokenizer)}) on {task.name}")
 

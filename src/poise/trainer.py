@@ -39,7 +39,7 @@ from poise.rollout import RolloutBatch, minibatch_rows, prompts_shared, score, s
 from poise.sampling import collect
 from poise.configio import ConfigError
 from poise.tasks import drop_long_prompts
-from poise.tasks.dataset import build_task
+from poise.tasks.dataset import build_task, check_reward_function
 from poise.verifier import SafeVerifier
 from poise.tracking import MetricsWriter
 from poise.update import local_minibatch_prompts, policy_update
@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if not pool:
         raise ConfigError(f"task.max_prompt_tokens: every training prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
+    check_reward_function(task, pool)  # a user's reward function that raises or hangs fails now, not as all-0 rewards
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
     local_stream = stream if dist.world == 1 else ShardedStream(stream, dist, cfg.optim.mini_batch_prompts)
     G, P = cfg.rollout.group_size, cfg.rollout.prompts_per_step

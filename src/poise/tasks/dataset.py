@@ -272,6 +272,27 @@ def build_task(task_cfg: Any, reward_function: str = "", reward_key: str = "rewa
     return task
 
 
+def check_reward_function(task, problems: list[Problem], key: str = "reward.function") -> None:
+    """Call a user's reward function (`task.reward_function`, set by build_task) on up to two of `problems` through the
+    task's sandboxed verifier, each with a well-formed response ending in the gold answer. A function that raises,
+    hangs past the verifier's limit, returns the wrong number of scores or something that is not a number fails
+    here, at start-up, as a ConfigError naming `key`; during training the verifier would score each such call 0
+    and the run would learn nothing. None (unscorable) is an allowed result. The task's own functions are not checked."""
+    from poise.configio import ConfigError
+
+    fn = getattr(task, "reward_function", None)
+    if fn is None or not problems:
+        return
+    verifier, name = task.verifier, getattr(fn, "spec", repr(fn))
+    before = dict(verifier.stats)
+    verifier(fn, [f"{THINK_OPEN} {p.solution} {THINK_CLOSE} {p.answer}" for p in problems[:2]], problems[:2])
+    if verifier.stats["timeouts"] > before["timeouts"]:
+        raise ConfigError(f"{key}: {name} did not return within the verifier's limit ({verifier.timeout:g} s) on a "
+                          f"training problem; make it faster or raise the timeout")
+    if verifier.stats["errors"] > before["errors"]:
+        raise ConfigError(f"{key}: {name} failed on a well-formed response: {getattr(verifier, 'last_error', '?')}")
+
+
 def task_kwargs(task_cfg: Any) -> dict[str, Any]:
     """Keyword arguments of `get_task(task_cfg.name, ...)` from a TaskConfig (the dataset fields only for
     `name == "dataset"`)."""

@@ -1,0 +1,125 @@
+"""A table of bad inputs to every command: each ends with a one-line error naming the key, file or field, exit
+status 2, no traceback, and leaves nothing in the run directory that a later correct run would trip over."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from poise.cli import main
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REWARDS = FIXTURES / "bad_rewards.py"
+# a 1-step `poise train` on the embedded default, small enough that a case which wrongly starts training ends fast
+SMALL = ["--max_steps", "1", "--rollout.prompts_per_step", "4", "--optim.mini_batch_prompts", "4",
+         "--task.train_size", "32", "--rollout.max_new_tokens", "8", "--report_to", "none", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, micro_dir):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "malformed.yaml").write_text("rollout:\n  group_size: 2\n max_steps: [3\n")
+    (d / "empty.jsonl").write_text("")
+    (d / "rows.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=?", "answer": str(i + 1)}) + "\n"
+                                          for i in range(40)))
+    (d / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\x81\n")
+    (d / "a_directory.jsonl").mkdir()
+    noweights = d / "noweights"
+    noweights.mkdir()
+    for f in micro_dir.iterdir():
+        if not f.name.endswith((".safetensors", ".bin")):
+            shutil.copy(f, noweights / f.name)
+    (d / "fake.gguf").write_bytes(b"this is not a gguf file\n" * 10)
+    (d / "notes.txt").write_text("not a model\n")
+    # a finished run, resumed below with a changed config
+    finished = d / "finished"
+    assert main(["train", *SMALL, "--output_dir", str(finished), "--model.name", str(micro_dir)]) == 0
+    return d
+
+
+def reward(name: str) -> str:
+    return f"{REWARDS}:{name}"
+
+
+# (id, command, arguments (FILES/ is the fixture folder), text the error must contain)
+CASES = [
+    ("train-malformed-yaml", "train", ["--config", "FILES/malformed.yaml"], "malformed.yaml"),
+    ("train-unknown-preset", "train", ["--config", "no_such_preset"], "no_such_preset"),
+    ("train-unknown-key", "train", ["--rollout.group_sise", "4"], "rollout.group_sise"),
+    ("train-bad-value", "train", ["--max_steps", "many"], "max_steps"),
+    ("train-bad-choice", "train", ["--algorithm.advantage", "magic"], "algorithm.advantage"),
+    ("train-zero-group", "train", ["--rollout.group_size", "0"], "rollout.group_size"),
+    ("train-missing-data", "train", ["--task.name", "dataset", "--task.path", "FILES/missing.jsonl"], "missing.jsonl"),
+    ("train-unreadable-data", "train", ["--task.name", "dataset", "--task.path", "FILES/binary.jsonl"],
+     "binary.jsonl"),
+    ("train-data-is-a-directory", "train", ["--task.name", "dataset", "--task.path", "FILES/a_directory.jsonl"],
+     "a_directory.jsonl"),
+    ("train-empty-dataset", "train", ["--task.name", "dataset", "--task.path", "FILES/empty.jsonl"], "empty.jsonl"),
+    ("train-missing-column", "train", ["--task.name", "dataset", "--task.path", "FILES/rows.jsonl",
+                                       "--task.answer_field", "solution_text"], "solution_text"),
+    ("train-unknown-task", "train", ["--task.name", "no_such_task"], "task.name"),
+    ("train-bad-level", "train", ["--task.levels", "[t99z9]"], "task.levels"),
+    ("train-model-without-weights", "train", ["--model.name", "FILES/noweights"], "noweights"),
+    ("train-missing-model", "train", ["--model.name", "FILES/no_such_model"], "no_such_model"),
+    ("train-fake-gguf", "train", ["--model.name", "FILES/fake.gguf"], "fake.gguf is not a GGUF file"),
+    ("train-model-not-a-model", "train", ["--model.name", "FILES/notes.txt"], "notes.txt"),
+    ("train-layer-out-of-range", "train", ["--probe.layer", "99"], "probe.layer"),
+    ("train-reward-raises", "train", ["--reward.function", reward("raises")], "reward.function"),
+    ("train-reward-wrong-length", "train", ["--reward.function", reward("wrong_length")], "reward.function"),
+    ("train-reward-strings", "train", ["--reward.function", reward("strings")], "reward.function"),
+    ("train-reward-hangs", "train", ["--reward.function", reward("hangs"), "--reward.timeout", "1"],
+     "reward.function"),
+    ("train-reward-missing", "train", ["--reward.function", reward("no_such_function")], "reward.function"),
+    ("train-budget-below-a-step", "train", ["--budget.samples", "3"], "budget.samples"),
+    ("train-resume-changed-config", "train", ["--output_dir", "FILES/finished", "--resume", "--optim.lr", "0.5"],
+     "optim.lr"),
+    ("eval-missing-model", "eval", ["--model.name", "FILES/no_such_model"], "no_such_model"),
+    ("eval-reward-raises", "eval", ["--reward_function", reward("raises"), "--num_problems", "4", "--k", "1"],
+     "reward_function"),
+    ("eval-bad-split", "eval", ["--split", "validation"], "split"),
+    ("sft-bad-level", "sft", ["--task.levels", "[t99z9]"], "task.levels"),
+    ("sft-zero-steps", "sft", ["--steps", "0"], "steps"),
+    ("sft-missing-data", "sft", ["--task.name", "dataset", "--task.path", "FILES/missing.jsonl"], "missing.jsonl"),
+    ("compare-unknown-method", "compare", ["--methods", "[poise, magic]"], "methods: 'magic'"),
+    ("compare-zero-budget", "compare", ["--budget", "0"], "budget"),
+    ("compare-bad-budget-key", "compare", ["--budget_key", "joules"], "budget_key"),
+    ("probe-eval-missing-run", "probe-eval", ["--run", "FILES/no_such_run"], "no_such_run"),
+    ("probe-eval-no-run", "probe-eval", [], "run"),
+]
+
+
+@pytest.mark.parametrize("command,args,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_bad_input_ends_in_one_line_naming_it(command, args, needle, files, micro_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [a.replace("FILES/", f"{files}/") for a in args]
+    out_flag = {"train": "--output_dir", "sft": "--output_dir", "compare": "--output_dir", "eval": "--output",
+                "probe-eval": "--output"}[command]
+    target = run if command != "eval" and command != "probe-eval" else run / "result.json"
+    extra = [] if out_flag in args else [out_flag, str(target)]
+    if command == "train":
+        extra += SMALL + ([] if "--model.name" in args else ["--model.name", str(micro_dir)])
+    try:
+        code = main([command, *extra, *args])  # the case's own arguments last: they win
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert lines and lines[-1].startswith(f"poise {command}: "), err[-3000:]
+    assert needle in lines[-1], lines[-1]
+    assert sum("error" in line for line in lines) == 1, err[-3000:]
+    # nothing a later correct run would trip over: no checkpoints, logs, models or results
+    left = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+    assert set(left) <= {"config.yaml"}, left
+
+
+def test_a_correct_run_starts_where_bad_ones_failed(files, micro_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    for args in (["--probe.layer", "99"], ["--reward.function", reward("raises")], ["--budget.samples", "3"]):
+        assert main(["train", *SMALL, "--model.name", str(micro_dir), "--output_dir", str(run), *args]) == 2
+    assert main(["train", *SMALL, "--model.name", str(micro_dir), "--output_dir", str(run),
+                 "--reward.function", reward("fine")]) == 0
+    assert (run / "policy").is_dir() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
