@@ -59,18 +59,85 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message names the directory, the space it needs and the space free.
+    The previous complete checkpoint is left as it was."""
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor inside `obj` (nested dicts, lists and tuples, modules' state dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in obj.state_dict().values())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def checkpoint_bytes(run_dir: str | Path, parts: dict) -> int:
+    """About how many bytes the next checkpoint takes: the newest complete one's size when there is one, else the
+    tensors it will hold (weights, optimizer moments, probe and buffer) plus 1 MB for the rest."""
+    done = complete_checkpoints(run_dir)
+    if done:
+        return _dir_bytes(done[-1])
+    full = parts.get("full") or {}
+    total = sum(_tensor_bytes(full.get(k) or parts.get(k)) for k in ("model", "critic"))
+    total += sum(_tensor_bytes(full.get(k) or parts[k].state_dict()) for k in ("optimizer", "critic_optimizer")
+                 if parts.get(k) is not None)
+    total += _tensor_bytes(parts["probe"].state_dict()) + _tensor_bytes(parts["buffer"].state_dict())
+    return total + 2**20
+
+
 def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int = 2) -> Path:
     """Write a complete checkpoint for `step` atomically; prune to the newest `keep_last` afterwards.
 
     `parts` keys: model, optimizer, scheduler, critic, critic_optimizer, critic_scheduler (None without a critic),
     probe, buffer, stream, generator, meter, cfg, counters (a JSON-able dict of loop counters).
+    Raises CheckpointError, before writing anything, when the disk has less free space than the checkpoint needs
+    (`checkpoint_bytes`), and when a write fails midway (its temporary directory is removed); either way the
+    previous checkpoint stays complete and loadable.
     """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    need, free = checkpoint_bytes(run_dir, parts), shutil.disk_usage(root).free
+    if free < need:
+        raise CheckpointError(f"checkpoint: {final} needs about {_megabytes(need)} and {root} has "
+                              f"{_megabytes(free)} free; free some space (or lower checkpoint.keep_last) and resume")
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+        _write(tmp, step, parts)
+    except Exception as e:  # noqa: BLE001 - a full disk, a failing device, a tensor writer's error
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = complete_checkpoints(run_dir)
+        raise CheckpointError(
+            f"checkpoint: writing {final} failed ({type(e).__name__}: {e}); {root} has "
+            f"{_megabytes(shutil.disk_usage(root).free)} free and a checkpoint needs about {_megabytes(need)}; "
+            + (f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint")) \
+            from e
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, step: int, parts: dict) -> None:
+    """Every file of the checkpoint into `tmp`, the manifest last."""
 
     full = parts.get("full") or {}  # FSDP: unsharded states gathered by fsdp.checkpoint_states
 
@@ -117,12 +184,6 @@ def save_checkpoint(run_dir: str | Path, step: int, parts: dict, keep_last: int 
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the checkpoint complete
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _jsonable(x):
@@ -133,16 +194,27 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
-def is_valid(path: Path) -> bool:
-    """True when `path/manifest.json` exists and every file it lists has the recorded sha256."""
+def problem(path: Path) -> str | None:
+    """What is wrong with the checkpoint at `path` (None when `manifest.json` exists and every file it lists is there
+    with its recorded sha256)."""
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        return False
+        return "manifest.json is missing (an interrupted write)"
     try:
         files = json.loads(manifest.read_text())["files"]
-        return all((path / n).is_file() and _sha256(path / n) == h for n, h in files.items())
-    except (ValueError, KeyError, OSError):
-        return False
+        for name, digest in files.items():
+            if not (path / name).is_file():
+                return f"{name} is missing"
+            if _sha256(path / name) != digest:
+                return f"{name} does not match its sha256 in manifest.json (changed or corrupted)"
+    except (ValueError, KeyError, OSError) as e:
+        return f"manifest.json cannot be read ({type(e).__name__}: {e})"
+    return None
+
+
+def is_valid(path: Path) -> bool:
+    """True when `path/manifest.json` exists and every file it lists has the recorded sha256."""
+    return problem(path) is None
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -159,10 +231,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     for path in reversed(candidates):
-        if is_valid(path):
+        why = problem(path)
+        if why is None:
             return path
-        warnings.warn(f"checkpoint {path} has no valid manifest (interrupted or corrupted write); ignoring it",
-                      stacklevel=2)
+        warnings.warn(f"checkpoint {path} is not usable: {why}; skipping it for the one before", stacklevel=2)
     return None
 
 

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"poise {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    from poise.checkpoint import CheckpointError
+    from poise.preemption import Preempted, exit_status
     from poise.tasks import DatasetError
 
     try:
@@ -151,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, FileNotFoundError) as e:  # bad input: the message names it, no traceback
         print(f"poise {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:  # SIGTERM / SIGINT: the step finished and its checkpoint is written
+        print(f"poise {args.command}: {e}", file=sys.stderr)
+        return exit_status(e.signum)
+    except CheckpointError as e:  # a full disk or a failed write; the previous checkpoint is intact
+        print(f"poise {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
     except FloatingPointError as e:  # the numerical guard gave up
         print(f"poise {args.command}: stopped: {e}", file=sys.stderr)
         return 1

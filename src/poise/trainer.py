@@ -28,12 +28,13 @@ from tqdm import tqdm
 from poise import fsdp
 from poise.advantages import (group_view, grpo_advantages, leave_one_out_mean, mask_unscorable, poise_advantages,
                               poise_targets, rloo_advantages, value_advantages)
-from poise.checkpoint import resume, save_checkpoint
+from poise.checkpoint import checkpoint_dir, resume, save_checkpoint
 from poise.compute import ComputeMeter, budget_reached, progress_budget
 from poise.config import TrainConfig, save_config, to_dict
 from poise.critic import ValueModel, critic_update, explained_variance
 from poise.features import rollout_features
 from poise.models import decoder_layers, load_model, resolve_layer, save_policy
+from poise.preemption import Preempted, StopRequest
 from poise.probe import FeatureBuffer, RidgeProbe, load_probe, save_probe  # noqa: F401
 from poise.rollout import RolloutBatch, minibatch_rows, prompts_shared, score, score_with_graph
 from poise.sampling import collect
@@ -137,7 +138,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run RL training as configured; returns the final step's metrics. Writes everything to cfg.output_dir.
 
     Under `accelerate launch --num_processes N` every rank runs this loop on its share of each step's prompts
-    (distributed.py); rank 0 writes the logs, checkpoints and the final policy."""
+    (distributed.py); rank 0 writes the logs, checkpoints and the final policy. A SIGTERM or SIGINT ends the step in
+    progress, writes a checkpoint and raises `poise.preemption.Preempted`; a second signal exits at once."""
+    with StopRequest() as stop:
+        return _train(cfg, progress, stop)
+
+
+def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
@@ -365,13 +372,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         bar.set_postfix({**({"step": step} if counted else {}), "reward": f"{metrics['reward/mean']:.3f}",
                          **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
         reason = budget_reached(budget, meter.totals_for_budget())
-        if reason or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+        preempted = not reason and step < cfg.max_steps and stop.requested(dist)  # SIGTERM / SIGINT on any rank
+        if reason or preempted or step == cfg.max_steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             parts["rng_states"] = dist.gather_objects((torch.get_rng_state(), gen.get_state()))  # one pair per rank
             parts["full"] = fsdp.checkpoint_states(parts) if dist.sharded else None  # gathered to rank 0
             if dist.main:
                 save_checkpoint(out, step, parts, cfg.checkpoint.keep_last)
             parts["full"] = None
             dist.barrier()
+        if preempted:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            dist.close()
+            raise Preempted(stop.signum, step, checkpoint_dir(out) / f"step-{step:06d}")
         if reason:
             bar.close()
             print(f"budget reached after step {step}: {reason}")

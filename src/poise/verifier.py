@@ -58,6 +58,10 @@ def _audit(event: str, args: tuple) -> None:
 def _worker(conn, memory_bytes: int) -> None:
     """Worker loop: receive (fn, [(index, response, problem), ...]); send (index, score | None, error) per pair."""
     global _ARMED
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C or a scheduler's SIGTERM reaches the whole process group:
+        signal.signal(s, signal.SIG_IGN)       # the trainer stops after its step, which needs this worker's scores
     try:
         import resource
 
