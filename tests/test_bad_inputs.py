@@ -123,3 +123,13 @@ def test_a_correct_run_starts_where_bad_ones_failed(files, micro_dir, tmp_path, 
     assert main(["train", *SMALL, "--model.name", str(micro_dir), "--output_dir", str(run),
                  "--reward.function", reward("fine")]) == 0
     assert (run / "policy").is_dir() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "eval", "compare", "probe-eval", "plot"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: poise {command}"), out[:500]
+    if command == "sft":  # a field docstring with a literal percent sign (it once crashed argparse)
+        assert "10%" in out

@@ -44,7 +44,8 @@ def make_parser() -> argparse.ArgumentParser:
                 flags.append(f"--{key.replace('_', '-')}")
             flag_only = {"nargs": "?", "const": True} if tp is bool else {}  # `--resume` means `--resume true`
             p.add_argument(*flags, dest=key, metavar=_help_type(tp), type=parse_cli_value, **flag_only,
-                           default=argparse.SUPPRESS, help=f"{fdoc} (default: {defaults[key]!r})")
+                           default=argparse.SUPPRESS,  # argparse formats help with %: a docstring's 10% is literal
+                           help=f"{fdoc} (default: {defaults[key]!r})".replace("%", "%%"))
     p = sub.add_parser("plot", help="PNG curves (reward, probe quality, entropy, lengths, loss, time) of runs.",
                        description="PNG training curves from each RUN_DIR's metrics.jsonl; several runs overlay.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
