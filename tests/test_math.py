@@ -281,3 +281,17 @@ def test_token_entropy():
     x = torch.tensor([0.0, 0.0, -float("inf")])
     assert abs(token_entropy(x).item() - math.log(2)) < 1e-6
     assert token_entropy(torch.tensor([1e4, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reasoning_end_matches_a_multi_token_marker_as_a_sequence():
+    A, B = 7, 8  # a marker that tokenizes as [A, B]
+    ids = torch.tensor([[1, A, B, 2, A, B, 3], [1, A, 2, B, 3, 0, 0], [A, B, 5, 5, A, B, 0], [5, A, B, 5, 5, 5, A]])
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1] * 7]).bool()
+    end, has = reasoning_end(ids, mask, [A, B])
+    # row 0: the last [A, B] ends at 5; row 1: A and B apart, no marker; row 2: the second one ends in padding;
+    # row 3: a trailing A alone is not the marker
+    assert end.tolist() == [5, 4, 1, 2] and has.tolist() == [True, False, True, True]
+    one = torch.tensor([[1, A, 2, A, 3]])
+    assert reasoning_end(one, torch.ones_like(one).bool(), [A])[0].tolist() == \
+        reasoning_end(one, torch.ones_like(one).bool(), A)[0].tolist() == [3]
+    assert reasoning_end(one[:, :1], torch.ones(1, 1).bool(), [A, B])[1].tolist() == [False]  # shorter than it

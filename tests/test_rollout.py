@@ -172,3 +172,70 @@ def test_logprobs_and_entropy_from_one_log_softmax_match_the_separate_functions(
     (grad,) = torch.autograd.grad(logp.sum(), logits)
     (want,) = torch.autograd.grad(token_logprobs(logits, ids).sum(), logits)
     assert torch.equal(grad, want)
+
+
+class _Scripted(torch.nn.Module):
+    """A mock causal LM that emits a fixed token per row and step (huge logits), whatever it is fed; it takes its
+    cache by the keyword the current transformers uses."""
+
+    def __init__(self, script: list[list[int]], vocab: int = 16):
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.generation_config = type("GenerationConfig", (), {"eos_token_id": [3, 4]})()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None,
+                logits_to_keep=0):
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        for b, row in enumerate(self.script):
+            logits[b, 0, row[self.calls]] = 100.0
+        self.calls += 1
+        return type("Out", (), {"logits": logits})()
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config_and_pads_after_it():
+    from types import SimpleNamespace
+
+    from poise.rollout import stop_token_ids
+
+    pad = 0
+    model = _Scripted([[5, 6, 3, 7, 8], [5, 4, 7, 8, 9], [5, 6, 7, 8, 9]])  # EOS ids 3 (tokenizer's) and 4 (config)
+    tok = SimpleNamespace(eos_token_id=3)
+    stops = stop_token_ids(model, tok)
+    assert stops == [3, 4]
+    ids, mask = torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.bool)
+    resp, rmask = generate(model, ids, mask, 5, stops, pad)
+    assert resp.tolist() == [[5, 6, 3, 0, 0], [5, 4, 0, 0, 0], [5, 6, 7, 8, 9]]
+    assert rmask.tolist() == [[True, True, True, False, False], [True, True, False, False, False], [True] * 5]
+    model.calls = 0  # with the tokenizer's EOS alone, row 1 would run on past id 4
+    resp, _ = generate(model, ids, mask, 5, tok.eos_token_id, pad)
+    assert resp[1].tolist() == [5, 4, 7, 8, 9]
+
+
+def test_the_kv_cache_reaches_the_model_so_decoding_keeps_the_prompt(micro_dir):
+    """Token-by-token decoding through the cache gives the full forward's logits; a cache passed under a keyword
+    the model ignores would leave each step seeing one token, and this test would fail (the control below)."""
+    from transformers import DynamicCache
+
+    from poise.rollout import cache_kwargs, position_ids
+
+    model, tok = load_local(micro_dir)
+    problems = get_task("chain_sum").problems("train", 2)
+    ids, mask = encode_prompts(tok, problems, 1)
+    resp = torch.randint(5, len(tok), (2, 4), generator=torch.Generator().manual_seed(0))
+    full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp, dtype=torch.bool)], 1)
+    pos = position_ids(full_mask)
+    with torch.no_grad():
+        want = model(input_ids=full_ids, attention_mask=full_mask.long(), position_ids=pos).logits[:, ids.shape[1]:]
+
+        cache, L = DynamicCache(), ids.shape[1]
+        model(input_ids=ids, attention_mask=mask.long(), position_ids=pos[:, :L], use_cache=True,
+              **cache_kwargs(model, cache))
+        got = torch.cat([model(input_ids=resp[:, t:t + 1], attention_mask=full_mask[:, :L + t + 1].long(),
+                               position_ids=pos[:, L + t:L + t + 1], use_cache=True,
+                               **cache_kwargs(model, cache)).logits for t in range(resp.shape[1])], 1)
+        assert cache.get_seq_length() == full_ids.shape[1]  # the model wrote every position into our cache
+        # the control: what decoding gives when the cache, and with it the prompt, does not reach the model
+        lost = model(input_ids=resp, position_ids=pos[:, L:]).logits
+    assert (lost - want).abs().max() > 1e-2  # the prompt matters, so losing it would show
+    assert torch.allclose(got[:, 1:], want[:, 1:], atol=1e-5) and torch.allclose(got, want, atol=1e-5)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poise.rollout import encode_prompts, generate
+from poise.rollout import encode_prompts, generate, stop_token_ids
 
 # =====================================================================================================================
 # Metrics: pure functions of counts
@@ -109,19 +109,20 @@ def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int
     unscorable, tokens (response lengths, EOS included) and truncated (responses that hit the limit without EOS)."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
+    stops = stop_token_ids(model, tokenizer)  # every EOS id of the tokenizer and the generation config
     try:
         for s in range(0, len(problems), batch_prompts):
             chunk = problems[s:s + batch_prompts]
             t0 = time.perf_counter()
             ids, mask = (x.to(device) for x in encode_prompts(tokenizer, chunk, k))  # (P*k, L), on the model's device
-            resp, rmask = generate(model, ids, mask, max_new_tokens, tokenizer.eos_token_id,
+            resp, rmask = generate(model, ids, mask, max_new_tokens, stops,
                                    tokenizer.pad_token_id, temperature, top_p, generator, group_size=k)  # (P*k, T)
             texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
             t1 = time.perf_counter()
             scores = task.score_batch(texts, [p for p in chunk for _ in range(k)])
             t2 = time.perf_counter()
             lengths = rmask.sum(1).tolist()
-            ended = (resp == tokenizer.eos_token_id).any(1).tolist()
+            ended = torch.isin(resp, torch.tensor(stops, device=resp.device)).any(1).tolist()
             rows = []
             for i, p in enumerate(chunk):
                 sc = scores[i * k:(i + 1) * k]

@@ -8,6 +8,8 @@ padded positions never leaks into a feature.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -50,19 +52,21 @@ def last_k_mean(hidden: Tensor, mask: Tensor, k: int) -> Tensor:
 
 
 def reasoning_end(
-    response_ids: Tensor, response_mask: Tensor, marker_id: int | None
+    response_ids: Tensor, response_mask: Tensor, marker_id: int | Sequence[int] | None
 ) -> tuple[Tensor, Tensor]:
     """Index where the reasoning part of each response ends.
 
-      has_marker[b] = exists t valid with response_ids[b, t] == marker_id
-      end[b] = max{t valid : ids[b, t] == marker_id}  if has_marker[b]   (the LAST marker, e.g. </think>)
-             = max{t valid}                            otherwise
-             = -1                                      if the row has no valid token
+    With the marker as the token sequence s_0 .. s_{n-1} (n = 1 for a single-token marker such as </think>):
+      hit[b, t]     = ids[b, t - n + 1 + j] == s_j and that position is valid, for every j < n
+      has_marker[b] = exists t with hit[b, t]
+      end[b] = max{t : hit[b, t]}  if has_marker[b]   (the LAST token of the LAST marker)
+             = max{t valid}        otherwise
+             = -1                  if the row has no valid token
 
     Args:
         response_ids: (B, T) token ids.
         response_mask: (B, T) valid response tokens.
-        marker_id: token id of the end-of-reasoning marker, or None.
+        marker_id: token id of the end-of-reasoning marker, its token ids when it is several, or None.
     Returns:
         end (B,) long, has_marker (B,) bool.
     Source: POISE §2 (trajectory state / entropy spans).
@@ -77,7 +81,12 @@ def reasoning_end(
     last_valid = torch.where(m, pos, neg).amax(dim=1)
     if marker_id is None:
         return last_valid, torch.zeros(b, dtype=torch.bool, device=response_ids.device)
-    is_marker = m & (response_ids == marker_id)
+    seq = torch.as_tensor([marker_id] if isinstance(marker_id, int) else list(marker_id), device=response_ids.device)
+    n = len(seq)
+    is_marker = torch.zeros_like(m)
+    if 0 < n <= t:  # windows (B, T - n + 1, n): a hit at window s marks its last token, s + n - 1
+        hit = (response_ids.unfold(1, n, 1) == seq).all(dim=-1) & m.unfold(1, n, 1).all(dim=-1)
+        is_marker[:, n - 1:] = hit
     last_marker = torch.where(is_marker, pos, neg).amax(dim=1)
     has_marker = last_marker >= 0
     return torch.where(has_marker, last_marker, last_valid), has_marker
@@ -122,7 +131,7 @@ def rollout_features(
     response_mask: Tensor,
     response_ids: Tensor,
     entropy: Tensor,
-    marker_id: int | None,
+    marker_id: int | Sequence[int] | None,
     k: int = 10,
 ) -> dict[str, Tensor]:
     """All probe features of a batch of rollouts.
@@ -140,7 +149,7 @@ def rollout_features(
         response_mask: (B, T).
         response_ids: (B, T).
         entropy: (B, T) per-token entropies of the policy's next-token distribution.
-        marker_id: end-of-reasoning token id (e.g. </think>) or None.
+        marker_id: end-of-reasoning token id (e.g. </think>), its ids when it is several tokens, or None.
         k: number of positions averaged.
     Returns:
         dict of float32 tensors as above.

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from poise.advantages import poise_targets
 from poise.probe import RidgeProbe, load_probe
-from poise.rollout import RolloutBatch, encode_prompts, generate, score
+from poise.rollout import RolloutBatch, encode_prompts, generate, score, stop_token_ids
 
 # =====================================================================================================================
 # Metrics: pure functions
@@ -75,8 +75,8 @@ def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_pr
     for s in range(0, len(problems), batch_prompts):
         chunk = problems[s:s + batch_prompts]
         ids, mask = encode_prompts(tok, chunk, G)
-        resp, rmask = generate(model, ids, mask, cfg.rollout.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
-                               cfg.rollout.temperature, 1.0, gen, group_size=G)
+        resp, rmask = generate(model, ids, mask, cfg.rollout.max_new_tokens, stop_token_ids(model, tok),
+                               tok.pad_token_id, cfg.rollout.temperature, 1.0, gen, group_size=G)
         scores = task.score_batch(tok.batch_decode(resp, skip_special_tokens=True),
                                   [p for p in chunk for _ in range(G)])
         batch = score(model, RolloutBatch(ids, mask, resp, rmask, G), layer, cfg.rollout.temperature)

@@ -9,6 +9,9 @@ Position ids are `cumsum(mask) - 1`, identical in sampling and scoring, so left 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +88,32 @@ def prompts_shared(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_si
     return bool((ids == ids[:, :1]).all() and (m == m[:, :1]).all())
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """`{name: cache}` for the keyword the model's forward takes its KV cache by: `cache` where the installed
+    transformers has it (5.2x renamed `past_key_values`, which 5.40 removes), else `past_key_values`. A peft
+    wrapper passes keywords through to the model it wraps, whose signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_keyword(type(base)): cache}
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS first, then each EOS id in the model's generation config
+    (Qwen's lists two, `<|im_end|>` and `<|endoftext|>`), without repeats."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None) if config is not None else None
+    for i in ([extra] if isinstance(extra, int) else list(extra or [])):
+        if i is not None and i not in ids:
+            ids.append(int(i))
+    return [i for i in ids if i is not None]
+
+
 def _shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int, cache,
                     logits_to_keep: int = 1):
     """Prefill one row per group (prompt rows 0, G, 2G, ...) into `cache`, then repeat every cache entry and the
@@ -92,30 +121,33 @@ def _shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     compute. Differentiable (the backward sums the G responses' gradients into the one prompt pass)."""
     G = group_size
     out = model(input_ids=prompt_ids[::G], attention_mask=prompt_mask[::G].long(),
-                position_ids=position_ids(prompt_mask[::G]), past_key_values=cache, use_cache=True,
+                position_ids=position_ids(prompt_mask[::G]), **cache_kwargs(model, cache), use_cache=True,
                 logits_to_keep=logits_to_keep)
     cache.batch_repeat_interleave(G)
     return out.logits.repeat_interleave(G, dim=0)
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_id: int,
+def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+             eos_id: int | Sequence[int],
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
              generator: torch.Generator | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses with a KV cache; logits only for the last position; stops when every row has ended.
     With `group_size` G > 1 and rows in runs of G identical prompts, each prompt is prefilled once (1/G of the
     prefill compute) and its cache shared by the group.
 
+    `eos_id`: one id or several (`stop_token_ids`); a row ends at the first of any of them.
     Returns response_ids (B, T) padded with `pad_id` after EOS and response_mask (B, T), T <= max_new_tokens.
     """
     B = prompt_ids.shape[0]
+    eos = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=prompt_ids.device)
     attn = prompt_mask.long()
     pos = position_ids(prompt_mask)
     cache = DynamicCache()
     if prompts_shared(prompt_ids, prompt_mask, group_size):
         logits = _shared_prefill(model, prompt_ids, prompt_mask, group_size, cache)
     else:
-        logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+        logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, **cache_kwargs(model, cache),
                        use_cache=True, logits_to_keep=1).logits
     next_pos = pos[:, -1:] + 1  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
@@ -124,15 +156,15 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
         tok = sample_next(logits[:, -1], temperature, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        done |= tok == eos_id
+        done |= torch.isin(tok, eos)
         if bool(done.all()) or len(tokens) == max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits
+        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                       **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
         next_pos = next_pos + 1
     response = torch.stack(tokens, dim=1)  # (B, T)
-    is_eos = response == eos_id
+    is_eos = torch.isin(response, eos)
     before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
     mask = before == 0  # valid up to and including the first EOS
     return response.masked_fill(~mask, pad_id), mask
@@ -156,7 +188,7 @@ def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer
             cache = DynamicCache()
             first = _shared_prefill(model, batch.prompt_ids, batch.prompt_mask, batch.group_size, cache)
             rest = model(input_ids=batch.response_ids, attention_mask=mask.long(), position_ids=pos[:, L:],
-                         past_key_values=cache, use_cache=True).logits
+                         **cache_kwargs(model, cache), use_cache=True).logits
             logits = torch.cat([first, rest[:, :-1]], dim=1)
             hidden = None if cap is None else torch.cat(
                 [cap.outputs[0].repeat_interleave(batch.group_size, dim=0), cap.outputs[1]], dim=1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from poise.rollout import RolloutBatch, encode_prompts, generate
+from poise.rollout import RolloutBatch, encode_prompts, generate, stop_token_ids
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
@@ -138,13 +138,14 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) ->
     before = dict(task.verifier.stats)
     model.eval()
     device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)  # every EOS id of the tokenizer and the generation config
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
         problems = stream.take(P)  # with several processes: this rank's share of P (trainer.ShardedStream)
         n = len(problems)
         prompt_ids, prompt_mask = (x.to(device) for x in encode_prompts(tokenizer, problems, G))  # (n*G, L)
         response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
-                                               tokenizer.eos_token_id, tokenizer.pad_token_id, r.temperature,
+                                               stops, tokenizer.pad_token_id, r.temperature,
                                                r.top_p, generator, group_size=G)
         n_tokens += int(response_mask.sum())
         meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask[::G].sum()),  # prefilled once per group
@@ -158,7 +159,7 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) ->
         all_scores.append(scores)
         all_levels += [p.level for p in expanded]
         batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G,
-                             ended=(response_ids == tokenizer.eos_token_id).any(dim=1))
+                             ended=torch.isin(response_ids, torch.tensor(stops, device=device)).any(dim=1))
         ok = varied_groups(scores, G) if G > 1 else torch.zeros(n, dtype=torch.bool)
         generated, varied = generated + n, varied + int(ok.sum())
         if spread:

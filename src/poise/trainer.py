@@ -78,10 +78,11 @@ class PromptStream:
         return out
 
 
-def marker_token_id(tokenizer, marker: str) -> int | None:
-    """Token id of the end-of-reasoning marker if it is a single token, else None (features fall back to last k)."""
-    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
+def marker_token_id(tokenizer, marker: str) -> int | list[int] | None:
+    """The end-of-reasoning marker's token id, or its ids (matched as a sequence) when it takes several tokens;
+    None for an empty marker (features then use the last k tokens and the answer entropy is 0)."""
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if marker else []
+    return ids[0] if len(ids) == 1 else (list(ids) or None)
 
 
 def n_tokens(batch: RolloutBatch, shared_prompts: bool = True) -> int:
