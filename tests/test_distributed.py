@@ -181,3 +181,63 @@ def test_dynamic_sampling_with_two_processes(micro_dir, tmp_path):
         if trained:
             assert m["dist/probe_in_sync"] == 1
     assert {m["dynamic_sampling/dropped_uneven"] for m in rows} == {0, 1}  # both cases ran (seed 1)
+
+
+def _descendant_with_rank(root: int, rank: int) -> int | None:
+    """The process under `root` whose environment says RANK=`rank` (a worker of torchrun / accelerate launch)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            continue
+        if pid != root and f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            return pid
+    return None
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_resumes(micro_dir, tmp_path):
+    """SLURM may signal the ranks at different moments: the ranks agree after each step, all stop after the same one,
+    rank 0 writes that step's checkpoint, and `--resume` with two processes gives the uninterrupted run's logs."""
+    import signal
+    import time
+
+    def args(run, *more):
+        return ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "6",
+                "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
+                "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size",
+                "64", "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
+                "--reward.function", "test_rewards_light:trl_parity", "--checkpoint.every", "0", "--threads", "1",
+                *more]
+
+    def launch(run, *more):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--main_process_port", _free_port(), "-m", "poise.cli", *args(run, *more)]
+        return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    p = launch(full)
+    assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    p = launch(cut)
+    deadline = time.time() + 300
+    while (not (cut / "metrics.jsonl").exists() or len((cut / "metrics.jsonl").read_text().splitlines()) < 2) \
+            and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    rank1 = _descendant_with_rank(p.pid, 1)
+    assert rank1 is not None, "no rank-1 worker found"
+    os.kill(rank1, signal.SIGTERM)  # rank 0 gets no signal
+    p.wait(timeout=300)
+    err = p.stderr.read()
+    stopped = len((cut / "metrics.jsonl").read_text().splitlines())
+    assert p.returncode != 0 and stopped < 6, err[-3000:]
+    assert f"SIGTERM received: stopped after step {stopped} with a checkpoint" in err, err[-3000:]
+    assert [c.name for c in (cut / "checkpoints").iterdir()] == [f"step-{stopped:06d}"]
+    p = launch(cut, "--resume")
+    assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    drop = ("time", "dist/")  # time/* and time_total/*: wall clock
+    rows = [[{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(d)] for d in (full, cut)]
+    diff = sorted({k for a, b in zip(*rows) for k in a.keys() | b.keys() if a.get(k) != b.get(k)})
+    assert not diff and len(rows[0]) == len(rows[1]) == 6, diff

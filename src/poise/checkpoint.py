@@ -288,8 +288,8 @@ def load_checkpoint(path: str | Path, parts: dict) -> dict:
     return state
 
 
-# Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("resume", "max_steps", "threads", "report_to", "log_samples_every", "log_samples")
+# Fields that may differ between a run and its resumption (output_dir: a run directory moved or copied elsewhere).
+RESUMABLE_CHANGES = ("resume", "max_steps", "threads", "report_to", "log_samples_every", "log_samples", "output_dir")
 
 
 def resume(cfg, parts: dict) -> int:
@@ -320,7 +320,7 @@ def resume(cfg, parts: dict) -> int:
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"{changed[0]}: the config differs from the checkpoint {path} ({diffs}); only max_steps, "
-                          f"threads, budget.* and checkpoint.* may change on resume")
+                          f"threads, output_dir, budget.* and checkpoint.* may change on resume")
     world = parts["dist"].world if parts.get("dist") is not None else 1
     saved_world = json.loads((path / "state.json").read_text()).get("world_size", 1)
     if saved_world != world:

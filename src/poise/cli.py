@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"poise {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:  # SIGTERM / SIGINT: the step finished and its checkpoint is written
-        print(f"poise {args.command}: {e}", file=sys.stderr)
+        again = "run the same `poise compare` again" if args.command == "compare" else "continue with --resume"
+        print(f"poise {args.command}: {e}; {again} (exit status {exit_status(e.signum)})", file=sys.stderr)
         return exit_status(e.signum)
     except CheckpointError as e:  # a full disk or a failed write; the previous checkpoint is intact
         print(f"poise {args.command}: stopped: {e}", file=sys.stderr)

@@ -30,7 +30,7 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int, checkpoint):
         self.signum, self.step, self.checkpoint = int(signum), step, checkpoint
         super().__init__(f"{signal.Signals(signum).name} received: stopped after step {step} with a checkpoint in "
-                         f"{checkpoint}; continue with --resume (exit status {exit_status(signum)})")
+                         f"{checkpoint}")
 
 
 class StopRequest:
