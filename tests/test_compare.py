@@ -184,5 +184,5 @@ def test_the_long_response_config_builds_a_valid_run_for_every_method():
     assert cfg.methods == ["poise", "dapo"] and cfg.eval_max_new_tokens == 256
     for method in cfg.methods:
         run = build_config(TrainConfig, run_values(cfg, method, 0))
-        assert run.model.name == "runs/sft_long" and run.task.levels == ["t16d1", "t20d1", "t24d1"]
+        assert run.model.name == "runs/sft_long" and run.task.levels == ["t20d1", "t24d1", "t28d1"]
         assert run.rollout.max_new_tokens == 256
