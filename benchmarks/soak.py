@@ -28,15 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fsdp_memory  # noqa: E402  (its /proc reader)
+
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """VmRSS of `pid` in MB; NaN once the process is gone (fsdp_memory.rss_mb reads 0 then)."""
+    return fsdp_memory.rss_mb(pid) or float("nan")
 
 
 def children(pid: int) -> list[int]:

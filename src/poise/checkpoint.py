@@ -212,11 +212,6 @@ def problem(path: Path) -> str | None:
     return None
 
 
-def is_valid(path: Path) -> bool:
-    """True when `path/manifest.json` exists and every file it lists has the recorded sha256."""
-    return problem(path) is None
-
-
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoint directories with a manifest, oldest first (by step; no hash check)."""
     root = checkpoint_dir(run_dir)

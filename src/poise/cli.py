@@ -99,11 +99,12 @@ def unknown_option(command: str, unknown: list[str]) -> str:
     bad = next((u for u in unknown if u.startswith("-")), unknown[0])
     if not bad.startswith("-"):
         return f"unexpected argument {bad!r} (options are --section.field VALUE)"
-    known = [f"--{key}" for key, _, _ in flat_fields(COMMANDS[command][0])] + ["--config"]
-    close = difflib.get_close_matches(bad.split("=")[0].replace("-", "_").replace("__", "--", 1),
-                                      [k.replace("-", "_").replace("__", "--", 1) for k in known], n=2, cutoff=0.6)
+    flag = bad.split("=")[0]
+    key = flag.lstrip("-").replace("-", "_")  # --max-step and --max_step name the same key
+    known = [k for k, _, _ in flat_fields(COMMANDS[command][0])] + ["config"]
+    close = [f"--{k}" for k in difflib.get_close_matches(key, known, n=2, cutoff=0.6)]
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; `poise {command} --help` lists them"
-    return f"{bad.split('=')[0].lstrip('-')}: unknown option {bad.split('=')[0]}{hint}"
+    return f"{flag.lstrip('-')}: unknown option {flag}{hint}"
 
 
 def main(argv: list[str] | None = None) -> int:

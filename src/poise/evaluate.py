@@ -219,12 +219,7 @@ def _build(cfg):
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    try:
-        model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)
-    except ValueError as e:
-        if str(e).startswith("model.name"):
-            raise ConfigError(str(e)) from None
-        raise
+    model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)  # MissingModelError
     problems, info["long_prompts_dropped"] = drop_long_prompts(problems, tokenizer, cfg.task.max_prompt_tokens)
     if not problems:
         raise ConfigError(f"task.max_prompt_tokens: every selected prompt is longer than {cfg.task.max_prompt_tokens} "
