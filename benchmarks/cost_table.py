@@ -5,7 +5,7 @@
 Per run, from `metrics.jsonl`: the method (`algorithm.name` of the run's config.yaml), steps, reward over the first
 and the last fifth of steps and the difference in standard errors (as in learning_signal.py), and per-step means
 of the compute counters (prompts, samples, generated tokens, forward and backward tokens; see
-src/poise/compute.py), the median wall time of a step and of its phases, and the run's total step time.
+src/poise/train/compute.py), the median wall time of a step and of its phases, and the run's total step time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from learning_signal import learning_signal, write_json  # noqa: E402
-from poise.tracking import read_metrics  # noqa: E402
+from poise.io.tracking import read_metrics  # noqa: E402
 
 PHASES = ("generate", "score", "update", "critic")
 

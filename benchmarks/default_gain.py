@@ -35,7 +35,7 @@ def cpu_flags() -> str:
 
 def poise(*args: str) -> float:
     t = time.time()
-    subprocess.run([sys.executable, "-m", "poise.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "poise.commands.cli", *args], check=True)
     return time.time() - t
 
 

@@ -4,7 +4,7 @@
     python benchmarks/fsdp_memory.py --model smollm2-135m --steps 5 --reps 3 --mmap-threshold 0 \
         --out results/fsdp_timing.json
 
-Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.cli train ...` run of POISE, the
+Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.commands.cli train ...` run of POISE, the
 two modes alternating within a repetition. DDP is `--multi_gpu` (every rank keeps the whole model, its gradients
 and its AdamW moments); FSDP adds `--fsdp true` (each rank keeps half of each, and gathers the whole model for
 sampling and scoring). Per run:
@@ -85,7 +85,7 @@ def one_run(mode: str, args: argparse.Namespace, out: Path) -> dict:
              "--rollout.max_new_tokens", str(args.max_new_tokens), "--threads", "1", "--checkpoint.every", "0",
              "--report-to", "none", "--output-dir", str(out), *(["--fsdp", "true"] if mode == "fsdp" else [])]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--main_process_port", free_port(), "-m", "poise.cli", *train]
+              "--main_process_port", free_port(), "-m", "poise.commands.cli", *train]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            **({"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {})}
     peaks: dict = {}

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hostile import hostile_answers  # noqa: E402
 
-from poise.rewards import math_reward  # noqa: E402
-from poise.tasks.base import Problem  # noqa: E402
-from poise.verifier import SafeVerifier  # noqa: E402
+from poise.data.tasks.rewards import math_reward  # noqa: E402
+from poise.data.tasks.base import Problem  # noqa: E402
+from poise.data.verifier import SafeVerifier  # noqa: E402
 
 
 def main() -> None:

@@ -28,16 +28,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_gain import cpu_flags  # noqa: E402
 
-from poise.advantages import group_view, rloo_advantages  # noqa: E402
-from poise.compute import ComputeMeter  # noqa: E402
-from poise.config import TrainConfig, build_config  # noqa: E402
-from poise.distributed import Dist  # noqa: E402
-from poise.models import load_model  # noqa: E402
-from poise.rollout import response_logits, token_logprobs  # noqa: E402
-from poise.sampling import collect  # noqa: E402
-from poise.tasks.dataset import build_task  # noqa: E402
-from poise.trainer import PromptStream  # noqa: E402
-from poise.verifier import SafeVerifier  # noqa: E402
+from poise.algo.advantages import group_view, rloo_advantages  # noqa: E402
+from poise.train.compute import ComputeMeter  # noqa: E402
+from poise.io.config import TrainConfig, build_config  # noqa: E402
+from poise.parallel.distributed import Dist  # noqa: E402
+from poise.rollout.models import load_model  # noqa: E402
+from poise.rollout.engine import response_logits, token_logprobs  # noqa: E402
+from poise.rollout.sampling import collect  # noqa: E402
+from poise.data.tasks.dataset import build_task  # noqa: E402
+from poise.train.loop import PromptStream  # noqa: E402
+from poise.data.verifier import SafeVerifier  # noqa: E402
 
 
 def batch_gradient(model, batch, rewards, temperature: float) -> torch.Tensor:

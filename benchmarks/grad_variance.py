@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model
 
-from poise.compute import ComputeMeter
-from poise.config import TrainConfig, build_config, load_yaml
-from poise.features import rollout_features
-from poise.losses import ppo_clip_loss
-from poise.models import decoder_layers, load_policy, resolve_layer
-from poise.probe import RidgeProbe
-from poise.rollout import response_logits, score, token_logprobs
-from poise.sampling import collect
-from poise.tasks import get_task
-from poise.tasks.dataset import task_kwargs
-from poise.trainer import PromptStream, compute_advantages, marker_token_id
+from poise.train.compute import ComputeMeter
+from poise.io.config import TrainConfig, build_config, load_yaml
+from poise.algo.features import rollout_features
+from poise.algo.losses import ppo_clip_loss
+from poise.rollout.models import decoder_layers, load_policy, resolve_layer
+from poise.algo.probe import RidgeProbe
+from poise.rollout.engine import response_logits, score, token_logprobs
+from poise.rollout.sampling import collect
+from poise.data.tasks import get_task
+from poise.data.tasks.dataset import task_kwargs
+from poise.train.loop import PromptStream, compute_advantages, marker_token_id
 
 
 def load_probe_at(ckpt: Path) -> RidgeProbe | None:

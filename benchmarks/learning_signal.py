@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from poise.tracking import read_metrics  # noqa: E402
+from poise.io.tracking import read_metrics  # noqa: E402
 
 
 def learning_signal(rows: list[dict]) -> dict:

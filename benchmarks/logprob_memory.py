@@ -24,8 +24,8 @@ import time
 def child(variant: str, rows: int, tokens: int, vocab: int, repeats: int) -> dict:
     import torch
 
-    from poise.features import token_entropy
-    from poise.rollout import logprobs_and_entropy, token_logprobs
+    from poise.algo.features import token_entropy
+    from poise.rollout.engine import logprobs_and_entropy, token_logprobs
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from poise.tracking import read_metrics  # noqa: E402
+from poise.io.tracking import read_metrics  # noqa: E402
 
 KEYS = ("reward/mean", "entropy/mean", "clip_ratio", "kl/approx", "grad_norm", "completion/mean_length")
 
@@ -50,7 +50,7 @@ def main() -> None:
     for lr in a.lrs.split(","):
         run = Path(a.out) / f"lr{lr}"
         if not ((run / "metrics.jsonl").is_file() and len(read_metrics(run)) >= a.max_steps):
-            subprocess.run([sys.executable, "-m", "poise.cli", "train", "--optim.lr", lr, "--max-steps",
+            subprocess.run([sys.executable, "-m", "poise.commands.cli", "train", "--optim.lr", lr, "--max-steps",
                             str(a.max_steps), "--output-dir", str(run), "--checkpoint.every", "0", *a.extra],
                            check=True)
         results[lr] = summarise(read_metrics(run), a.window)

@@ -1,6 +1,6 @@
 """Paired change between two `poise eval` outputs on the same problems: per level and overall, the mean over problems
 of (correct fraction after - correct fraction before), its standard error sd / sqrt(n) and its 95% percentile
-bootstrap interval (problems resampled as pairs; `poise.stats.paired_difference`).
+bootstrap interval (problems resampled as pairs; `poise.algo.stats.paired_difference`).
 
     python benchmarks/paired_eval.py runs/eval/before.jsonl runs/eval/after.jsonl [--bootstrap 2000 --seed 0]
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from poise.stats import paired_difference
+from poise.algo.stats import paired_difference
 
 
 def paired(before: list[dict], after: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:

@@ -11,7 +11,7 @@ model and task; the methods run in a rotated order in each repetition so slow sp
 all of them. Per run: the median over steps FROM..N (POISE's probe baseline starts at step 17) of every `time/*_s`
 phase and of generated tokens per second;
 peak resident memory of the process (`ru_maxrss`). Reported per method: the median over repetitions, and for step
-time also the min and max. Phases (src/poise/trainer.py): generate (sampling, minus reward time), reward
+time also the min and max. Phases (src/poise/train/loop.py): generate (sampling, minus reward time), reward
 (answer checking in the sandbox), score (old log-probs, entropies, probe-layer states, POISE features; it includes
 the first mini-batch's forward, which the update reuses), advantages (probe predictions and the estimator), update
 (PPO steps), critic (PPO's value model), probe (buffer update and refit).
@@ -35,7 +35,7 @@ PHASES = ("generate", "reward", "score", "advantages", "update", "critic", "prob
 def one_run(method: str, steps: int, threads: int, where: Path, src: str | None = None, first: int = 3,
             train_args: tuple[str, ...] = ()) -> dict:
     out = where / f"{method}"
-    cmd = [sys.executable, "-m", "poise.cli", "train", "--config", method, "--max_steps", str(steps),
+    cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--config", method, "--max_steps", str(steps),
            "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0", *train_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"PYTHONPATH": str(Path(src).resolve())} if src else {})}
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: the progress bar cannot fill it and block

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from poise.advantages import group_view, leave_one_out_mean, poise_targets
-from poise.features import rollout_features
-from poise.probe import FeatureBuffer, RidgeProbe
+from poise.algo.advantages import group_view, leave_one_out_mean, poise_targets
+from poise.algo.features import rollout_features
+from poise.algo.probe import FeatureBuffer, RidgeProbe
 
 SIZES = {  # rows per step (prompts x G), prompt / response tokens, hidden width, buffer rows, PCA dims
     "default (H 128)": dict(rows=128, L=30, T=20, H=128, buffer=4096, dp=32, dt=64),

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from poise.tracking import read_metrics
+from poise.io.tracking import read_metrics
 
 
 def run(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "poise.cli", "train", *args], stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "poise.commands.cli", "train", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
 

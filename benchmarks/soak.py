@@ -104,7 +104,7 @@ def control(run: Path, from_step: int, threads: int) -> dict:
             shutil.rmtree(ckpt)
     if not (fresh / "checkpoints" / f"step-{from_step:06d}").is_dir():
         raise SystemExit(f"{run} has no checkpoint at step {from_step} (checkpoint.every 500 keeps the last two)")
-    cmd = [sys.executable, "-m", "poise.cli", "train", "--config", str(fresh / "config.yaml"), "--output_dir",
+    cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--config", str(fresh / "config.yaml"), "--output_dir",
            str(fresh), "--resume", "--threads", str(threads), "--max_steps", str(last)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -151,7 +151,7 @@ def main() -> None:
     samples = []
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(a.keep) if a.keep else Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "poise.cli", "train", "--model.name", "micro", "--max_steps", str(a.steps),
+        cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--model.name", "micro", "--max_steps", str(a.steps),
                "--threads", str(a.threads), "--output_dir", str(run), "--checkpoint.every", "500",
                "--log_samples_every", "100", *a.train_arg]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from poise.tracking import read_metrics  # noqa: E402
+from poise.io.tracking import read_metrics  # noqa: E402
 
 
 def eval_spread(rows: list[dict]) -> dict:

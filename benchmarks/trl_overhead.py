@@ -11,8 +11,8 @@ from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from poise.integrations.trl import POISEConfig, POISETrainer
-from poise.models import build_tiny_model, build_tokenizer, tokenizer_corpus
-from poise.tasks import build_messages, get_task
+from poise.rollout.models import build_tiny_model, build_tokenizer, tokenizer_corpus
+from poise.data.tasks import build_messages, get_task
 
 PRESET, STEPS = sys.argv[1], int(sys.argv[2])
 tok = build_tokenizer(tokenizer_corpus("chain_sum", n=300), vocab_size=300)

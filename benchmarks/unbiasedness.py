@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from poise.advantages import poise_advantages, rloo_advantages
+from poise.algo.advantages import poise_advantages, rloo_advantages
 
 P, K = 64, 8
 

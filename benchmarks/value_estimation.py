@@ -4,7 +4,7 @@
     python benchmarks/value_estimation.py --ppo-run runs/value/ppo --out results/value_estimation.json
 
 The commands in docs/RESULTS.md were written against this script; it is now a thin wrapper over
-`poise probe-eval` (src/poise/probe_eval.py), which holds the study and its description. The only differences are
+`poise probe-eval` (src/poise/commands/probe_eval.py), which holds the study and its description. The only differences are
 the defaults: the transfer study runs here by default, fitted on chain_sum's easy levels and scored on the hard
 ones, and `--poise-run` is `--other-run` there.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from poise.config import ProbeEvalConfig, build_config
-from poise.probe_eval import run_probe_eval
+from poise.io.config import ProbeEvalConfig, build_config
+from poise.commands.probe_eval import run_probe_eval
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ P, G, T = 16, 8, 32
 
 
 def build(preset: str, where: Path):
-    from poise.models import build_tiny_model, build_tokenizer, tokenizer_corpus
+    from poise.rollout.models import build_tiny_model, build_tokenizer, tokenizer_corpus
 
     tok = build_tokenizer(tokenizer_corpus("chain_sum", n=300), vocab_size=300)
     build_tiny_model(preset, tok, seed=0).save_pretrained(where)
@@ -52,7 +52,7 @@ def run_trl(model_dir: Path, steps: int, out: Path, poise: bool = False) -> dict
 
     from poise.integrations.trl import POISEConfig, POISETrainer
 
-    from poise.tasks import build_messages, get_task
+    from poise.data.tasks import build_messages, get_task
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -89,9 +89,9 @@ def run_trl(model_dir: Path, steps: int, out: Path, poise: bool = False) -> dict
 
 
 def run_ours(model_dir: Path, steps: int, out: Path, poise: bool = False) -> dict:
-    from poise.config import TrainConfig, build_config, load_yaml
-    from poise.tracking import read_metrics
-    from poise.trainer import train
+    from poise.io.config import TrainConfig, build_config, load_yaml
+    from poise.io.tracking import read_metrics
+    from poise.train.loop import train
 
     values = load_yaml("poise" if poise else "grpo")
     prompts, g = (P * G // 2, 2) if poise else (P, G)

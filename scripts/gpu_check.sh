@@ -16,12 +16,12 @@ for m in grpo dapo rloo ppo; do
 done
 poise eval --model.name "$out/poise/policy" --device cuda --num-problems 100 --k 4 --output "$out/eval.jsonl"
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --max-steps 10 --output-dir "$out/ddp"
-  accelerate launch --multi_gpu --num_processes 2 -m poise.cli train --config dapo --max-steps 5 \
+  accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --max-steps 10 --output-dir "$out/ddp"
+  accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --config dapo --max-steps 5 \
     --output-dir "$out/ddp_dapo"
-  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.cli train --max-steps 10 \
+  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train --max-steps 10 \
     --output-dir "$out/fsdp"                                                       # FSDP2 over NCCL
-  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.cli train --config ppo \
+  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train --config ppo \
     --max-steps 5 --output-dir "$out/fsdp_ppo"
 fi
 echo "gpu_check: every run finished; see $out/*/metrics.jsonl"

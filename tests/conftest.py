@@ -14,8 +14,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 import pytest  # noqa: E402
 
-from poise.models import build_tiny_model, build_tokenizer, tokenizer_corpus  # noqa: E402
-from poise.tasks import ChainSumTask, register_task  # noqa: E402
+from poise.rollout.models import build_tiny_model, build_tokenizer, tokenizer_corpus  # noqa: E402
+from poise.data.tasks import ChainSumTask, register_task  # noqa: E402
 from test_rewards_light import parity_reward  # noqa: E402  (a light module: the verifier worker imports it)
 
 
@@ -50,7 +50,7 @@ TINY_RUN = {"task.name": "parity_test", "task.train_size": 64, "max_steps": 2, "
 def tiny_run(micro_dir):
     """Factory: a 2-step TrainConfig on the micro model and the parity task, in `tmp_path / 'run'`.
     `preset` names a packaged config (grpo, ppo, ...) applied under the tiny sizes; keyword overrides win."""
-    from poise.config import TrainConfig, build_config, load_yaml
+    from poise.io.config import TrainConfig, build_config, load_yaml
 
     def make(tmp_path, preset=None, **over):
         values = load_yaml(preset) if preset else {}
@@ -63,8 +63,8 @@ def tiny_run(micro_dir):
 
 def train_and_diff(cfg, model_dir):
     """Train `cfg` without a progress bar; returns (final metrics, names of policy parameters left unchanged)."""
-    from poise.models import load_local
-    from poise.trainer import train
+    from poise.rollout.models import load_local
+    from poise.train.loop import train
 
     before, _ = load_local(model_dir)
     last = train(cfg, progress=False)

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks) or alone (1 rank): one fixed batch, one policy update
 and one probe fit; writes the updated weights and the probe to OUT/rank<r>.safetensors. With a third argument
-'fsdp' the model is sharded (poise.fsdp): sampling and scoring run gathered, and the weights written are the full
+'fsdp' the model is sharded (poise.parallel.fsdp): sampling and scoring run gathered, and the weights written are the full
 ones gathered to rank 0 (rank 1 writes none)."""
 
 import json
@@ -13,18 +13,18 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402,F401  (registers parity_test)
 
-from poise.advantages import group_view, poise_targets  # noqa: E402
-from poise.compute import ComputeMeter  # noqa: E402
-from poise.config import TrainConfig, build_config  # noqa: E402
-from poise.distributed import Dist  # noqa: E402
-from poise import fsdp  # noqa: E402
-from poise.features import rollout_features  # noqa: E402
-from poise.models import decoder_layers, load_local  # noqa: E402
-from poise.probe import RidgeProbe  # noqa: E402
-from poise.rollout import score  # noqa: E402
-from poise.sampling import collect  # noqa: E402
-from poise.tasks import get_task  # noqa: E402
-from poise.trainer import PromptStream, compute_advantages, policy_update  # noqa: E402
+from poise.algo.advantages import group_view, poise_targets  # noqa: E402
+from poise.train.compute import ComputeMeter  # noqa: E402
+from poise.io.config import TrainConfig, build_config  # noqa: E402
+from poise.parallel.distributed import Dist  # noqa: E402
+from poise.parallel import fsdp  # noqa: E402
+from poise.algo.features import rollout_features  # noqa: E402
+from poise.rollout.models import decoder_layers, load_local  # noqa: E402
+from poise.algo.probe import RidgeProbe  # noqa: E402
+from poise.rollout.engine import score  # noqa: E402
+from poise.rollout.sampling import collect  # noqa: E402
+from poise.data.tasks import get_task  # noqa: E402
+from poise.train.loop import PromptStream, compute_advantages, policy_update  # noqa: E402
 
 
 def main(values: dict, out: str, sharded: bool = False) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from poise.cli import main
+from poise.commands.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REWARDS = FIXTURES / "bad_rewards.py"

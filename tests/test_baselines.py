@@ -6,17 +6,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from poise.advantages import value_advantages
-from poise.compute import COUNTERS, ComputeMeter, budget_reached
-from poise.config import ConfigError, TrainConfig, build_config
-from poise.critic import ValueModel, critic_update, explained_variance
-from poise.losses import value_loss
-from poise.models import load_local
-from poise.rollout import RolloutBatch, encode_prompts, generate, score
-from poise.sampling import cat_batches, collect, overlong_penalty, varied_groups
-from poise.tasks import get_task, register_task
-from poise.tracking import read_metrics
-from poise.trainer import PromptStream, compute_advantages, train
+from poise.algo.advantages import value_advantages
+from poise.train.compute import COUNTERS, ComputeMeter, budget_reached
+from poise.io.config import ConfigError, TrainConfig, build_config
+from poise.train.critic import ValueModel, critic_update, explained_variance
+from poise.algo.losses import value_loss
+from poise.rollout.models import load_local
+from poise.data.tasks import encode_prompts
+from poise.rollout.engine import RolloutBatch, generate, score
+from poise.rollout.sampling import cat_batches, collect, overlong_penalty, varied_groups
+from poise.data.tasks import get_task, register_task
+from poise.io.tracking import read_metrics
+from poise.train.loop import PromptStream, compute_advantages, train
 from conftest import ParityTask, train_and_diff
 from test_rewards_light import half_solvable_reward
 
@@ -294,7 +295,7 @@ def test_config_rules_for_the_baselines():
 
 
 def test_the_progress_bar_counts_towards_the_first_budget_set():
-    from poise.compute import progress_budget
+    from poise.train.compute import progress_budget
 
     assert progress_budget({}) is None and progress_budget({"samples": 0}) is None
     assert progress_budget({"generated_tokens": 300000}) == ("generated_tokens", 300000.0)

@@ -13,17 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from poise.checkpoint import complete_checkpoints, latest_checkpoint
-from poise.configio import ConfigError
-from poise.tracking import read_metrics
-from poise.trainer import train
+from poise.io.checkpoint import complete_checkpoints, latest_checkpoint
+from poise.io.configio import ConfigError
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
 
 TESTS = Path(__file__).resolve().parent
 CHILD = """
 import json, sys, yaml
 sys.path.insert(0, {tests!r})
 import conftest  # registers the parity_test task
-from poise.cli import main
+from poise.commands.cli import main
 open(sys.argv[2], "w").write(yaml.safe_dump(json.loads(sys.argv[1])))
 sys.exit(main(["train", "--config", sys.argv[2]]))
 """
@@ -131,7 +131,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_bit_identically(micro
 
 
 def test_a_second_signal_exits_at_once():
-    from poise.preemption import StopRequest
+    from poise.train.preemption import StopRequest
 
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
@@ -214,8 +214,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint_for_the_one_before(tiny_run, t
 def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_loadable(tiny_run, tmp_path, monkeypatch):
     import errno
 
-    import poise.checkpoint as ckpt
-    from poise.checkpoint import CheckpointError
+    import poise.io.checkpoint as ckpt
+    from poise.io.checkpoint import CheckpointError
 
     real, calls = ckpt.save_file, []
 
@@ -243,8 +243,8 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_loadable(tiny_
 def test_a_full_disk_before_a_checkpoint_says_how_much_it_needs(tiny_run, tmp_path, monkeypatch):
     import collections
 
-    import poise.checkpoint as ckpt
-    from poise.checkpoint import CheckpointError
+    import poise.io.checkpoint as ckpt
+    from poise.io.checkpoint import CheckpointError
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from poise.cli import main
-from poise.compare import load_eval_cache
-from poise.compare_report import first_crossing, report, summarise
-from poise.compute import COUNTERS, estimated_flops
-from poise.tracking import read_metrics
+from poise.commands.cli import main
+from poise.commands.compare import load_eval_cache
+from poise.commands.compare_report import first_crossing, report, summarise
+from poise.train.compute import COUNTERS, estimated_flops
+from poise.io.tracking import read_metrics
 
 
 def pts(accs, tokens=100, n=4):
@@ -142,8 +142,8 @@ def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
 def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
     """configs/compare/gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it
     makes must exist and hold a valid value."""
-    from poise.compare import run_values
-    from poise.config import CompareConfig, TrainConfig, build_config, load_yaml
+    from poise.commands.compare import run_values
+    from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
 
     cfg = build_config(CompareConfig, load_yaml("compare/gpu"))
     assert cfg.methods == ["poise", "dapo", "grpo", "rloo"] and cfg.eval_batch_prompts == 16
@@ -177,8 +177,8 @@ def test_compare_help_lists_the_bootstrap_options(capsys):
 def test_the_long_response_config_builds_a_valid_run_for_every_method():
     """configs/compare/long.yaml needs a warm start built by the command in its header; its keys and values must be
     valid for every run it makes."""
-    from poise.compare import run_values
-    from poise.config import CompareConfig, TrainConfig, build_config, load_yaml
+    from poise.commands.compare import run_values
+    from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
 
     cfg = build_config(CompareConfig, load_yaml("compare/long"))
     assert cfg.methods == ["poise", "dapo"] and cfg.eval_max_new_tokens == 256

@@ -1,7 +1,7 @@
 import pytest
 
-from poise.cli import config_from_args, make_parser, main
-from poise.config import ConfigError, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml
+from poise.commands.cli import config_from_args, make_parser, main
+from poise.io.config import ConfigError, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml
 
 
 def parse(*argv):

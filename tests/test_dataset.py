@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from poise.tasks import DatasetError, DatasetTask, Task, available_tasks, get_task
-from poise.tasks import datafiles
-from poise.tasks import dataset as ds
-from poise.tasks.base import split_of
+from poise.data.tasks import DatasetError, DatasetTask, Task, available_tasks, get_task
+from poise.data.tasks import datafiles
+from poise.data.tasks import dataset as ds
+from poise.data.tasks.base import split_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -87,7 +87,7 @@ def test_blank_lines_are_not_rows_and_line_numbers_are_physical(tmp_path):
 def test_registry_and_reward_fn(tmp_path):
     assert {"dataset", "gsm8k", "math500", "aime24", "aime25", "amc23"} <= set(available_tasks())
     task = get_task("dataset", path=str(write_jsonl(tmp_path / "d.jsonl", good_rows())))
-    from poise.rewards import math_reward
+    from poise.data.tasks.rewards import math_reward
 
     assert DatasetTask.reward_fn is math_reward
     assert "score" not in vars(DatasetTask) and "score_batch" not in vars(DatasetTask)
@@ -331,7 +331,7 @@ def test_benchmarks_dir_env_and_not_found(monkeypatch, tmp_path):
 
 def _failures(pairs):
     """The (problem, response) pairs that math_reward does not score 1.0."""
-    from poise.rewards import math_reward
+    from poise.data.tasks.rewards import math_reward
 
     return [(p, resp) for p, resp in pairs if math_reward(resp, p) != 1.0]
 
@@ -371,13 +371,13 @@ def test_gold_solutions_score_one(bench):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from poise.models import build_tokenizer, tokenizer_corpus
+    from poise.rollout.models import build_tokenizer, tokenizer_corpus
 
     return build_tokenizer(tokenizer_corpus("chain_sum", n=300), vocab_size=300)
 
 
 def test_drop_long_prompts_drops_exactly_the_long_ones(tmp_path, tokenizer):
-    from poise.rollout import encode_prompts
+    from poise.data.tasks import encode_prompts
 
     rows = [{"prompt": "What is " + " + ".join(["12"] * (1 + i % 9)) + "?", "answer": "1"} for i in range(30)]
     rows = [dict(r, prompt=r["prompt"] + f" #{i}") for i, r in enumerate(rows)]
@@ -402,7 +402,7 @@ def test_drop_long_prompts_drops_exactly_the_long_ones(tmp_path, tokenizer):
 
 
 def test_config_fields_and_checks(tmp_path):
-    from poise.config import ConfigError, TrainConfig, build_config
+    from poise.io.config import ConfigError, TrainConfig, build_config
 
     path = str(write_jsonl(tmp_path / "d.jsonl", good_rows()))
     cfg = build_config(TrainConfig, {"task.name": "dataset", "task.path": path, "task.answer_field": "answer",

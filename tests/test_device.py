@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from poise.checkpoint import _sha256, latest_checkpoint
-from poise.cli import main
-from poise.config import ConfigError, TrainConfig, build_config, load_yaml
-from poise.distributed import Dist, resolve_device
-from poise.trainer import train
+from poise.io.checkpoint import _sha256, latest_checkpoint
+from poise.commands.cli import main
+from poise.io.config import ConfigError, TrainConfig, build_config, load_yaml
+from poise.parallel.distributed import Dist, resolve_device
+from poise.train.loop import train
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
 

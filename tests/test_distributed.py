@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from poise.distributed import Dist, check_layout
-from poise.tracking import read_metrics
+from poise.parallel.distributed import Dist, check_layout
+from poise.io.tracking import read_metrics
 
 TESTS = Path(__file__).resolve().parent
 
@@ -80,8 +80,8 @@ def test_a_short_last_mini_batch_is_split_evenly_too():
 
 
 def test_dynamic_sampling_keeps_the_first_varied_groups_over_all_ranks_and_evens_the_split():
-    from poise.rollout import RolloutBatch
-    from poise.sampling import global_keep, rebalance
+    from poise.rollout.engine import RolloutBatch
+    from poise.rollout.sampling import global_keep, rebalance
 
     P, M, W, G = 8, 4, 2, 2
     varied = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)  # one process keeps 1, 2, 4 with budget 3
@@ -140,7 +140,7 @@ def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
             "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
             "--reward.function", "test_rewards_light:trl_parity", "--checkpoint.every", "1", "--threads", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", _free_port(), "-m", "poise.cli", *args]
+           "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(run)
@@ -151,7 +151,7 @@ def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
     assert set(rng) == {"torch.rank0", "torch.rank1", "generator.rank0", "generator.rank1"}
     assert not torch.equal(rng["generator.rank0"], rng["generator.rank1"])  # ranks sample differently
     # resuming with another number of processes is refused, naming the reason
-    r = subprocess.run([sys.executable, "-m", "poise.cli", *args[:-4], "--max-steps", "4", "--resume"],
+    r = subprocess.run([sys.executable, "-m", "poise.commands.cli", *args[:-4], "--max-steps", "4", "--resume"],
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "written by 2 process(es)" in r.stderr
 
@@ -168,7 +168,7 @@ def test_dynamic_sampling_with_two_processes(micro_dir, tmp_path):
             "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
             "--reward.function", "test_rewards_light:trl_parity", "--threads", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", _free_port(), "-m", "poise.cli", *args]
+           "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(run)
@@ -215,7 +215,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_resumes(mi
 
     def launch(run, *more):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--main_process_port", _free_port(), "-m", "poise.cli", *args(run, *more)]
+               "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args(run, *more)]
         return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from poise.cli import main
-from poise.config import ConfigError, EvalConfig, build_config, flat_fields
-from poise.evaluate import (aggregate, aggregate_levels, default_output, is_correct, pass_at_k, pass_ks,
+from poise.commands.cli import main
+from poise.io.config import ConfigError, EvalConfig, build_config, flat_fields
+from poise.commands.evaluate import (aggregate, aggregate_levels, default_output, is_correct, pass_at_k, pass_ks,
                             select_problems, summary_table)
-from poise.tasks import ChainSumTask, get_task, register_task
-from poise.tasks.dataset import task_kwargs
+from poise.data.tasks import ChainSumTask, get_task, register_task
+from poise.data.tasks.dataset import task_kwargs
 from test_rewards_light import nan_sometimes_reward
 
 

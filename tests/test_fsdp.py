@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from poise import fsdp
-from poise.configio import ConfigError
-from poise.tracking import read_metrics
-from poise.trainer import train
+from poise.parallel import fsdp
+from poise.io.configio import ConfigError
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
 from test_distributed import TESTS, _env, _free_port, _torchrun
 
 ROOT = TESTS.parent
@@ -86,7 +86,7 @@ def test_sharded_update_is_the_single_process_update(micro_dir, tmp_path):
 def _launch(args: list[str], config: str | None, run: Path, *more: str) -> subprocess.CompletedProcess:
     how = ["--config_file", config] if config else ["--multi_gpu"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--main_process_port",
-           _free_port(), "-m", "poise.cli", *args, "--output-dir", str(run), *more]
+           _free_port(), "-m", "poise.commands.cli", *args, "--output-dir", str(run), *more]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -136,7 +136,7 @@ def test_shipped_fsdp_config_matches_ddp_and_resumes_exactly(micro_dir, tmp_path
                                                                                          "policy.safetensors")))
     saved = (tmp_path / "fsdp/config.yaml").read_text()
     assert "fsdp: true" in saved  # turned on by the accelerate config, recorded so that resume checks it
-    r = subprocess.run([sys.executable, "-m", "poise.cli", *args, "--max-steps", "5", "--resume", "--output-dir",
+    r = subprocess.run([sys.executable, "-m", "poise.commands.cli", *args, "--max-steps", "5", "--resume", "--output-dir",
                         str(tmp_path / "fsdp")], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "fsdp: True -> False" in r.stderr  # one process without FSDP: refused
 

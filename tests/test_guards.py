@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-import poise.trainer as trainer_mod
-import poise.update as update_mod
-from poise.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
-from poise.config import ConfigError
-from poise.models import load_local
-from poise.sampling import collect, varied_groups
-from poise.tasks import get_task, register_task
-from poise.tracking import read_metrics
-from poise.trainer import PromptStream, compute_advantages, policy_update, train
+import poise.train.loop as trainer_mod
+import poise.train.update as update_mod
+from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
+from poise.io.config import ConfigError
+from poise.rollout.models import load_local
+from poise.rollout.sampling import collect, varied_groups
+from poise.data.tasks import get_task, register_task
+from poise.io.tracking import read_metrics
+from poise.train.loop import PromptStream, compute_advantages, policy_update, train
 from conftest import ParityTask
 from test_rewards_light import nan_sometimes_reward
 
@@ -199,7 +199,7 @@ def _jsonl(path, rows):
 
 
 def test_a_bad_data_file_stops_before_step_one_naming_file_line_and_field(tiny_run, tmp_path):
-    from poise.tasks import DatasetError
+    from poise.data.tasks import DatasetError
 
     rows = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(30)]
     rows[4]["answer"] = ""
@@ -224,7 +224,7 @@ def test_a_data_file_trains_and_long_prompts_are_dropped_and_counted(tiny_run, t
 
 
 def test_empty_completions_score_zero_and_give_a_finite_loss():
-    from poise.losses import ppo_clip_loss
+    from poise.algo.losses import ppo_clip_loss
 
     task = get_task("chain_sum")
     p = task.problems("train", 1)[0]
@@ -237,7 +237,7 @@ def test_empty_completions_score_zero_and_give_a_finite_loss():
 
 
 def test_adam_variance_proxy_matches_the_bias_corrected_moments():
-    from poise.metrics import adam_variance_proxy
+    from poise.train.metrics import adam_variance_proxy
 
     w = torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)

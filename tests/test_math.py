@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from poise.advantages import (
+from poise.algo.advantages import (
     grpo_advantages,
     group_view,
     leave_one_out_mean,
@@ -13,14 +13,14 @@ from poise.advantages import (
     poise_targets,
     rloo_advantages,
 )
-from poise.features import (
+from poise.algo.features import (
     entropy_stats,
     last_k_mean,
     reasoning_end,
     rollout_features,
     token_entropy,
 )
-from poise.losses import AGG_MODES, aggregate, kl_k3, ppo_clip_loss
+from poise.algo.losses import AGG_MODES, aggregate, kl_k3, ppo_clip_loss
 
 # ----------------------------------------------------------------------------------------- advantages
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from poise.cli import main
-from poise.tasks import get_task
-from poise.tasks.mixture import MixtureTask
-from poise.tracking import read_metrics
-from poise.trainer import train
+from poise.commands.cli import main
+from poise.data.tasks import get_task
+from poise.data.tasks.registry import MixtureTask
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
 
 
 def test_levels_problems_and_rewards_come_from_each_part():

@@ -1,6 +1,6 @@
 import torch
 
-from poise.models import HiddenCapture, build_tiny_model, build_tokenizer, resolve_layer
+from poise.rollout.models import HiddenCapture, build_tiny_model, build_tokenizer, resolve_layer
 
 TEXTS = ["<|im_start|>user\nState the final answer: 12 + 7 =<|im_end|>\n", "<think>12+7=19</think>19",
          "<think>45-3=42\n42+8=50</think>50"] * 20
@@ -51,7 +51,7 @@ def test_resolve_layer():
 
 
 def test_embedded_default_model_loads_with_its_tokenizer():
-    from poise.models import load_policy
+    from poise.rollout.models import load_policy
 
     model, tok = load_policy("default")
     n = sum(p.numel() for p in model.parameters())

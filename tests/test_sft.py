@@ -1,10 +1,10 @@
 import json
 
-from poise.config import SFTConfig, build_config
-from poise.evaluate import evaluate
-from poise.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
-from poise.sft import run_sft
-from poise.tasks import get_task
+from poise.io.config import SFTConfig, build_config
+from poise.commands.evaluate import evaluate
+from poise.rollout.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
+from poise.commands.sft import run_sft
+from poise.data.tasks import get_task
 
 
 def test_sft_lowers_loss_and_raises_accuracy(tmp_path):
@@ -42,7 +42,7 @@ def test_sft_continues_from_a_local_model_directory(tmp_path, micro_dir):
 
 
 def test_sft_names_a_bad_model(tmp_path, capsys):
-    from poise.cli import main
+    from poise.commands.cli import main
 
     assert main(["sft", "--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
     assert "model: " in capsys.readouterr().err
@@ -54,8 +54,8 @@ def test_the_embedded_default_is_what_its_documented_rebuild_command_makes(tmp_p
     same at any step count) reproduce the shipped run's logged losses with the same tokenizer."""
     import yaml
 
-    from poise.config import to_dict
-    from poise.models import DEFAULT_MODEL_DIR
+    from poise.io.config import to_dict
+    from poise.rollout.models import DEFAULT_MODEL_DIR
 
     shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "sft_config.yaml").read_text())
     command = to_dict(build_config(SFTConfig, {"output_dir": "src/poise/assets/default"}))

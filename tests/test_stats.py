@@ -1,12 +1,12 @@
-"""poise.stats and compute.estimated_flops on hand-made numbers whose answers are known exactly."""
+"""poise.algo.stats and compute.estimated_flops on hand-made numbers whose answers are known exactly."""
 
 import math
 
 import numpy as np
 import pytest
 
-from poise.compute import COUNTERS, estimated_flops
-from poise.stats import (bootstrap_mean_ci, hierarchical_bootstrap, hierarchical_means, paired_difference,
+from poise.train.compute import COUNTERS, estimated_flops
+from poise.algo.stats import (bootstrap_mean_ci, hierarchical_bootstrap, hierarchical_means, paired_difference,
                          percentile_interval, ratio_ci, resample_weights)
 
 

@@ -1,4 +1,4 @@
-"""Tests for poise.tasks: splits, rewards, worked traces, registry, hostile inputs."""
+"""Tests for poise.data.tasks: splits, rewards, worked traces, registry, hostile inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from poise.tasks import (
+from poise.data.tasks import (
     SYSTEM_PROMPT,
     THINK_CLOSE,
     Problem,

@@ -3,8 +3,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from poise.trainer import load_probe, train
-from poise.tracking import read_metrics
+from poise.train.loop import load_probe, train
+from poise.io.tracking import read_metrics
 from conftest import train_and_diff
 
 REQUIRED = ["step", "reward/mean", "reward/std", "advantage/mean", "advantage/std", "probe/mae", "probe/pearson",

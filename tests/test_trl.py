@@ -16,12 +16,12 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
 import poise.integrations.trl as ptrl  # noqa: E402
-from poise.advantages import group_view, poise_advantages, rloo_advantages  # noqa: E402
-from poise.features import rollout_features, token_entropy  # noqa: E402
+from poise.algo.advantages import group_view, poise_advantages, rloo_advantages  # noqa: E402
+from poise.algo.features import rollout_features, token_entropy  # noqa: E402
 from poise.integrations.trl import POISEConfig, POISETrainer  # noqa: E402
-from poise.models import HiddenCapture, load_local  # noqa: E402
-from poise.probe import load_probe  # noqa: E402
-from poise.tasks import build_messages, get_task  # noqa: E402
+from poise.rollout.models import HiddenCapture, load_local  # noqa: E402
+from poise.algo.probe import load_probe  # noqa: E402
+from poise.data.tasks import build_messages, get_task  # noqa: E402
 
 STEPS = 3
 TINY = dict(per_device_train_batch_size=8, max_completion_length=12, report_to="none", use_cpu=True,

@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-from poise.cli import main
-from poise.rewards import TRLReward
-from poise.tasks.base import Problem
-from poise.tracking import read_metrics
-from poise.trainer import train
-from poise.verifier import SafeVerifier
+from poise.commands.cli import main
+from poise.data.tasks.rewards import TRLReward
+from poise.data.tasks.base import Problem
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
+from poise.data.verifier import SafeVerifier
 
 P = Problem("u", "t", "What is 2 + 3?", "5", "t2d1", "<think>2+3=5</think>5", {"source": "x.jsonl", "row": 7})
 

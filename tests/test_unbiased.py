@@ -12,7 +12,7 @@ Estimator from G independent samples:  (1/G) sum_i A_i (onehot(y_i) - pi_x)   (=
 import pytest
 import torch
 
-from poise.advantages import poise_advantages, rloo_advantages
+from poise.algo.advantages import poise_advantages, rloo_advantages
 
 P, K, M = 3, 6, 200_000
 THETA = torch.tensor(

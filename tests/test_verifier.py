@@ -8,9 +8,9 @@ import time
 import pytest
 
 from hostile import hostile_answers
-from poise.rewards import math_reward
-from poise.tasks.base import Problem
-from poise.verifier import SafeVerifier
+from poise.data.tasks.rewards import math_reward
+from poise.data.tasks.base import Problem
+from poise.data.verifier import SafeVerifier
 
 GOLD = Problem("u", "math", "q", "42", "all", None)
 

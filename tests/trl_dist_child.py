@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from poise.integrations.trl import POISEConfig, POISETrainer
-from poise.models import load_local
+from poise.rollout.models import load_local
 from test_trl import TINY, chain_sum_dataset, even_length
 
 

@@ -6,7 +6,7 @@ What changes (POISE, arXiv 2605.07579, ../shared/POISE.md; the same pure functio
   After TRL has generated and scored a round of completions (`_generate_and_score_completions`), one extra no-grad
   forward pass of the policy over the (prompt, completion) rows (each prompt once per group, its KV cache shared by
   the group's completions, as in `poise train`), with a hook on the probe layer, gives each rollout's
-  features (`poise.features.rollout_features`: mean of the last k prompt-token states and of the last k response
+  features (`poise.algo.features.rollout_features`: mean of the last k prompt-token states and of the last k response
   states up to `</think>` of the middle layer, three token-entropy means). TRL's own passes cannot be reused: by
   default TRL computes no old log-probs at all (the loss's forward is the first), and its fused LM head returns
   log-probs and entropies but no hidden states. TRL's advantages are then replaced by the cross-rollout ones
@@ -75,13 +75,13 @@ check_trl_version(_TRL_VERSION)
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.models.utils import disable_gradient_checkpointing  # noqa: E402
 
-from poise.advantages import (group_view, leave_one_out_mean, mask_unscorable, poise_advantages,  # noqa: E402
+from poise.algo.advantages import (group_view, leave_one_out_mean, mask_unscorable, poise_advantages,  # noqa: E402
                               poise_targets, rloo_advantages)
-from poise.features import rollout_features, token_entropy  # noqa: E402
-from poise.models import decoder_layers, resolve_layer  # noqa: E402
-from poise.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: E402
-from poise.rollout import RolloutBatch, response_forward  # noqa: E402
-from poise.trainer import marker_token_id  # noqa: E402
+from poise.algo.features import rollout_features, token_entropy  # noqa: E402
+from poise.rollout.models import decoder_layers, resolve_layer  # noqa: E402
+from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: E402
+from poise.rollout.engine import RolloutBatch, response_forward  # noqa: E402
+from poise.train.loop import marker_token_id  # noqa: E402
 
 STATE_FILE = "poise_trl.json"
 
@@ -323,7 +323,7 @@ class POISETrainer(GRPOTrainer):
     def _features(self, out: dict) -> dict[str, torch.Tensor]:
         """Probe features of every row, from one no-grad forward pass in chunks of whole groups.
 
-        `poise.rollout.response_forward`: each prompt runs once per group and its G completions continue from the
+        `poise.rollout.engine.response_forward`: each prompt runs once per group and its G completions continue from the
         shared KV cache (as in `poise train`); a hook captures the probe layer; entropies come from the same logits
         at TRL's sampling temperature. Shapes: prompt_ids (B, L) left-padded, completion_ids (B, T) right-padded ->
         prompt (B, H), trajectory (B, H), entropy (B, 3) float32 on CPU.

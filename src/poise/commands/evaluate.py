@@ -1,0 +1,286 @@
+"""Evaluation: Avg@k and pass@k, overall and per difficulty level. `run_eval(cfg)` is `poise eval`.
+
+Each problem's prompt is repeated k times in a row and sampled with the project's KV-cache sampler
+(`rollout.encode_prompts` + `rollout.generate`, driven by one seeded torch.Generator); the responses are scored by
+the task's reward in the sandboxed verifier worker (`Task.score_batch`). Rewards are 0/1 and a sample is *correct*
+when its reward is 1. A None reward (unscorable) counts as not correct and is counted separately.
+
+With c_i of the k samples of problem i correct, over N problems:
+
+    Avg@k  = 1/N sum_i c_i / k                       (the mean correct fraction; also the unbiased pass@1)
+    pass@k = 1/N sum_i [c_i >= 1]                    (at least one of the k samples is correct)
+    pass@j = 1/N sum_i pass_at_k(k, c_i, j)          (unbiased estimate for j <= k; Chen et al. 2021, arXiv 2107.03374)
+
+`evaluate()` is the in-process helper that `poise sft` uses (mean reward per level).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from poise.data.tasks import drop_long_prompts, encode_prompts
+from poise.data.tasks.dataset import build_task, check_reward_function
+from poise.data.verifier import SafeVerifier
+from poise.io.config import to_dict
+from poise.io.configio import ConfigError
+from poise.parallel.distributed import resolve_device
+from poise.rollout.engine import generate, stop_token_ids
+from poise.rollout.models import load_policy
+
+# =====================================================================================================================
+# Metrics: pure functions of counts
+# =====================================================================================================================
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
+
+    The probability that k of the n samples, drawn without replacement, include at least one correct one
+    (Chen et al. 2021, arXiv 2107.03374, eq. 1). pass_at_k(n, c, 1) = c / n and pass_at_k(n, c, n) = [c > 0].
+    The binomials are exact integers; only their ratio is rounded.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:  # every draw of k contains a correct sample
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def is_correct(score: float | None) -> bool:
+    """A sample is correct when its (0/1) reward is 1; None (unscorable) is not correct."""
+    return score is not None and score >= 1.0
+
+
+def pass_ks(k: int) -> list[int]:
+    """The j of the reported pass@j: 1, 2, 4, ... below k, and k itself."""
+    return sorted({2**i for i in range(k.bit_length()) if 2**i < k} | {k})
+
+
+def aggregate(n_correct: list[int], k: int) -> dict:
+    """Metrics of N problems with n_correct[i] of k samples correct each:
+    {"problems": N, "avg_at_k": mean c/k, "pass_at_k": mean [c >= 1], "pass_at": {"j": mean pass_at_k(k, c, j)}}.
+    An empty list gives zeros."""
+    n = len(n_correct)
+    if n == 0:
+        return {"problems": 0, "avg_at_k": 0.0, "pass_at_k": 0.0, "pass_at": {str(j): 0.0 for j in pass_ks(k)}}
+    return {"problems": n,
+            "avg_at_k": sum(c / k for c in n_correct) / n,
+            "pass_at_k": sum(c >= 1 for c in n_correct) / n,
+            "pass_at": {str(j): sum(pass_at_k(k, c, j) for c in n_correct) / n for j in pass_ks(k)}}
+
+
+def aggregate_levels(rows: list[dict], k: int, order: list[str] = ()) -> dict:
+    """{"overall": aggregate(...), "levels": {level: aggregate(...)}} from per-problem rows holding "level",
+    "n_correct" and "unscorable"; levels in `order` first (those present), then the rest sorted."""
+    by_level: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_level[r["level"]].append(r)
+    names = [lv for lv in order if lv in by_level] + sorted(set(by_level) - set(order))
+
+    def summary(rs: list[dict]) -> dict:
+        return {**aggregate([r["n_correct"] for r in rs], k), "unscorable": sum(r["unscorable"] for r in rs)}
+
+    return {"overall": summary(rows), "levels": {lv: summary(by_level[lv]) for lv in names}}
+
+
+def summary_table(metrics: dict, k: int) -> str:
+    """Markdown table `level | problems | Avg@k | pass@k` with an `all` row, from `aggregate_levels`' output (a data
+    file without levels has the single level 'all': one row)."""
+    lines = [f"| level | problems | Avg@{k} | pass@{k} |", "|---|---:|---:|---:|"]
+    levels = [] if list(metrics["levels"]) == ["all"] else list(metrics["levels"].items())
+    for lv, m in [*levels, ("all", metrics["overall"])]:
+        lines.append(f"| {lv} | {m['problems']} | {m['avg_at_k']:.3f} | {m['pass_at_k']:.3f} |")
+    return "\n".join(lines)
+
+
+# =====================================================================================================================
+# Sampling and scoring
+# =====================================================================================================================
+
+
+def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int, temperature: float = 1.0,
+                   top_p: float = 1.0, generator: torch.Generator | None = None, batch_prompts: int = 32):
+    """For each batch of `batch_prompts` problems, sample k responses per problem (B = P * k rows, problem p's
+    rows p*k .. p*k+k-1) and score them. Yields (rows, seconds generating, seconds scoring, generated tokens), one
+    row per problem: uid, level, question, answer (gold), responses, scores (None = unscorable), n_correct,
+    unscorable, tokens (response lengths, EOS included) and truncated (responses that hit the limit without EOS)."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    stops = stop_token_ids(model, tokenizer)  # every EOS id of the tokenizer and the generation config
+    try:
+        for s in range(0, len(problems), batch_prompts):
+            chunk = problems[s:s + batch_prompts]
+            t0 = time.perf_counter()
+            ids, mask = (x.to(device) for x in encode_prompts(tokenizer, chunk, k))  # (P*k, L), on the model's device
+            resp, rmask = generate(model, ids, mask, max_new_tokens, stops,
+                                   tokenizer.pad_token_id, temperature, top_p, generator, group_size=k)  # (P*k, T)
+            texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
+            t1 = time.perf_counter()
+            scores = task.score_batch(texts, [p for p in chunk for _ in range(k)])
+            t2 = time.perf_counter()
+            lengths = rmask.sum(1).tolist()
+            ended = torch.isin(resp, torch.tensor(stops, device=resp.device)).any(1).tolist()
+            rows = []
+            for i, p in enumerate(chunk):
+                sc = scores[i * k:(i + 1) * k]
+                rows.append({"uid": p.uid, "level": p.level, "question": p.question, "answer": p.answer,
+                             "responses": texts[i * k:(i + 1) * k], "scores": sc,
+                             "n_correct": sum(map(is_correct, sc)), "unscorable": sum(x is None for x in sc),
+                             "tokens": lengths[i * k:(i + 1) * k],
+                             "truncated": sum(not e for e in ended[i * k:(i + 1) * k])})
+            yield rows, t1 - t0, t2 - t1, int(rmask.sum())
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, task, problems, samples: int = 4, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_prompts: int = 64,
+             progress: bool = True) -> dict:
+    """Sample `samples` responses per problem and score them (mean reward; an unscorable sample counts 0).
+
+    Returns {"accuracy": Avg@k over all problems, "levels": {level: {"n", "accuracy"}},
+             "per_problem": [{"uid", "level", "rewards": [...], "responses": [...]}]}.
+    """
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    per_problem = []
+    batches = sample_batches(model, tokenizer, task, problems, samples, max_new_tokens, temperature, top_p, gen,
+                             batch_prompts)
+    for rows, *_ in tqdm(batches, desc="eval", total=-(-len(problems) // batch_prompts), disable=not progress,
+                         leave=False):
+        per_problem += [{"uid": r["uid"], "level": r["level"], "question": r["question"], "answer": r["answer"],
+                         "rewards": r["scores"], "responses": r["responses"]} for r in rows]
+
+    def mean_reward(r):
+        return sum(x or 0.0 for x in r["rewards"]) / samples
+
+    by_level = defaultdict(list)
+    for r in per_problem:
+        by_level[r["level"]].append(mean_reward(r))
+    order = [lv for lv in getattr(task, "levels", []) if lv in by_level] + sorted(set(by_level) - set(task.levels))
+    levels = {lv: {"n": len(by_level[lv]), "accuracy": sum(by_level[lv]) / len(by_level[lv])} for lv in order}
+    overall = sum(mean_reward(r) for r in per_problem) / max(1, len(per_problem))
+    return {"accuracy": overall, "samples": samples, "levels": levels, "per_problem": per_problem}
+
+
+def level_table(result: dict) -> str:
+    """Markdown table of per-level accuracy."""
+    lines = ["| level | problems | Avg@%d |" % result["samples"], "|---|---:|---:|"]
+    for lv, v in result["levels"].items():
+        lines.append(f"| {lv} | {v['n']} | {v['accuracy']:.3f} |")
+    lines.append(f"| all | {sum(v['n'] for v in result['levels'].values())} | {result['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+# =====================================================================================================================
+# `poise eval`
+# =====================================================================================================================
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "x"
+
+
+def default_output(model_name: str, task_name: str, task_path: str = "") -> Path:
+    """runs/eval/<model>-<task>.jsonl; a model directory is named by its last two path parts (runs/x/policy ->
+    x_policy), a data file by its stem."""
+    parts = Path(model_name).parts
+    model = "_".join(parts[-2:]) if len(parts) > 1 else model_name
+    task = Path(task_path).stem if task_name == "dataset" and task_path else task_name
+    return Path("runs") / "eval" / f"{_slug(model)}-{_slug(task)}.jsonl"
+
+
+def select_problems(task, split: str, n: int, seed: int) -> tuple[list, dict]:
+    """Up to `n` distinct problems of `split`, deterministic in (split, n, seed): at most the split's size for a data
+    file (`task.split_size`), and each question once (a procedural level with few held-out questions repeats them,
+    and a repeat would only re-weight that question). Returns (problems, {"split_size", "repeats_dropped"})."""
+    size = task.split_size(split) if hasattr(task, "split_size") else None
+    drawn = task.problems(split, n if size is None else min(n, size), seed=seed)
+    seen: set[str] = set()
+    out = [p for p in drawn if not (p.uid in seen or seen.add(p.uid))]
+    return out, {"split_size": size, "repeats_dropped": len(drawn) - len(out)}
+
+
+def _build(cfg):
+    """(task with its verifier, problems, info, model, tokenizer); bad names become ConfigErrors naming the key."""
+
+    task = build_task(cfg.task, cfg.reward_function, "reward_function")  # checked before the model loads
+    problems, info = select_problems(task, cfg.split, cfg.num_problems, cfg.seed)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model, tokenizer = load_policy(cfg.model.name, cfg.task.name, cfg.seed, cfg.model.dtype)  # MissingModelError
+    problems, info["long_prompts_dropped"] = drop_long_prompts(problems, tokenizer, cfg.task.max_prompt_tokens)
+    if not problems:
+        raise ConfigError(f"task.max_prompt_tokens: every selected prompt is longer than {cfg.task.max_prompt_tokens} "
+                          "tokens; raise the limit")
+    task.verifier = SafeVerifier(timeout=cfg.reward_timeout)  # answer checking in a sandboxed worker process
+    check_reward_function(task, problems, "reward_function")
+    return task, problems, info, model.to(device), tokenizer
+
+
+def run_eval(cfg, progress: bool = True) -> dict:
+    """`poise eval`: sample cfg.k responses for each selected problem, score them, write one JSON object per problem
+    to the output file and the summary (config, per-level and overall metrics, timings) beside it; print the table.
+    Returns the summary."""
+    import transformers
+
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    task, problems, info, model, tokenizer = _build(cfg)
+    out = Path(cfg.output) if cfg.output else default_output(cfg.model.name, cfg.task.name, cfg.task.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    note = f" ({info['repeats_dropped']} repeated questions dropped)" if info["repeats_dropped"] else ""
+    print(f"eval: {cfg.model.name} on {task.name} ({cfg.split}): {len(problems)} problems x k={cfg.k}{note}")
+
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)  # on the model's device
+    kept, t_gen, t_score, tokens, truncated = [], 0.0, 0.0, 0, 0
+    t_loop = time.perf_counter()
+    bar = tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress, mininterval=2)
+    with open(out, "w") as f:
+        for rows, dt_gen, dt_score, n_tok in sample_batches(model, tokenizer, task, problems, cfg.k,
+                                                            cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen,
+                                                            cfg.batch_size):
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.flush()
+            kept += [{"level": r["level"], "n_correct": r["n_correct"], "unscorable": r["unscorable"]} for r in rows]
+            t_gen, t_score, tokens = t_gen + dt_gen, t_score + dt_score, tokens + n_tok
+            truncated += sum(r["truncated"] for r in rows)
+            bar.update(len(rows))
+            bar.set_postfix(avg=f"{sum(r['n_correct'] for r in kept) / (cfg.k * len(kept)):.3f}")
+    bar.close()
+    task.verifier.close()
+    loop_s = time.perf_counter() - t_loop
+    metrics = aggregate_levels(kept, cfg.k, list(getattr(task, "levels", [])))
+    samples = len(problems) * cfg.k
+    summary = {
+        "model": cfg.model.name, "task": task.name, "split": cfg.split, "k": cfg.k,
+        "problems": len(problems), "requested": cfg.num_problems, **info,
+        "samples": samples, "unscorable": metrics["overall"]["unscorable"],
+        "verifier": dict(task.verifier.stats), **metrics,
+        "generated_tokens": tokens, "truncated": truncated,
+        "wall_time_s": time.perf_counter() - t_start, "loop_s": loop_s, "generate_s": t_gen, "score_s": t_score,
+        "samples_per_s": samples / loop_s, "output": str(out),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "config": to_dict(cfg),
+    }
+    Path(f"{out}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    passes = ", ".join(f"pass@{j} {v:.3f}" for j, v in metrics["overall"]["pass_at"].items())
+    print(summary_table(metrics, cfg.k))
+    print(f"{passes}; unscorable {summary['unscorable']} of {samples} samples; {truncated} truncated at "
+          f"{cfg.max_new_tokens} tokens\n{samples} samples in {loop_s:.1f} s ({summary['samples_per_s']:.1f} "
+          f"samples/s; {summary['wall_time_s']:.1f} s with loading); wrote {out} and {out}.summary.json")
+    return summary

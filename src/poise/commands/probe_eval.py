@@ -1,0 +1,266 @@
+"""`poise probe-eval`: how well POISE's probe estimates a policy's value on held-out prompts, against the PPO critic.
+
+    poise train --config ppo --max-steps 100 --output-dir runs/value/ppo
+    poise probe-eval --run runs/value/ppo --output results/value_estimation.json
+
+The policy is the run's final policy (`RUN/policy`); the critic, when the run has one (`RUN/critic`, a PPO run), is
+the value model trained alongside it. A probe with the run's probe settings (layer, k, PCA dims, alpha) is fitted for
+that policy on `fit_prompts` training prompts x 2 rollouts with the cross-rollout targets, as many rows as the
+probe's training buffer. A POISE run's own online probe (`RUN/policy/probe.safetensors`) is scored too, and
+`other_run` adds another run's online probe on its own policy.
+
+For each held-out prompt the policy samples 1 + `samples` responses. The probe predicts the prompt's value from the
+features of the first response; the critic from the prompt, reading V(x) at the last prompt token. The target is
+the pass rate of the other `samples` responses (Avg@8 by default), so no estimate sees the responses it is scored
+against. Reported: MAE, Pearson r, Brier skill score (1 - MSE / MSE of predicting the training mean) and AUROC for
+"solved at least once". With `fit_levels` / `eval_levels`: a probe fitted on some levels and scored on the others,
+beside a probe fitted on the scored levels' own training prompts; with a task mixture (`chain_sum+basic_arithmetic`,
+levels `task/level`) that is the transfer from one task to another. Writes a JSON and a scatter plot beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from poise.algo.advantages import poise_targets
+from poise.algo.features import rollout_features
+from poise.algo.probe import RidgeProbe, load_probe
+from poise.commands.evaluate import select_problems
+from poise.data.tasks import encode_prompts
+from poise.data.tasks.dataset import build_task
+from poise.io.config import TrainConfig, build_config, load_yaml
+from poise.io.configio import ConfigError
+from poise.rollout.engine import RolloutBatch, generate, score, stop_token_ids
+from poise.rollout.models import decoder_layers, load_local, resolve_layer
+from poise.train.critic import ValueModel
+from poise.train.loop import marker_token_id
+
+# =====================================================================================================================
+# Metrics: pure functions
+# =====================================================================================================================
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U / (n+ n-)); nan without both
+    classes. scores (N,), labels (N,) bool."""
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor, train_mean: float) -> dict:
+    """Value-estimate quality of pred (N,) against target (N,) pass rates:
+
+      mae = mean |p - t|,  pearson = cov(p, t) / (sd(p) sd(t)),
+      brier_skill = 1 - mean (p - t)^2 / mean (train_mean - t)^2,  auroc_solved = AUROC of p for `solved` (N,) bool.
+    """
+    p, t = pred.double(), target.double()
+    mse, base = float(((p - t) ** 2).mean()), float(((train_mean - t) ** 2).mean())
+    pc, tc = p - p.mean(), t - t.mean()
+    denom = float(pc.norm() * tc.norm())
+    return {"n": len(t), "mae": float((p - t).abs().mean()), "pearson": float(pc @ tc) / denom if denom else math.nan,
+            "brier_skill": 1 - mse / base if base else math.nan, "auroc_solved": auroc(p, solved),
+            "pred_mean": float(p.mean()), "target_mean": float(t.mean())}
+
+
+# =====================================================================================================================
+# Rollouts, probe and critic
+# =====================================================================================================================
+
+
+def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_prompts=64):
+    """(features dict, rewards (P, G)) for G samples of each problem, the features from the scoring pass."""
+
+    feats, rewards = {"prompt": [], "trajectory": [], "entropy": []}, []
+    for s in range(0, len(problems), batch_prompts):
+        chunk = problems[s:s + batch_prompts]
+        ids, mask = encode_prompts(tok, chunk, G)
+        resp, rmask = generate(model, ids, mask, cfg.rollout.max_new_tokens, stop_token_ids(model, tok),
+                               tok.pad_token_id, cfg.rollout.temperature, 1.0, gen, group_size=G)
+        scores = task.score_batch(tok.batch_decode(resp, skip_special_tokens=True),
+                                  [p for p in chunk for _ in range(G)])
+        batch = score(model, RolloutBatch(ids, mask, resp, rmask, G), layer, cfg.rollout.temperature)
+        f = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,
+                             batch.response_ids, batch.entropy, marker_id, cfg.probe.k)
+        for k in feats:
+            feats[k].append(f[k])
+        rewards.append(torch.tensor([x or 0.0 for x in scores]).view(len(chunk), G))
+    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(rewards)
+
+
+def fit_probe(model, tok, task, problems, cfg, layer, marker_id, gen) -> tuple[RidgeProbe, float]:
+    """A probe fitted on 2 rollouts of each problem with the cross-rollout targets; and the mean reward."""
+    f, r = rollouts(model, tok, task, problems, 2, cfg, layer, marker_id, gen)
+    targets, _ = poise_targets(r)  # row i is paired with its sibling's reward: E[target | z_i] = V(x)
+    probe = RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
+    return probe.fit(f["prompt"], f["trajectory"], f["entropy"], targets.flatten()), float(r.mean())
+
+
+def heldout(model, tok, task, problems, samples, cfg, layer, marker_id, gen):
+    """Features of the first of 1 + samples responses, the pass rate of the others, and whether any solved it."""
+    f, r = rollouts(model, tok, task, problems, 1 + samples, cfg, layer, marker_id, gen)
+    first = torch.arange(len(problems)) * (1 + samples)
+    return {k: v[first] for k, v in f.items()}, r[:, 1:].mean(1), (r[:, 1:] > 0).any(1)
+
+
+def critic_values(critic, tok, problems) -> torch.Tensor:
+    """V(x): the critic's value at the last prompt token (a one-token dummy response is appended; t = 0 reads the
+    prompt position, which does not see it)."""
+    out = []
+    for s in range(0, len(problems), 64):
+        ids, mask = encode_prompts(tok, problems[s:s + 64], 1)
+        resp = torch.full((len(ids), 1), tok.eos_token_id)
+        with torch.no_grad():
+            out.append(critic(RolloutBatch(ids, mask, resp, torch.ones_like(resp, dtype=torch.bool), 1))[:, 0])
+    return torch.cat(out)
+
+
+def _load_run(run: Path):
+    """(TrainConfig, policy, tokenizer, probe layer, marker id) of a `poise train` run directory."""
+
+    for need in (run / "config.yaml", run / "policy"):
+        if not need.exists():
+            raise FileNotFoundError(f"run: {need} does not exist (a finished `poise train` output directory is needed)")
+    cfg = build_config(TrainConfig, load_yaml(run / "config.yaml"))
+    model, tok = load_local(run / "policy")
+    model.eval()
+    return cfg, model, tok, resolve_layer(cfg.probe.layer, len(decoder_layers(model))), \
+        marker_token_id(tok, cfg.probe.marker)
+
+
+# =====================================================================================================================
+# The command
+# =====================================================================================================================
+
+
+def run_probe_eval(cfg) -> dict:
+    """`poise probe-eval` (cfg: config.ProbeEvalConfig): the study above; writes the JSON and the plot, prints the
+    table, returns the results."""
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    run = Path(cfg.run)
+    tcfg, model, tok, layer, marker_id = _load_run(run)
+    task = build_task(tcfg.task)
+    unknown = sorted(set(cfg.fit_levels + cfg.eval_levels) - set(task.levels))
+    if unknown:
+        raise ConfigError(f"fit_levels/eval_levels: {unknown} are not levels of the run's task "
+                          f"({', '.join(task.levels)})")
+    other = Path(cfg.other_run) if cfg.other_run else None
+    if other is not None and not (other / "policy" / "probe.safetensors").is_file():  # before any sampling
+        raise FileNotFoundError(f"other_run: {other / 'policy' / 'probe.safetensors'} does not exist "
+                                "(a POISE run's online probe is needed)")
+    critic = None
+    if (run / "critic" / "critic.safetensors").is_file():
+        critic = ValueModel(model)
+        critic.load_state_dict(load_file(str(run / "critic" / "critic.safetensors")))
+        critic.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        probe, train_mean = fit_probe(model, tok, task, task.problems("train", cfg.fit_prompts, seed=cfg.seed + 1),
+                                      tcfg, layer, marker_id, gen)
+        problems, _ = select_problems(task, "test", cfg.eval_prompts, cfg.seed)
+        f, target, solved = heldout(model, tok, task, problems, cfg.samples, tcfg, layer, marker_id, gen)
+        pred_probe = probe.predict(f["prompt"], f["trajectory"], f["entropy"])
+        pred_critic = critic_values(critic, tok, problems) if critic is not None else None
+        res = {"policy": str(run / "policy"), "task": task.name, "samples": cfg.samples,
+               "fit_prompts": cfg.fit_prompts, "train_mean_reward": train_mean,
+               "probe": value_metrics(pred_probe, target, solved, train_mean),
+               "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
+        if critic is not None:
+            res["critic"] = value_metrics(pred_critic, target, solved, train_mean)
+        if (run / "policy" / "probe.safetensors").is_file():  # a POISE run: its own online probe
+            online = load_probe(run / "policy")
+            res["online_probe"] = value_metrics(online.predict(f["prompt"], f["trajectory"], f["entropy"]), target,
+                                                solved, train_mean)
+        if cfg.fit_levels:  # transfer: fitted on some levels (or tasks), scored on the others
+            res["transfer"] = _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target,
+                                        solved, pred_probe, pred_critic, train_mean)
+        if other is not None:
+            ocfg, pmodel, ptok, players, pmarker = _load_run(other)
+            online = load_probe(other / "policy")
+            pf, ptarget, psolved = heldout(pmodel, ptok, task, problems, cfg.samples, ocfg, players, pmarker, gen)
+            res["other_run_online_probe"] = value_metrics(online.predict(pf["prompt"], pf["trajectory"],
+                                                                         pf["entropy"]),
+                                                          ptarget, psolved, float(ptarget.mean()))
+    res["seconds"] = time.perf_counter() - t0
+    out = Path(cfg.output) if cfg.output else run / "probe_eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    scatter(target, pred_probe, pred_critic, out.with_suffix(".png"))
+    print(table(res, cfg))
+    print(f"wrote {out} and {out.with_suffix('.png')} ({res['seconds']:.0f} s)")
+    return res
+
+
+def _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target, solved, pred_probe,
+              pred_critic, train_mean) -> dict:
+    """A probe fitted on `fit_levels` scored on the held-out prompts of `eval_levels`, beside the in-domain reference
+    (as many prompts of the scored levels), the probe fitted on all levels, and the critic, on those prompts."""
+    fit_lv, eval_lv = list(cfg.fit_levels), list(cfg.eval_levels)
+    fit_p = [p for p in task.problems("train", cfg.fit_prompts * 4, seed=cfg.seed + 2) if p.level in fit_lv]
+    tprobe, tmean = fit_probe(model, tok, task, fit_p[:cfg.fit_prompts], tcfg, layer, marker_id, gen)
+    mask = torch.tensor([p.level in eval_lv for p in problems])
+    pt = tprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
+    own_p = [p for p in task.problems("train", cfg.fit_prompts * 4, seed=cfg.seed + 3) if p.level in eval_lv]
+    oprobe, omean = fit_probe(model, tok, task, own_p[:cfg.fit_prompts], tcfg, layer, marker_id, gen)
+    po = oprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
+    out = {"fit_levels": fit_lv, "eval_levels": eval_lv,
+           "probe": value_metrics(pt, target[mask], solved[mask], tmean),
+           "probe_fitted_on_eval_levels": value_metrics(po, target[mask], solved[mask], omean),
+           "probe_fitted_on_all_levels": value_metrics(pred_probe[mask], target[mask], solved[mask], train_mean)}
+    if pred_critic is not None:
+        out["critic"] = value_metrics(pred_critic[mask], target[mask], solved[mask], train_mean)
+    return out
+
+
+def table(res: dict, cfg) -> str:
+    """The results as a Markdown table."""
+    rows = [("probe", res["probe"])] + ([("critic", res["critic"])] if "critic" in res else []) + \
+        [("constant (training mean)", res["constant"])]
+    if "online_probe" in res:
+        rows.append(("the run's own online probe", res["online_probe"]))
+    if "transfer" in res:
+        t, fit, ev = res["transfer"], ",".join(cfg.fit_levels), ",".join(cfg.eval_levels)
+        rows += [(f"probe fit on {fit}, scored on {ev}", t["probe"]),
+                 (f"probe fit on {ev} (in-domain reference)", t["probe_fitted_on_eval_levels"]),
+                 (f"probe fit on all levels, scored on {ev}", t["probe_fitted_on_all_levels"])]
+        if "critic" in t:
+            rows.append((f"critic on {ev}", t["critic"]))
+    if "other_run_online_probe" in res:
+        rows.append(("other run's online probe (its policy)", res["other_run_online_probe"]))
+    lines = ["| estimator | n | MAE | Pearson r | Brier skill | AUROC solved |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {m['n']} | {m['mae']:.3f} | {m['pearson']:.3f} | {m['brier_skill']:.3f} | "
+              f"{m['auroc_solved']:.3f} |" for name, m in rows]
+    return "\n".join(lines)
+
+
+def scatter(target, probe, critic, path: Path) -> None:
+    """Predicted against empirical value: the probe, and the critic when there is one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(probe, "POISE probe (one rollout's features)")] + ([(critic, "PPO critic V(x)")] if critic is not None
+                                                                 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (pred, name) in zip(axes[0], panels):
+        ax.scatter(target.numpy(), pred.numpy(), s=8, alpha=0.5)
+        ax.plot([0, 1], [0, 1], color="grey", lw=1)
+        ax.set_xlabel("empirical value (held-out pass rate)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted value")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

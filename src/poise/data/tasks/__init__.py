@@ -1,0 +1,44 @@
+"""Tasks: registry, prompt format, answer extraction, 0/1 rewards and worked traces."""
+
+from .arithmetic import BasicArithmeticTask, ChainSumTask, evaluate_steps
+from .base import (
+    SYSTEM_PROMPT,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Problem,
+    Task,
+    build_messages,
+    encode_prompts,
+    extract_answer,
+)
+from .countdown import CountdownTask
+from .dataset import BENCHMARKS, DatasetError, DatasetTask, benchmark_task, drop_long_prompts
+from .registry import available_tasks, get_task, register_task
+
+register_task("chain_sum", ChainSumTask)
+register_task("basic_arithmetic", BasicArithmeticTask)
+register_task("countdown", CountdownTask)
+register_task("dataset", DatasetTask)
+for _name in BENCHMARKS:
+    register_task(_name, benchmark_task(_name))
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "BasicArithmeticTask",
+    "ChainSumTask",
+    "CountdownTask",
+    "DatasetError",
+    "DatasetTask",
+    "Problem",
+    "Task",
+    "available_tasks",
+    "build_messages",
+    "drop_long_prompts",
+    "encode_prompts",
+    "evaluate_steps",
+    "extract_answer",
+    "get_task",
+    "register_task",
+]

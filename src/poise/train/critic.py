@@ -1,0 +1,95 @@
+"""The PPO baseline's critic: a separate value model the size of the policy.
+
+Architecture: a copy of the policy's decoder stack (`policy.base_model`: embeddings, all layers, final norm; the
+LM head is dropped) with a scalar value head on the last hidden state, initialised from the policy's weights and
+trained alongside it with its own AdamW and the clipped value loss (`losses.value_loss`). This is the
+"policy-scale critic" POISE is measured against (POISE paper, PPO baseline).
+
+values[b, t] = V(s_t) is read at the position that predicts response token t, so t = 0 is the last prompt token
+(the prompt's value V(x)) — the same positions the policy's log-probs come from.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from poise.parallel.fsdp import clip_grad_norm_
+from poise.algo.losses import value_loss
+from poise.rollout.engine import RolloutBatch, position_ids
+
+
+class ValueModel(nn.Module):
+    """Policy-sized value model: `base_model` of a copy of the policy + Linear(H, 1) head (zero-initialised, so
+    every value starts at 0 and the first advantages are the raw rewards)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.body = copy.deepcopy(policy.base_model)
+        self.body.requires_grad_(True)
+        self.head = nn.Linear(policy.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.head.to(next(self.body.parameters()).device)  # beside the body (float32: it reads float32 states)
+
+    def forward(self, batch: RolloutBatch) -> Tensor:
+        """(B, T) values at the positions that predict the response tokens."""
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+        L, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+        hidden = self.body(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask)).last_hidden_state
+        return self.head(hidden[:, L - 1: L + T - 1].float()).squeeze(-1)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over valid positions (1: perfect, 0: no better than a constant, < 0: worse).
+
+    Args: values, returns, mask: (B, T) (or (B,) each). Returns nan when the returns have no variance.
+    """
+    m = mask.bool()
+    v, r = values.detach()[m].double(), returns.detach()[m].double()
+    var_r = r.var(correction=0)
+    if var_r == 0:
+        return float("nan")
+    return float(1.0 - (r - v).var(correction=0) / var_r)
+
+
+def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch, old_values: Tensor,
+                  returns: Tensor, outcome: bool, mini_batch_rows: int, epochs: int, clip: float,
+                  grad_clip: float, dist=None) -> dict:
+    """Clipped value-loss steps over mini-batches of rows; one optimizer step per mini-batch.
+
+    `old_values`, `returns`: (B, T) token level, or (B,) sequence level when `outcome` (the value at t = 0 only).
+    `dist` (`poise.parallel.distributed.Dist`, several processes): each rank's token-mean loss is weighted by its share of
+    the mini-batch's tokens and gradients are averaged over ranks, which gives the single-process update.
+    Returns mean `critic/value_loss`, `critic/grad_norm` and the explained variance of the old values (this rank's
+    rows; the trainer recomputes it over all ranks).
+    """
+    B = batch.prompt_ids.shape[0]
+    losses, norms = [], []
+    critic.train()
+    for _ in range(epochs):
+        for s in range(0, B, mini_batch_rows):
+            rows = torch.arange(s, min(s + mini_batch_rows, B))
+            mb = batch.rows(rows)
+            values = critic(mb)
+            mask = mb.response_mask
+            if outcome:
+                values, mask = values[:, :1], torch.ones_like(mask[:, :1])
+            old, ret = old_values[rows].reshape(values.shape), returns[rows].reshape(values.shape)
+            loss = value_loss(values, old, ret, mask, clip or None)
+            optimizer.zero_grad(set_to_none=True)
+            weight = 1.0 if dist is None else dist.loss_weight(float(mask.sum()))
+            (loss * weight).backward()  # x * 1.0 is exact: one process is unchanged
+            if dist is not None:
+                dist.average_grads(critic.parameters())
+            norms.append(clip_grad_norm_(critic.parameters(), grad_clip if grad_clip > 0 else float("inf")).item())
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+    mask = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
+    return {"critic/value_loss": sum(losses) / len(losses), "critic/grad_norm": sum(norms) / len(norms),
+            "critic/explained_variance": explained_variance(old_values, returns, mask),
+            "critic/value_mean": float(old_values[mask].mean())}

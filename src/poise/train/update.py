@@ -1,0 +1,98 @@
+"""The policy update of one step: the PPO clipped surrogate over mini-batches of whole groups, with an optional k3 KL
+penalty against a frozen reference, the numerical guard (a non-finite loss or gradient skips the optimizer step),
+and, with several processes, loss weighting and gradient averaging (`poise.parallel.distributed`). Called by
+`trainer.train` after the step's advantages are fixed."""
+
+from __future__ import annotations
+
+import torch
+
+from poise.io.config import TrainConfig
+from poise.parallel.distributed import Dist
+from poise.parallel.fsdp import clip_grad_norm_
+from poise.algo.losses import aggregate, kl_k3, ppo_clip_loss
+from poise.rollout.engine import RolloutBatch, minibatch_rows, response_logits, token_logprobs
+
+
+def local_minibatch_prompts(cfg: TrainConfig, n_local_prompts: int, dist: Dist) -> int:
+    """This rank's prompts per mini-batch: its share of optim.mini_batch_prompts (all of them with one process)."""
+    return min(cfg.optim.mini_batch_prompts, n_local_prompts * dist.world) // dist.world
+
+
+def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,
+                  counters: dict, dist: Dist | None = None, first_logp: torch.Tensor | None = None) -> dict:
+    """PPO clipped update over mini-batches of whole groups; one optimizer step per mini-batch.
+
+    `first_logp`: the first mini-batch's log-probs (n, T) with their graph, from `rollout.score_with_graph`; the
+    first optimizer step then reuses that forward instead of running its own (its ratio is exactly 1).
+
+    Numerical guard: a mini-batch whose loss or gradient norm is NaN/inf is skipped with the weights, the optimizer
+    moments and the learning-rate schedule untouched; `counters` keeps the run's skipped total and the current
+    run of consecutive skips, and more than optim.max_consecutive_skips in a row stops training.
+    Several processes (`dist`): each rank holds its share of every mini-batch (distributed.py), weights its loss by
+    its share of what the loss averages over, and gradients are averaged before clipping; skips are decided jointly.
+    """
+    dist = dist or Dist()
+    advantages = advantages.to(batch.response_ids.device)  # computed on the CPU (a critic's: on the model's device)
+    G, lo = batch.group_size, cfg.loss
+    P = batch.prompt_ids.shape[0] // G  # this rank's prompts
+    mb_prompts = local_minibatch_prompts(cfg, P, dist)
+    stats: dict[str, list[float]] = {"loss/policy": [], "clip_ratio": [], "kl/approx": [], "grad_norm": []}
+    if lo.kl_coef > 0:
+        stats["kl/ref"] = []
+    skipped = 0
+
+    def skip(what: str) -> None:
+        nonlocal skipped
+        optimizer.zero_grad(set_to_none=True)
+        skipped += 1
+        counters["skipped_total"] = counters.get("skipped_total", 0) + 1
+        counters["consecutive_skips"] = counters.get("consecutive_skips", 0) + 1
+        if counters["consecutive_skips"] > cfg.optim.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{counters['consecutive_skips']} optimizer steps in a row had a non-finite {what} (NaN/inf); "
+                f"stopping (optim.max_consecutive_skips = {cfg.optim.max_consecutive_skips}). Check the learning rate "
+                f"(optim.lr = {cfg.optim.lr}), the model dtype ({cfg.model.dtype}) and the rewards "
+                "(reward/unscorable in metrics.jsonl); the last checkpoint holds the state before the failure.")
+
+    model.train()
+    for _ in range(cfg.optim.epochs):
+        for rows in minibatch_rows(P, mb_prompts, G):
+            mb = batch.rows(rows)
+            mask = mb.response_mask & ~mb.truncated[:, None] if lo.mask_truncated else mb.response_mask
+            if first_logp is not None:  # the scoring pass's forward of this mini-batch, graph kept
+                logp, first_logp = first_logp, None
+            else:
+                logp = token_logprobs(response_logits(model, mb, cfg.rollout.temperature), mb.response_ids)
+            loss, st = ppo_clip_loss(logp, mb.old_logp, advantages[rows], mask, lo.clip_low,
+                                     lo.clip_high, lo.dual_clip or None, lo.aggregation,
+                                     cfg.rollout.max_new_tokens)
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref_logp = token_logprobs(response_logits(ref_model, mb, cfg.rollout.temperature),
+                                              mb.response_ids)
+                kl = aggregate(kl_k3(logp, ref_logp), mask, lo.aggregation, cfg.rollout.max_new_tokens)
+                loss = loss + lo.kl_coef * kl
+                stats["kl/ref"].append(kl.item())
+            optimizer.zero_grad(set_to_none=True)
+            if dist.any(not torch.isfinite(loss)):  # numerical guard: no backward, no step, nothing changes
+                skip(f"loss ({loss.item()})")
+                continue
+            n_local = mask.sum() if lo.aggregation == "token-mean" else (mask.sum(1) > 0).sum()
+            (loss * dist.loss_weight(float(n_local))).backward()  # weight 1.0 (exact) for one process
+            dist.average_grads(model.parameters())
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            gnorm = clip_grad_norm_(model.parameters(), clip)  # over all shards under FSDP
+            if not torch.isfinite(gnorm):  # a NaN/inf gradient: drop it, leave weights and Adam moments alone
+                skip(f"gradient norm ({gnorm.item()})")
+                continue
+            optimizer.step()
+            scheduler.step()
+            counters["consecutive_skips"] = 0
+            stats["loss/policy"].append(loss.item())
+            stats["clip_ratio"].append(float(st["clip_ratio"]))
+            stats["kl/approx"].append(float(st["approx_kl"]))
+            stats["grad_norm"].append(gnorm.item())
+    out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
+    out["optim/skipped_steps"] = skipped
+    return out
