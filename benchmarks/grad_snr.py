@@ -36,7 +36,7 @@ from poise.rollout.models import load_model  # noqa: E402
 from poise.rollout.engine import response_logits, token_logprobs  # noqa: E402
 from poise.rollout.sampling import collect  # noqa: E402
 from poise.data.tasks.dataset import build_task  # noqa: E402
-from poise.train.loop import PromptStream  # noqa: E402
+from poise.train.state import PromptStream  # noqa: E402
 from poise.data.verifier import SafeVerifier  # noqa: E402
 
 

@@ -35,7 +35,8 @@ from poise.rollout.engine import response_logits, score, token_logprobs
 from poise.rollout.sampling import collect
 from poise.data.tasks import get_task
 from poise.data.tasks.dataset import task_kwargs
-from poise.train.loop import PromptStream, compute_advantages, marker_token_id
+from poise.train.loop import compute_advantages
+from poise.train.state import PromptStream, marker_token_id
 
 
 def load_probe_at(ckpt: Path) -> RidgeProbe | None:

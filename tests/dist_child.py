@@ -24,7 +24,9 @@ from poise.algo.probe import RidgeProbe  # noqa: E402
 from poise.rollout.engine import score  # noqa: E402
 from poise.rollout.sampling import collect  # noqa: E402
 from poise.data.tasks import get_task  # noqa: E402
-from poise.train.loop import PromptStream, compute_advantages, policy_update  # noqa: E402
+from poise.train.loop import compute_advantages  # noqa: E402
+from poise.train.state import PromptStream  # noqa: E402
+from poise.train.update import policy_update  # noqa: E402
 
 
 def main(values: dict, out: str, sharded: bool = False) -> None:

@@ -17,7 +17,8 @@ from poise.rollout.engine import RolloutBatch, generate, score
 from poise.rollout.sampling import cat_batches, collect, overlong_penalty, varied_groups
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics
-from poise.train.loop import PromptStream, compute_advantages, train
+from poise.train.loop import compute_advantages, train
+from poise.train.state import PromptStream
 from conftest import ParityTask, train_and_diff
 from test_rewards_light import half_solvable_reward
 

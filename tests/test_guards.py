@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import poise.train.loop as trainer_mod
 import poise.train.update as update_mod
 from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
 from poise.io.config import ConfigError
@@ -14,7 +13,11 @@ from poise.rollout.models import load_local
 from poise.rollout.sampling import collect, varied_groups
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics
-from poise.train.loop import PromptStream, compute_advantages, policy_update, train
+from poise.rollout.engine import score
+from poise.train.compute import ComputeMeter
+from poise.train.loop import compute_advantages, train
+from poise.train.state import PromptStream
+from poise.train.update import policy_update
 from conftest import ParityTask
 from test_rewards_light import nan_sometimes_reward
 
@@ -116,8 +119,8 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_leaves_all_state_uncha
     model, tok = load_local(micro_dir)
     task = get_task("parity_test")
     col = collect(model, tok, task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
-                  torch.Generator().manual_seed(0), trainer_mod.ComputeMeter())
-    trainer_mod.score(model, col.batch, None)
+                  torch.Generator().manual_seed(0), ComputeMeter())
+    score(model, col.batch, None)
     adv, _, _ = compute_advantages(cfg, col.rewards)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -148,10 +151,10 @@ def test_truncated_responses_are_flagged_exactly_and_can_be_masked(micro_dir, ti
     model, tok = load_local(micro_dir)
     task = get_task("parity_test")
     col = collect(model, tok, task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
-                  torch.Generator().manual_seed(0), trainer_mod.ComputeMeter())
+                  torch.Generator().manual_seed(0), ComputeMeter())
     eos = (col.batch.response_ids == tok.eos_token_id).any(1)
     assert torch.equal(col.batch.truncated, ~eos) and col.batch.truncated.all()  # an untrained model never stops
-    trainer_mod.score(model, col.batch, None)
+    score(model, col.batch, None)
     adv = torch.ones(col.batch.response_ids.shape[0])
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)

@@ -148,7 +148,7 @@ def test_shared_prefill_samples_the_same_tokens(micro_dir):
 
 
 def test_token_accounting_counts_a_shared_prompt_once_per_group(micro_dir):
-    from poise.train.loop import n_tokens
+    from poise.train.compute import n_tokens
 
     _, _, b = _batch(micro_dir, n=3, G=2, max_new=6)
     prompt, response = int(b.prompt_mask.sum()), int(b.response_mask.sum())

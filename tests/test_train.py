@@ -3,7 +3,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from poise.train.loop import load_probe, train
+from poise.algo.probe import load_probe
+from poise.train.loop import train
 from poise.io.tracking import read_metrics
 from conftest import train_and_diff
 

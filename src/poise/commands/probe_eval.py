@@ -39,7 +39,7 @@ from poise.io.configio import ConfigError
 from poise.rollout.engine import RolloutBatch, generate, score, stop_token_ids
 from poise.rollout.models import decoder_layers, load_local, resolve_layer
 from poise.train.critic import ValueModel
-from poise.train.loop import marker_token_id
+from poise.train.state import marker_token_id
 
 # =====================================================================================================================
 # Metrics: pure functions

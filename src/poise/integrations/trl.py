@@ -81,7 +81,7 @@ from poise.algo.features import rollout_features, token_entropy  # noqa: E402
 from poise.rollout.models import decoder_layers, resolve_layer  # noqa: E402
 from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: E402
 from poise.rollout.engine import RolloutBatch, response_forward  # noqa: E402
-from poise.train.loop import marker_token_id  # noqa: E402
+from poise.train.state import marker_token_id  # noqa: E402
 
 STATE_FILE = "poise_trl.json"
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from poise.rollout.engine import RolloutBatch, prompts_shared
+
 COUNTERS = ("prompts", "samples", "prompt_tokens", "generated_tokens", "forward_tokens_policy",
             "forward_tokens_reference", "forward_tokens_critic", "backward_tokens_policy", "backward_tokens_critic")
 BUDGETS = ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens", "seconds")
@@ -104,3 +106,18 @@ def estimated_flops(totals: dict[str, float], policy_params: int, critic_params:
         + t["forward_tokens_reference"]
     return (2.0 * policy_params * policy_forward + 2.0 * critic_params * t["forward_tokens_critic"]
             + 4.0 * policy_params * t["backward_tokens_policy"] + 4.0 * critic_params * t["backward_tokens_critic"])
+
+
+def n_tokens(batch: RolloutBatch, shared_prompts: bool = True) -> int:
+    """Valid (non-padding) prompt + response tokens one forward or backward pass over `batch` processes. The policy's
+    passes run each group's prompt once (`rollout.engine.response_forward`), so with `shared_prompts` a prompt counts
+    once per group; the critic's do not share them."""
+    G = batch.group_size
+    share = shared_prompts and prompts_shared(batch.prompt_ids, batch.prompt_mask, G)
+    return int((batch.prompt_mask[::G] if share else batch.prompt_mask).sum() + batch.response_mask.sum())
+
+
+def budget_limits(budget) -> dict[str, float]:
+    """The budgets that are set (`budget.*` > 0), by name."""
+    return {k: getattr(budget, k) for k in BUDGETS if getattr(budget, k)}
+

@@ -16,9 +16,12 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from poise.parallel.fsdp import clip_grad_norm_
 from poise.algo.losses import value_loss
-from poise.rollout.engine import RolloutBatch, position_ids
+from poise.parallel.fsdp import clip_grad_norm_
+from poise.rollout.engine import RolloutBatch, minibatch_rows, position_ids
+from poise.train.compute import n_tokens
+from poise.train.metrics import mean_over_ranks
+from poise.train.update import local_minibatch_prompts
 
 
 class ValueModel(nn.Module):
@@ -93,3 +96,41 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
     return {"critic/value_loss": sum(losses) / len(losses), "critic/grad_norm": sum(norms) / len(norms),
             "critic/explained_variance": explained_variance(old_values, returns, mask),
             "critic/value_mean": float(old_values[mask].mean())}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop's critic phase (PPO): values before the advantages, the update after the policy's
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def critic_values(state, batch: RolloutBatch, n_local: int) -> Tensor:
+    """The critic's (B, T) values of this step's rows, a mini-batch at a time, without a graph (eval mode); counted
+    as critic forward tokens. `state` is the run's `TrainState`."""
+    cfg, dist = state.cfg, state.dist
+    with torch.no_grad():
+        state.critic.eval()
+        values = torch.cat([state.critic(batch.rows(rows)) for rows in minibatch_rows(
+            n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)])
+    state.meter.add(forward_tokens_critic=n_tokens(batch, shared_prompts=False))
+    return values
+
+
+def critic_phase(state, batch: RolloutBatch, values: Tensor, returns: Tensor, n_local: int) -> dict:
+    """The critic's clipped value update on this step's rows (`critic_update`) and its metrics over every rank:
+    explained variance is recomputed over all ranks' rows, not averaged. Counts the critic's forward and backward
+    tokens."""
+    cfg, dist, G = state.cfg, state.dist, state.cfg.rollout.group_size
+    outcome = cfg.critic.mode == "outcome"
+    old = values[:, 0] if outcome else values
+    metrics = mean_over_ranks(critic_update(
+        state.critic, state.critic_optimizer, state.critic_scheduler, batch, old, returns, outcome,
+        local_minibatch_prompts(cfg, n_local, dist) * G, cfg.optim.epochs, cfg.critic.value_clip,
+        cfg.optim.grad_clip, dist), dist)
+    if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
+        m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
+        v, r = (torch.cat(dist.gather_objects(x[m].cpu())) for x in (old, returns))
+        metrics["critic/explained_variance"] = explained_variance(v, r, torch.ones_like(v, dtype=torch.bool))
+        metrics["critic/value_mean"] = float(v.mean())
+    passes = cfg.optim.epochs * n_tokens(batch, shared_prompts=False)
+    state.meter.add(forward_tokens_critic=passes, backward_tokens_critic=passes)
+    return metrics

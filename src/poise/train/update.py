@@ -1,7 +1,7 @@
 """The policy update of one step: the PPO clipped surrogate over mini-batches of whole groups, with an optional k3 KL
 penalty against a frozen reference, the numerical guard (a non-finite loss or gradient skips the optimizer step),
 and, with several processes, loss weighting and gradient averaging (`poise.parallel.distributed`). Called by
-`trainer.train` after the step's advantages are fixed."""
+`poise.train.loop.train` after the step's advantages are fixed."""
 
 from __future__ import annotations
 
@@ -11,12 +11,22 @@ from poise.io.config import TrainConfig
 from poise.parallel.distributed import Dist
 from poise.parallel.fsdp import clip_grad_norm_
 from poise.algo.losses import aggregate, kl_k3, ppo_clip_loss
-from poise.rollout.engine import RolloutBatch, minibatch_rows, response_logits, token_logprobs
+from poise.rollout.engine import RolloutBatch, minibatch_rows, response_logits, score, score_with_graph, token_logprobs
 
 
 def local_minibatch_prompts(cfg: TrainConfig, n_local_prompts: int, dist: Dist) -> int:
     """This rank's prompts per mini-batch: its share of optim.mini_batch_prompts (all of them with one process)."""
     return min(cfg.optim.mini_batch_prompts, n_local_prompts * dist.world) // dist.world
+
+
+def score_for_update(model, batch: RolloutBatch, n_local: int, cfg: TrainConfig, dist: Dist, layer: int | None):
+    """The step's scoring pass (old log-probs, entropies, the probe layer's hidden states) -> (first mini-batch's
+    rows, their log-probs with the graph kept). The first mini-batch's forward is the update's own (its PPO ratio is
+    exactly 1); the other rows get no-grad forwards of the same size (eval mode), so scoring never holds more
+    activations than the update."""
+    first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)[0]
+    score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)
+    return first, score_with_graph(model, batch, first, layer, cfg.rollout.temperature)
 
 
 def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,
