@@ -4,8 +4,8 @@
     python benchmarks/fsdp_memory.py --model smollm2-135m --steps 5 --reps 3 --mmap-threshold 0 \
         --out results/fsdp_timing.json
 
-Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.commands.cli train ...` run of POISE, the
-two modes alternating within a repetition. DDP is `--multi_gpu` (every rank keeps the whole model, its gradients
+Each (mode, repetition) is a real `accelerate launch --num_processes 2 -m poise.commands.cli train ...` run of POISE,
+the two modes alternating within a repetition. DDP is `--multi_gpu` (every rank keeps the whole model, its gradients
 and its AdamW moments); FSDP adds `--fsdp true` (each rank keeps half of each, and gathers the whole model for
 sampling and scoring). Per run:
   - what rank 0 holds of the training state after step 1 (weights, gradients, AdamW moments: the trainer's

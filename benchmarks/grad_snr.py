@@ -35,6 +35,7 @@ from poise.parallel.distributed import Dist  # noqa: E402
 from poise.rollout.models import load_model  # noqa: E402
 from poise.rollout.engine import response_logits, token_logprobs  # noqa: E402
 from poise.rollout.sampling import collect  # noqa: E402
+from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks.dataset import build_task  # noqa: E402
 from poise.train.state import PromptStream  # noqa: E402
 from poise.data.verifier import SafeVerifier  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     grads, rewards = [], []
     for _ in range(a.batches):
-        col = collect(model, tokenizer, task, stream, cfg, gen, ComputeMeter(), Dist("cpu"))
+        col = collect(KVCacheSampler(model, tokenizer), task, stream, cfg, gen, ComputeMeter(), Dist("cpu"))
         model.train()
         grads.append(batch_gradient(model, col.batch, col.rewards, cfg.rollout.temperature).double())
         rewards.append(float(col.rewards.mean()))

@@ -33,6 +33,7 @@ from poise.rollout.models import decoder_layers, load_policy, resolve_layer
 from poise.algo.probe import RidgeProbe
 from poise.rollout.engine import response_logits, score, token_logprobs
 from poise.rollout.sampling import collect
+from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks import get_task
 from poise.data.tasks.dataset import task_kwargs
 from poise.train.loop import compute_advantages
@@ -72,7 +73,7 @@ def measure(run: Path, step: int, batches: int, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed + 11)
     grads, rewards = [], []
     for _ in range(batches):
-        col = collect(model, tok, task, stream, cfg, gen, ComputeMeter())
+        col = collect(KVCacheSampler(model, tok), task, stream, cfg, gen, ComputeMeter())
         batch = col.batch
         score(model, batch, layer, cfg.rollout.temperature)
         pred = None

@@ -151,7 +151,8 @@ def main() -> None:
     samples = []
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(a.keep) if a.keep else Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--model.name", "micro", "--max_steps", str(a.steps),
+        cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--model.name", "micro",
+               "--max_steps", str(a.steps),
                "--threads", str(a.threads), "--output_dir", str(run), "--checkpoint.every", "500",
                "--log_samples_every", "100", *a.train_arg]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}

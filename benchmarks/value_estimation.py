@@ -4,8 +4,8 @@
     python benchmarks/value_estimation.py --ppo-run runs/value/ppo --out results/value_estimation.json
 
 The commands in docs/RESULTS.md were written against this script; it is now a thin wrapper over
-`poise probe-eval` (src/poise/commands/probe_eval.py), which holds the study and its description. The only differences are
-the defaults: the transfer study runs here by default, fitted on chain_sum's easy levels and scored on the hard
+`poise probe-eval` (src/poise/commands/probe_eval.py), which holds the study and its description. The only differences
+are the defaults: the transfer study runs here by default, fitted on chain_sum's easy levels and scored on the hard
 ones, and `--poise-run` is `--other-run` there.
 """
 

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks) or alone (1 rank): one fixed batch, one policy update
 and one probe fit; writes the updated weights and the probe to OUT/rank<r>.safetensors. With a third argument
-'fsdp' the model is sharded (poise.parallel.fsdp): sampling and scoring run gathered, and the weights written are the full
-ones gathered to rank 0 (rank 1 writes none)."""
+'fsdp' the model is sharded (poise.parallel.fsdp): sampling and scoring run gathered, and the weights written are the
+full ones gathered to rank 0 (rank 1 writes none)."""
 
 import json
 import sys
@@ -23,6 +23,7 @@ from poise.rollout.models import decoder_layers, load_local  # noqa: E402
 from poise.algo.probe import RidgeProbe  # noqa: E402
 from poise.rollout.engine import score  # noqa: E402
 from poise.rollout.sampling import collect  # noqa: E402
+from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks import get_task  # noqa: E402
 from poise.train.loop import compute_advantages  # noqa: E402
 from poise.train.state import PromptStream  # noqa: E402
@@ -41,7 +42,7 @@ def main(values: dict, out: str, sharded: bool = False) -> None:
     P, G, mb = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.optim.mini_batch_prompts
     # every rank builds the same full batch, then keeps its share of whole groups
     with fsdp.gathered(model if sharded else None):
-        col = collect(model, tok, task, PromptStream(task.problems("train", 64, seed=0), 0), cfg,
+        col = collect(KVCacheSampler(model, tok), task, PromptStream(task.problems("train", 64, seed=0), 0), cfg,
                       torch.Generator().manual_seed(0), ComputeMeter())
         score(model, col.batch, 1)
     feats = rollout_features(col.batch.prompt_hidden, col.batch.prompt_mask, col.batch.response_hidden,

@@ -15,6 +15,7 @@ from poise.rollout.models import load_local
 from poise.data.tasks import encode_prompts
 from poise.rollout.engine import RolloutBatch, generate, score
 from poise.rollout.sampling import cat_batches, collect, overlong_penalty, varied_groups
+from poise.rollout.sampler import KVCacheSampler
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics
 from poise.train.loop import compute_advantages, train
@@ -198,7 +199,7 @@ def test_dynamic_sampling_keeps_only_varied_groups_and_counts_drops(micro_dir, t
     task = get_task("half_solvable_test")
     stream = PromptStream(task.problems("train", 64, seed=0), 0)
     meter = ComputeMeter()
-    col = collect(model, tok, task, stream, cfg, torch.Generator().manual_seed(0), meter)
+    col = collect(KVCacheSampler(model, tok), task, stream, cfg, torch.Generator().manual_seed(0), meter)
     G, P = 8, 6
     assert varied_groups(col.scores, G).all() and len(col.problems) <= P
     assert col.batch.prompt_ids.shape[0] == len(col.problems) * G == col.scores.shape[0]
@@ -221,7 +222,8 @@ def test_dynamic_sampling_gives_up_after_the_round_cap(micro_dir, tiny_run, tmp_
     model, tok = load_local(micro_dir)  # untrained: never right on chain_sum, so every group is all zeros
     task = get_task("chain_sum")
     meter = ComputeMeter()
-    col = collect(model, tok, task, PromptStream(task.problems("train", 16, seed=0), 0), cfg, None, meter)
+    col = collect(KVCacheSampler(model, tok), task, PromptStream(task.problems("train", 16, seed=0), 0), cfg, None,
+                  meter)
     assert col.rounds == 2 and len(col.problems) == 0 and col.batch.prompt_ids.shape[0] == 0
     assert meter.step["samples"] == 2 * 2 * 8 and col.groups_varied == 0
     # the loop survives a step with nothing to train on and still logs what it generated

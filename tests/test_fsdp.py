@@ -136,7 +136,8 @@ def test_shipped_fsdp_config_matches_ddp_and_resumes_exactly(micro_dir, tmp_path
                                                                                          "policy.safetensors")))
     saved = (tmp_path / "fsdp/config.yaml").read_text()
     assert "fsdp: true" in saved  # turned on by the accelerate config, recorded so that resume checks it
-    r = subprocess.run([sys.executable, "-m", "poise.commands.cli", *args, "--max-steps", "5", "--resume", "--output-dir",
+    r = subprocess.run([sys.executable, "-m", "poise.commands.cli", *args, "--max-steps", "5", "--resume",
+                        "--output-dir",
                         str(tmp_path / "fsdp")], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "fsdp: True -> False" in r.stderr  # one process without FSDP: refused
 

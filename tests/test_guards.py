@@ -11,6 +11,7 @@ from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advant
 from poise.io.config import ConfigError
 from poise.rollout.models import load_local
 from poise.rollout.sampling import collect, varied_groups
+from poise.rollout.sampler import KVCacheSampler
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics
 from poise.rollout.engine import score
@@ -118,7 +119,7 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_leaves_all_state_uncha
     cfg = tiny_run(tmp_path, **{"optim.max_consecutive_skips": 100, "max_steps": 1})
     model, tok = load_local(micro_dir)
     task = get_task("parity_test")
-    col = collect(model, tok, task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
+    col = collect(KVCacheSampler(model, tok), task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
                   torch.Generator().manual_seed(0), ComputeMeter())
     score(model, col.batch, None)
     adv, _, _ = compute_advantages(cfg, col.rewards)
@@ -150,7 +151,7 @@ def test_truncated_responses_are_flagged_exactly_and_can_be_masked(micro_dir, ti
     cfg = tiny_run(tmp_path, **{"rollout.max_new_tokens": 3, "loss.mask_truncated": True})
     model, tok = load_local(micro_dir)
     task = get_task("parity_test")
-    col = collect(model, tok, task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
+    col = collect(KVCacheSampler(model, tok), task, PromptStream(task.problems("train", 16, seed=0), 0), cfg,
                   torch.Generator().manual_seed(0), ComputeMeter())
     eos = (col.batch.response_ids == tok.eos_token_id).any(1)
     assert torch.equal(col.batch.truncated, ~eos) and col.batch.truncated.all()  # an untrained model never stops

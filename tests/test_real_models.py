@@ -173,7 +173,8 @@ def test_lora_trains_only_the_adapters_and_keeps_the_layers_findable(micro_dir):
 
 
 def test_peft_is_imported_only_when_lora_is_on(micro_dir, tmp_path):
-    code = ("import sys; from poise.io.config import ModelConfig; from poise.rollout.models import load_model, save_policy; "
+    code = ("import sys; from poise.io.config import ModelConfig; "
+            "from poise.rollout.models import load_model, save_policy; "
             f"m, _ = load_model(ModelConfig(name={str(micro_dir)!r})); save_policy(m, {str(tmp_path / 'p')!r}); "
             "assert 'peft' not in sys.modules, 'peft imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

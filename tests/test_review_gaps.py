@@ -265,7 +265,8 @@ def test_trainer_predicts_with_a_probe_fitted_on_earlier_steps_only(tiny_run, tm
 
     log = []
     _record_rewards(monkeypatch, log)  # one 'rewards' event per step: the step boundaries
-    for name, cls in [("predict", RidgeProbe), ("fit", RidgeProbe), ("fit_moments", RidgeProbe), ("add", FeatureBuffer)]:
+    for name, cls in [("predict", RidgeProbe), ("fit", RidgeProbe), ("fit_moments", RidgeProbe),
+                      ("add", FeatureBuffer)]:
         def recording(self, *args, _orig=getattr(cls, name), _name=name, **kwargs):
             log.append(("fit" if _name.startswith("fit") else _name,))
             return _orig(self, *args, **kwargs)

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poise.data.tasks import drop_long_prompts, encode_prompts
+from poise.data.tasks import drop_long_prompts
 from poise.data.tasks.dataset import build_task, check_reward_function
 from poise.data.verifier import SafeVerifier
 from poise.io.config import to_dict
 from poise.io.configio import ConfigError
 from poise.parallel.distributed import resolve_device
-from poise.rollout.engine import generate, stop_token_ids
+from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score
 from poise.rollout.models import load_policy
 
 # =====================================================================================================================
@@ -111,25 +111,18 @@ def summary_table(metrics: dict, k: int) -> str:
 def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int, temperature: float = 1.0,
                    top_p: float = 1.0, generator: torch.Generator | None = None, batch_prompts: int = 32):
     """For each batch of `batch_prompts` problems, sample k responses per problem (B = P * k rows, problem p's
-    rows p*k .. p*k+k-1) and score them. Yields (rows, seconds generating, seconds scoring, generated tokens), one
-    row per problem: uid, level, question, answer (gold), responses, scores (None = unscorable), n_correct,
-    unscorable, tokens (response lengths, EOS included) and truncated (responses that hit the limit without EOS)."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    stops = stop_token_ids(model, tokenizer)  # every EOS id of the tokenizer and the generation config
+    rows p*k .. p*k+k-1; `poise.rollout.sampler`) and score them. Yields (rows, seconds generating, seconds decoding
+    and scoring, generated tokens), one row per problem: uid, level, question, answer (gold), responses, scores
+    (None = unscorable), n_correct, unscorable, tokens (response lengths, EOS included) and truncated (responses
+    that hit the limit without EOS)."""
+    was_training = model.training
+    sampler, params = KVCacheSampler(model, tokenizer), SamplingParams(max_new_tokens, temperature, top_p)
     try:
         for s in range(0, len(problems), batch_prompts):
             chunk = problems[s:s + batch_prompts]
-            t0 = time.perf_counter()
-            ids, mask = (x.to(device) for x in encode_prompts(tokenizer, chunk, k))  # (P*k, L), on the model's device
-            resp, rmask = generate(model, ids, mask, max_new_tokens, stops,
-                                   tokenizer.pad_token_id, temperature, top_p, generator, group_size=k)  # (P*k, T)
-            texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
-            t1 = time.perf_counter()
-            scores = task.score_batch(texts, [p for p in chunk for _ in range(k)])
-            t2 = time.perf_counter()
-            lengths = rmask.sum(1).tolist()
-            ended = torch.isin(resp, torch.tensor(stops, device=resp.device)).any(1).tolist()
+            out = sample_and_score(sampler, task, chunk, k, params, generator)  # (P*k) rows
+            texts, scores = out.texts, out.scores
+            lengths, ended = out.batch.response_mask.sum(1).tolist(), out.batch.ended.tolist()
             rows = []
             for i, p in enumerate(chunk):
                 sc = scores[i * k:(i + 1) * k]
@@ -138,7 +131,7 @@ def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int
                              "n_correct": sum(map(is_correct, sc)), "unscorable": sum(x is None for x in sc),
                              "tokens": lengths[i * k:(i + 1) * k],
                              "truncated": sum(not e for e in ended[i * k:(i + 1) * k])})
-            yield rows, t1 - t0, t2 - t1, int(rmask.sum())
+            yield rows, out.sample_seconds, out.score_seconds, int(out.batch.response_mask.sum())
     finally:
         model.train(was_training)
 

@@ -36,7 +36,8 @@ from poise.data.tasks import encode_prompts
 from poise.data.tasks.dataset import build_task
 from poise.io.config import TrainConfig, build_config, load_yaml
 from poise.io.configio import ConfigError
-from poise.rollout.engine import RolloutBatch, generate, score, stop_token_ids
+from poise.rollout.engine import RolloutBatch, score
+from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score
 from poise.rollout.models import decoder_layers, load_local, resolve_layer
 from poise.train.critic import ValueModel
 from poise.train.state import marker_token_id
@@ -77,22 +78,20 @@ def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor
 
 
 def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_prompts=64):
-    """(features dict, rewards (P, G)) for G samples of each problem, the features from the scoring pass."""
-
+    """(features dict, rewards (P, G)) for G samples of each problem (`poise.rollout.sampler`), the features from
+    the scoring pass."""
     feats, rewards = {"prompt": [], "trajectory": [], "entropy": []}, []
+    sampler = KVCacheSampler(model, tok)
+    params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature)
     for s in range(0, len(problems), batch_prompts):
         chunk = problems[s:s + batch_prompts]
-        ids, mask = encode_prompts(tok, chunk, G)
-        resp, rmask = generate(model, ids, mask, cfg.rollout.max_new_tokens, stop_token_ids(model, tok),
-                               tok.pad_token_id, cfg.rollout.temperature, 1.0, gen, group_size=G)
-        scores = task.score_batch(tok.batch_decode(resp, skip_special_tokens=True),
-                                  [p for p in chunk for _ in range(G)])
-        batch = score(model, RolloutBatch(ids, mask, resp, rmask, G), layer, cfg.rollout.temperature)
+        out = sample_and_score(sampler, task, chunk, G, params, gen)
+        batch = score(model, out.batch, layer, cfg.rollout.temperature)
         f = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,
                              batch.response_ids, batch.entropy, marker_id, cfg.probe.k)
         for k in feats:
             feats[k].append(f[k])
-        rewards.append(torch.tensor([x or 0.0 for x in scores]).view(len(chunk), G))
+        rewards.append(torch.tensor([x or 0.0 for x in out.scores]).view(len(chunk), G))
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(rewards)
 
 

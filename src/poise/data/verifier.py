@@ -1,8 +1,8 @@
 """Answer checking in a sandboxed worker process with a hard wall-clock limit per call.
 
-A reward function (`poise.data.tasks.rewards`) runs untrusted model output through parsers such as sympy and math-verify,
-which can hang (`9^9^9^9`), exhaust memory, or `eval` what they are given. `SafeVerifier` runs it in a separate
-process:
+A reward function (`poise.data.tasks.rewards`) runs untrusted model output through parsers such as sympy and
+math-verify, which can hang (`9^9^9^9`), exhaust memory, or `eval` what they are given. `SafeVerifier` runs it in a
+separate process:
 
 - **Hard limit.** Each (response, problem) pair gets `timeout` seconds of wall-clock time. The parent waits on a
   pipe with `poll(timeout)`, never on a signal, so it works from any thread. On timeout the worker is killed

@@ -1,5 +1,5 @@
-"""Multi-process training: `accelerate launch --multi_gpu --num_processes N -m poise.commands.cli train ...` (data parallel,
-DDP semantics).
+"""Multi-process training: `accelerate launch --multi_gpu --num_processes N -m poise.commands.cli train ...` (data
+parallel, DDP semantics).
 
 Every rank holds the whole policy and optimizer (with `fsdp: true`, a shard of each: `fsdp.py`). A step's P prompts
 are split between ranks by whole groups, so a group's G rollouts (and its advantages, which need only the group)

@@ -9,14 +9,13 @@ generated sample, kept or not, is counted in the step's compute and in its rewar
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from poise.data.tasks import encode_prompts
-from poise.rollout.engine import RolloutBatch, generate, stop_token_ids
+from poise.rollout.engine import RolloutBatch
+from poise.rollout.sampler import Sampler, SamplingParams, sample_and_score
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
@@ -121,8 +120,9 @@ def rebalance(kept: list, dist, mini_batch: int) -> tuple[list, int]:
     return [(everything[i][1], [everything[i][2]], everything[i][3]) for i in mine], len(everything) - K
 
 
-def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) -> Collected:
-    """Generate and reward `cfg.rollout.prompts_per_step` groups, with dynamic sampling when enabled.
+def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) -> Collected:
+    """Generate (through `sampler`, `poise.rollout.sampler`) and reward `cfg.rollout.prompts_per_step` groups, with
+    dynamic sampling when enabled.
 
     `cfg` is the TrainConfig; `meter` (compute.ComputeMeter) receives prompts, samples, prompt and generated tokens.
     With several processes (`dist`, distributed.Dist) each rank generates its share of every round; dynamic
@@ -137,30 +137,21 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) ->
     rounds = n_kept = generated = varied = n_tokens = 0
     reward_seconds = 0.0
     before = dict(task.verifier.stats)
-    model.eval()
-    device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)  # every EOS id of the tokenizer and the generation config
+    params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
         problems = stream.take(P)  # with several processes: this rank's share of P (trainer.ShardedStream)
         n = len(problems)
-        prompt_ids, prompt_mask = (x.to(device) for x in encode_prompts(tokenizer, problems, G))  # (n*G, L)
-        response_ids, response_mask = generate(model, prompt_ids, prompt_mask, r.max_new_tokens,
-                                               stops, tokenizer.pad_token_id, r.temperature,
-                                               r.top_p, generator, group_size=G)
-        n_tokens += int(response_mask.sum())
-        meter.add(prompts=n, samples=n * G, prompt_tokens=int(prompt_mask[::G].sum()),  # prefilled once per group
-                  generated_tokens=int(response_mask.sum()))
-        t = time.perf_counter()
-        texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-        expanded = [p for p in problems for _ in range(G)]
-        scores = torch.tensor([math.nan if x is None else x for x in task.score_batch(texts, expanded)],
-                              dtype=torch.float32)  # (P*G,), NaN: unscorable
-        reward_seconds += time.perf_counter() - t
+        out = sample_and_score(sampler, task, problems, G, params, generator)  # (n*G) rows
+        batch = out.batch
+        n_tokens += int(batch.response_mask.sum())
+        meter.add(prompts=n, samples=n * G, prompt_tokens=int(batch.prompt_mask[::G].sum()),  # prefilled once a group
+                  generated_tokens=int(batch.response_mask.sum()))
+        scores = torch.tensor([math.nan if x is None else x for x in out.scores],
+                              dtype=torch.float32)  # NaN: unscorable
+        reward_seconds += out.score_seconds
         all_scores.append(scores)
-        all_levels += [p.level for p in expanded]
-        batch = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, G,
-                             ended=torch.isin(response_ids, torch.tensor(stops, device=device)).any(dim=1))
+        all_levels += [p.level for p in problems for _ in range(G)]
         ok = varied_groups(scores, G) if G > 1 else torch.zeros(n, dtype=torch.bool)
         generated, varied = generated + n, varied + int(ok.sum())
         if spread:
@@ -178,13 +169,14 @@ def collect(model, tokenizer, task, stream, cfg, generator, meter, dist=None) ->
     uneven = 0
     if spread:
         kept, uneven = rebalance(kept, dist, cfg.optim.mini_batch_prompts)
-        kept = [(b.to(device), *rest) for b, *rest in kept]
+        kept = [(b.to(batch.prompt_ids.device), *rest) for b, *rest in kept]
     if kept:
-        batch = cat_batches([k[0] for k in kept], tokenizer.pad_token_id)
+        batch = cat_batches([k[0] for k in kept], sampler.tokenizer.pad_token_id)
         problems = [p for k in kept for p in k[1]]
         scores = torch.cat([k[2] for k in kept])
     else:  # dynamic sampling found no group with reward variance: nothing to train on this step
-        batch = RolloutBatch(*(x[:0] for x in (prompt_ids, prompt_mask, response_ids, response_mask)), G)
+        batch = RolloutBatch(*(x[:0] for x in (batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                                  batch.response_mask)), G)
         problems, scores = [], torch.zeros(0)
     rewards = scores.clone()
     if cfg.reward.overlong_buffer > 0 and len(scores):

@@ -65,8 +65,8 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
     """Clipped value-loss steps over mini-batches of rows; one optimizer step per mini-batch.
 
     `old_values`, `returns`: (B, T) token level, or (B,) sequence level when `outcome` (the value at t = 0 only).
-    `dist` (`poise.parallel.distributed.Dist`, several processes): each rank's token-mean loss is weighted by its share of
-    the mini-batch's tokens and gradients are averaged over ranks, which gives the single-process update.
+    `dist` (`poise.parallel.distributed.Dist`, several processes): each rank's token-mean loss is weighted by its share
+    of the mini-batch's tokens and gradients are averaged over ranks, which gives the single-process update.
     Returns mean `critic/value_loss`, `critic/grad_norm` and the explained variance of the old values (this rank's
     rows; the trainer recomputes it over all ranks).
     """

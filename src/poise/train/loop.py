@@ -105,8 +105,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
         # FSDP: the whole model is gathered once for all of this, and ranks may sample different lengths ----
         t = time.perf_counter()
         with fsdp.gathered(state.model):
-            col = collect(state.model, state.tokenizer, state.task, state.prompts, cfg, state.generator, state.meter,
-                          dist)
+            col = collect(state.sampler, state.task, state.prompts, cfg, state.generator, state.meter, dist)
             t_score = time.perf_counter()
             batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
             n_local = len(batch.prompt_ids) // G if len(col.problems) else 0  # this rank's prompts this step

@@ -1,10 +1,11 @@
 """`TrainState`: every object a training run's next step depends on, built in one place (`build_state`) and saved
 and restored as one dictionary (`state_dict` / `load_state_dict`; `poise.io.checkpoint` writes it to files).
 
-What it holds: the task, tokenizer, policy (and a frozen reference copy when loss.kl_coef > 0), the PPO critic when
-algorithm.advantage is 'critic', their optimizers and warm-up schedulers, the POISE probe and its feature buffer,
-the shared prompt stream (and this rank's view of it), the sampling generator, the compute meter, the numerical
-guard's counters, and the number of the last finished step. Under FSDP the modules are sharded here, before the
+What it holds: the task, tokenizer, policy (and a frozen reference copy when loss.kl_coef > 0), the sampler that
+generates from it (`poise.rollout.sampler`), the PPO critic when algorithm.advantage is 'critic', their optimizers
+and warm-up schedulers, the POISE probe and its feature buffer, the shared prompt stream (and this rank's view of
+it), the sampling generator, the compute meter, the numerical guard's counters, and the number of the last finished
+step. Under FSDP the modules are sharded here, before the
 optimizers see their parameters.
 """
 
@@ -27,6 +28,7 @@ from poise.io.configio import ConfigError
 from poise.parallel import fsdp
 from poise.parallel.distributed import Dist, check_layout
 from poise.rollout.models import decoder_layers, load_model, resolve_layer
+from poise.rollout.sampler import KVCacheSampler, Sampler
 from poise.train.compute import ComputeMeter
 from poise.train.critic import ValueModel
 
@@ -86,6 +88,7 @@ class TrainState:
     generator: torch.Generator
     layer: int | None  # the probe's decoder layer (None without POISE)
     marker: int | list[int] | None  # the end-of-reasoning marker's token id(s)
+    sampler: Sampler | None = None  # the rollout engine (KVCacheSampler on the policy itself)
     meter: ComputeMeter = field(default_factory=ComputeMeter)
     counters: dict = field(default_factory=lambda: {"skipped_total": 0, "consecutive_skips": 0})  # numerical guard
     step: int = 0  # the last finished step
@@ -227,6 +230,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
                        critic_sched, RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
                        FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream, prompts, gen, layer,
                        marker)
+    state.sampler = KVCacheSampler(model, tokenizer)
     if cfg.probe.load:
         state.probe = load_probe(cfg.probe.load, state.feature_meta)
     return state

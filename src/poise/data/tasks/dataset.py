@@ -6,9 +6,9 @@ when the task is built, before any training: all problems in all rows are collec
 :class:`DatasetError` naming the file, the field, how many rows are affected and the first row numbers (1-based
 lines for JSON Lines, 1-based row indices for Parquet and `datasets`). No row is ever dropped or truncated.
 
-Rewards come from `poise.data.tasks.rewards.math_reward` (math-verify on the text after the last `</think>`). A benchmark with
-explicit train/test files (GSM8K, or a saved `DatasetDict` with "train"/"test") keeps them; any other source is
-split by a hash of the prompt (:func:`split_of`), so train and test never share a question.
+Rewards come from `poise.data.tasks.rewards.math_reward` (math-verify on the text after the last `</think>`). A
+benchmark with explicit train/test files (GSM8K, or a saved `DatasetDict` with "train"/"test") keeps them; any other
+source is split by a hash of the prompt (:func:`split_of`), so train and test never share a question.
 """
 
 from __future__ import annotations
