@@ -13,7 +13,7 @@ from poise.commands.evaluate import (aggregate, aggregate_levels, default_output
                             select_problems, summary_table)
 from poise.data.tasks import ChainSumTask, get_task, register_task
 from poise.data.tasks.dataset import task_kwargs
-from test_rewards_light import nan_sometimes_reward
+from test_rewards_light import nan_sometimes_reward, partial_credit_reward
 
 
 class NanTask(ChainSumTask):
@@ -24,6 +24,16 @@ class NanTask(ChainSumTask):
 
 
 register_task("nan_test", NanTask)
+
+
+class PartialTask(ChainSumTask):
+    """chain_sum prompts; reward 1 for an even-length response and 0.5 (partial credit) for an odd one."""
+
+    name = "partial_test"
+    reward_fn = staticmethod(partial_credit_reward)
+
+
+register_task("partial_test", PartialTask)
 
 
 def read_rows(path):
@@ -118,6 +128,35 @@ def test_eval_writes_rows_and_a_summary_that_agree(tmp_path, micro_dir, capsys):
     assert summary["wall_time_s"] >= summary["loop_s"] > 0
     printed = capsys.readouterr().out
     assert "| level | problems | Avg@3 | pass@3 |" in printed and f"| all | 7 | {avg:.3f} |" in printed
+
+
+def test_one_definition_of_correct_for_eval_compare_and_sft(tmp_path, micro_dir):
+    """`poise eval` and the in-process `evaluate()` (compare, sft) count a sample correct only at reward >= 1: with
+    partial-credit rewards both report the fraction of full-credit samples, not the mean reward."""
+    from poise.commands.compare import evaluate_checkpoint
+    from poise.commands.evaluate import evaluate
+    from poise.data.verifier import SafeVerifier
+    from poise.rollout.models import load_local
+
+    _, rows, summary = run(tmp_path, micro_dir, "partial.jsonl", "--task.name", "partial_test")
+    scores = [s for r in rows for s in r["scores"]]
+    assert 0.5 in scores and 1.0 in scores  # partial credit occurred, so mean reward != accuracy
+    assert summary["overall"]["avg_at_k"] == pytest.approx(sum(s >= 1 for s in scores) / len(scores))
+    assert summary["overall"]["avg_at_k"] < sum(scores) / len(scores)
+
+    model, tok = load_local(str(micro_dir))
+    task = get_task("partial_test")
+    task.verifier = SafeVerifier(timeout=5.0)
+    problems = task.problems("test", 6, seed=0)
+    res = evaluate(model, tok, task, problems, samples=3, max_new_tokens=8, seed=0, progress=False)
+    scores = [s for p in res["per_problem"] for s in p["rewards"]]
+    assert 0.5 in scores and 1.0 in scores
+    assert res["accuracy"] == pytest.approx(sum(s >= 1 for s in scores) / len(scores))
+    assert res["accuracy"] < sum(scores) / len(scores)
+    cfg = type("Cfg", (), {"eval_k": 3, "eval_max_new_tokens": 8, "eval_batch_prompts": 64})()
+    point = evaluate_checkpoint(model, tok, task, problems, cfg)  # compare's measurement: the same numbers
+    assert point["accuracy"] == res["accuracy"]
+    assert point["per_problem"] == [sum(s >= 1 for s in p["rewards"]) / 3 for p in res["per_problem"]]
 
 
 def test_same_seed_same_output_other_seed_differs(tmp_path, micro_dir):

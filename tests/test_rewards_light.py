@@ -38,3 +38,8 @@ def trl_echo_columns(completions, prompts, answer, level, solution, **kwargs):
 def trl_parity(completions, **kwargs):
     """parity_reward with TRL's calling convention (for runs launched as separate processes)."""
     return [parity_reward(c, None) for c in completions]
+
+
+def partial_credit_reward(response, problem):
+    """1 for an even-length response, 0.5 (partial credit) for an odd one."""
+    return 1.0 if len(response) % 2 == 0 else 0.5

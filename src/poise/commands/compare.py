@@ -98,11 +98,11 @@ def load_eval_cache(path: Path, key: dict) -> dict[int, dict]:
 
 
 def evaluate_checkpoint(model, tokenizer, task, problems, cfg) -> dict:
-    """{"accuracy": Avg@k, "per_problem": [mean reward of each problem's k samples, None counted 0]} — the same
-    definition as `evaluate()`'s accuracy, which is the mean of per_problem."""
+    """{"accuracy": Avg@k, "per_problem": [each problem's fraction of correct samples]}: `evaluate()`'s accuracy
+    (the one definition of a correct sample, `evaluate.is_correct`), which is the mean of per_problem."""
     res = evaluate(model, tokenizer, task, problems, cfg.eval_k, cfg.eval_max_new_tokens, seed=0,
                    batch_prompts=cfg.eval_batch_prompts, progress=False)
-    per_problem = [sum(x or 0.0 for x in r["rewards"]) / len(r["rewards"]) for r in res["per_problem"]]
+    per_problem = [r["n_correct"] / len(r["rewards"]) for r in res["per_problem"]]
     return {"accuracy": res["accuracy"], "per_problem": per_problem}
 
 

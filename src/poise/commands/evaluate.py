@@ -1,9 +1,13 @@
 """Evaluation: Avg@k and pass@k, overall and per difficulty level. `run_eval(cfg)` is `poise eval`.
 
-Each problem's prompt is repeated k times in a row and sampled with the project's KV-cache sampler
-(`rollout.encode_prompts` + `rollout.generate`, driven by one seeded torch.Generator); the responses are scored by
-the task's reward in the sandboxed verifier worker (`Task.score_batch`). Rewards are 0/1 and a sample is *correct*
-when its reward is 1. A None reward (unscorable) counts as not correct and is counted separately.
+Each problem's prompt is repeated k times in a row and sampled through the one sampling interface
+(`poise.rollout.sampler`, driven by one seeded torch.Generator); the responses are scored by the task's reward in
+the sandboxed verifier worker (`Task.score_batch`).
+
+The one definition of a correct sample, used by `poise eval`, `poise compare` and `poise sft` alike (`is_correct`):
+its reward is >= 1. The built-in tasks' rewards are 0/1; a user's reward function that gives partial credit (0.5)
+counts only its full-credit samples as correct, so Avg@k and pass@k stay accuracies. A None reward (unscorable)
+counts as not correct and is counted separately.
 
 With c_i of the k samples of problem i correct, over N problems:
 
@@ -11,7 +15,7 @@ With c_i of the k samples of problem i correct, over N problems:
     pass@k = 1/N sum_i [c_i >= 1]                    (at least one of the k samples is correct)
     pass@j = 1/N sum_i pass_at_k(k, c_i, j)          (unbiased estimate for j <= k; Chen et al. 2021, arXiv 2107.03374)
 
-`evaluate()` is the in-process helper that `poise sft` uses (mean reward per level).
+`evaluate()` is the same measurement in process, for `poise sft` and `poise compare` (Avg@k overall and per level).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def is_correct(score: float | None) -> bool:
-    """A sample is correct when its (0/1) reward is 1; None (unscorable) is not correct."""
+    """A sample is correct when its reward is >= 1 (full credit); None (unscorable) is not correct."""
     return score is not None and score >= 1.0
 
 
@@ -140,30 +144,25 @@ def sample_batches(model, tokenizer, task, problems, k: int, max_new_tokens: int
 def evaluate(model, tokenizer, task, problems, samples: int = 4, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_prompts: int = 64,
              progress: bool = True) -> dict:
-    """Sample `samples` responses per problem and score them (mean reward; an unscorable sample counts 0).
+    """`poise eval`'s metric in process (used by `poise sft` and `poise compare`): sample `samples` responses per
+    problem (`sample_batches`) and count the correct ones (`is_correct`: reward >= 1; unscorable is not correct).
 
-    Returns {"accuracy": Avg@k over all problems, "levels": {level: {"n", "accuracy"}},
-             "per_problem": [{"uid", "level", "rewards": [...], "responses": [...]}]}.
+    Returns {"accuracy": Avg@k over all problems, "samples": k, "levels": {level: {"n", "accuracy"}},
+             "per_problem": [{"uid", "level", "question", "answer", "rewards": [...], "n_correct", "responses"}]}.
     """
     gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
-    per_problem = []
+    rows = []
     batches = sample_batches(model, tokenizer, task, problems, samples, max_new_tokens, temperature, top_p, gen,
                              batch_prompts)
-    for rows, *_ in tqdm(batches, desc="eval", total=-(-len(problems) // batch_prompts), disable=not progress,
-                         leave=False):
-        per_problem += [{"uid": r["uid"], "level": r["level"], "question": r["question"], "answer": r["answer"],
-                         "rewards": r["scores"], "responses": r["responses"]} for r in rows]
-
-    def mean_reward(r):
-        return sum(x or 0.0 for x in r["rewards"]) / samples
-
-    by_level = defaultdict(list)
-    for r in per_problem:
-        by_level[r["level"]].append(mean_reward(r))
-    order = [lv for lv in getattr(task, "levels", []) if lv in by_level] + sorted(set(by_level) - set(task.levels))
-    levels = {lv: {"n": len(by_level[lv]), "accuracy": sum(by_level[lv]) / len(by_level[lv])} for lv in order}
-    overall = sum(mean_reward(r) for r in per_problem) / max(1, len(per_problem))
-    return {"accuracy": overall, "samples": samples, "levels": levels, "per_problem": per_problem}
+    for chunk, *_ in tqdm(batches, desc="eval", total=-(-len(problems) // batch_prompts), disable=not progress,
+                          leave=False):
+        rows += chunk
+    metrics = aggregate_levels(rows, samples, list(getattr(task, "levels", [])))
+    levels = {lv: {"n": m["problems"], "accuracy": m["avg_at_k"]} for lv, m in metrics["levels"].items()}
+    per_problem = [{"uid": r["uid"], "level": r["level"], "question": r["question"], "answer": r["answer"],
+                    "rewards": r["scores"], "n_correct": r["n_correct"], "responses": r["responses"]} for r in rows]
+    return {"accuracy": metrics["overall"]["avg_at_k"], "samples": samples, "levels": levels,
+            "per_problem": per_problem}
 
 
 def level_table(result: dict) -> str:
