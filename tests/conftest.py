@@ -61,6 +61,19 @@ def tiny_run(micro_dir):
     return make
 
 
+@pytest.fixture(scope="session")
+def finished_run(micro_dir, tmp_path_factory):
+    """One finished 2-step POISE run of TINY_RUN, shared by the tests that only read a run: (its directory, its final
+    metrics). A test that writes into a run copies the directory first."""
+    from poise.io.config import TrainConfig, build_config
+    from poise.train.loop import train
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    last = train(build_config(TrainConfig, {"model.name": str(micro_dir), "output_dir": str(out), **TINY_RUN}),
+                 progress=False)
+    return out, last
+
+
 def train_and_diff(cfg, model_dir):
     """Train `cfg` without a progress bar; returns (final metrics, names of policy parameters left unchanged)."""
     from poise.rollout.models import load_local

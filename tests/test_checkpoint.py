@@ -99,6 +99,7 @@ def uninterrupted(micro_dir, tmp_path_factory):
     return where / "full"
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(micro_dir, uninterrupted, tmp_path):
     cut = tmp_path / "cut"
     seed, kill_after = _kill_step("sigkill")
@@ -110,6 +111,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(micro_dir, uninte
     _assert_same_run(uninterrupted, cut, msg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_finishes_the_step_checkpoints_and_resumes_bit_identically(micro_dir, uninterrupted, tmp_path, sig):
     cut = tmp_path / "cut"

@@ -48,10 +48,8 @@ def test_a_ppo_run_scores_the_probe_against_its_critic_with_a_transfer_study(tin
     assert "| critic |" in table and "probe fit on t5d1 (in-domain reference)" in table
 
 
-def test_a_poise_run_scores_its_own_online_probe_and_has_no_critic(tiny_run, tmp_path):
-    cfg = tiny_run(tmp_path)
-    train(cfg, progress=False)
-    res = _probe_eval(cfg.output_dir, tmp_path)
+def test_a_poise_run_scores_its_own_online_probe_and_has_no_critic(finished_run, tmp_path):
+    res = _probe_eval(finished_run[0], tmp_path)
     assert "critic" not in res and "transfer" not in res
     assert res["online_probe"]["n"] == res["probe"]["n"] > 0
 
@@ -66,8 +64,7 @@ def test_bad_input_names_the_key(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_level_the_run_does_not_have_is_refused(tiny_run, tmp_path, capsys):
-    cfg = tiny_run(tmp_path, max_steps=1)
-    train(cfg, progress=False)
-    assert main(["probe-eval", "--run", cfg.output_dir, "--fit-levels", "t3d1", "--eval-levels", "t9d9"]) == 2
+def test_a_level_the_run_does_not_have_is_refused(finished_run, capsys):
+    run = str(finished_run[0])
+    assert main(["probe-eval", "--run", run, "--fit-levels", "t3d1", "--eval-levels", "t9d9"]) == 2
     assert "fit_levels/eval_levels: ['t9d9'] are not levels of the run's task" in capsys.readouterr().err

@@ -172,6 +172,7 @@ def test_lora_trains_only_the_adapters_and_keeps_the_layers_findable(micro_dir):
     assert torch.allclose(out.logits, base(input_ids=ids, logits_to_keep=2).logits, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_peft_is_imported_only_when_lora_is_on(micro_dir, tmp_path):
     code = ("import sys; from poise.io.config import ModelConfig; "
             "from poise.rollout.models import load_model, save_policy; "

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from poise.io.config import SFTConfig, build_config
 from poise.commands.evaluate import evaluate
 from poise.rollout.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
@@ -7,6 +9,7 @@ from poise.commands.sft import run_sft
 from poise.data.tasks import get_task
 
 
+@pytest.mark.slow
 def test_sft_lowers_loss_and_raises_accuracy(tmp_path):
     cfg = build_config(SFTConfig, {"output_dir": str(tmp_path / "sft"), "model": "tiny", "steps": 150,
                                    "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "task.levels": ["t2d1"],
@@ -48,6 +51,7 @@ def test_sft_names_a_bad_model(tmp_path, capsys):
     assert "model: " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_embedded_default_is_what_its_documented_rebuild_command_makes(tmp_path):
     """`poise sft --output-dir src/poise/assets/default` (README) rebuilt the shipped model: its saved config is the
     command's, on the task's default levels, and the command's first steps (inside the learning-rate warm-up, so the

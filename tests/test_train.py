@@ -44,18 +44,17 @@ def test_rloo_preset_runs_without_probe(tiny_run, tmp_path):
     assert not (tmp_path / "run" / "policy" / "probe.json").exists()
 
 
-def test_same_seed_same_run(tiny_run, tmp_path):
-    a = train(tiny_run(tmp_path / "a"), progress=False)
+def test_same_seed_same_run(tiny_run, finished_run, tmp_path):
+    a = finished_run[1]
     b = train(tiny_run(tmp_path / "b"), progress=False)
     for k in ("reward/mean", "loss/policy", "probe/pearson", "tokens/generated"):
         assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), k
 
 
-def test_loaded_probe_skips_warmup_and_must_match_features(tiny_run, tmp_path):
+def test_loaded_probe_skips_warmup_and_must_match_features(tiny_run, finished_run, tmp_path):
     import pytest
 
-    train(tiny_run(tmp_path / "first"), progress=False)
-    saved = str(tmp_path / "first" / "run" / "policy")
+    saved = str(finished_run[0] / "policy")
     cfg = tiny_run(tmp_path / "second", **{"probe.load": saved, "probe.warmup_steps": 16,
                                                       "probe.min_fit_steps": 8, "probe.buffer_size": 128,
                                                       "max_steps": 1})

@@ -234,6 +234,7 @@ def test_a_grpo_config_is_refused(micro_dir, tmp_path):
         POISETrainer(model, even_length, GRPOConfig(output_dir=str(tmp_path), use_cpu=True))
 
 
+@pytest.mark.slow
 def test_two_processes_gather_features_and_fit_identical_probes(micro_dir, tmp_path):
     """`accelerate launch --num_processes 2` (gloo on CPU), 4 rows per process: both processes compute the same
     advantages for the whole batch of 8, keep their own half, and fit the identical probe on the gathered rows."""

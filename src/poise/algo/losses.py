@@ -7,12 +7,16 @@ never by multiplication, so garbage (inf / nan) in padded log-probs yields exact
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor
 
-__all__ = ["AGG_MODES", "aggregate", "ppo_clip_loss", "kl_k3", "value_loss", "LOG_RATIO_CLAMP"]
+from poise.algo import Aggregation
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+__all__ = ["AGG_MODES", "Aggregation", "aggregate", "ppo_clip_loss", "kl_k3", "value_loss", "LOG_RATIO_CLAMP"]
+
+AGG_MODES = get_args(Aggregation)
 
 # veRL clamps the log importance ratio to [-20, 20] before exp; we do the same so that an extreme
 # ratio cannot overflow to inf and turn a zero gradient (clipped branch) into nan (0 * inf).

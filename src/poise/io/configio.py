@@ -68,6 +68,11 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
                 except ConfigError:
                     pass
         raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise ConfigError(f"{key}: must be one of {choices} (got {value!r})")
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):  # "a,b" on the command line

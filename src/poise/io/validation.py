@@ -12,10 +12,6 @@ from poise.io.configio import ConfigError
 if TYPE_CHECKING:  # annotations only: poise.io.config imports this module
     from poise.io.config import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig, TaskConfig, TrainConfig
 
-ADVANTAGES = ("poise", "rloo", "grpo", "dr_grpo", "critic")
-CRITIC_MODES = ("gae", "outcome")
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check(ok: bool, key: str, why: str, value: Any) -> None:
@@ -68,9 +64,7 @@ def validate_sft(cfg: SFTConfig) -> None:
 
 def validate_eval(cfg: EvalConfig) -> None:
     """Impossible values of `poise eval`'s config fail here, naming the key."""
-    _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", cfg.model.dtype)
     _validate_task(cfg.task, "task.")
-    _check(cfg.split in ("train", "test"), "split", "must be one of ('train', 'test')", cfg.split)
     _check(cfg.k >= 1, "k", "must be >= 1 (samples per problem)", cfg.k)
     _check_positive(cfg, "", ["num_problems", "max_new_tokens", "batch_size", "temperature", "reward_timeout"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
@@ -93,8 +87,6 @@ def validate_compare(cfg: CompareConfig) -> None:
     """Impossible values of `poise compare`'s config fail here, naming the key."""
     _check(bool(cfg.methods), "methods", "must name at least one preset", cfg.methods)
     _check(bool(cfg.seeds), "seeds", "must list at least one seed", cfg.seeds)
-    _check(cfg.budget_key in ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens",
-                              "seconds"), "budget_key", "must be a budget.* counter", cfg.budget_key)
     _check_positive(cfg, "", ["budget", "max_steps", "eval_every", "eval_problems", "eval_k", "eval_max_new_tokens",
                             "eval_batch_prompts"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
@@ -107,7 +99,6 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_positive(cfg, "", ["max_steps"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
     _check_device(cfg.device)
-    _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", cfg.model.dtype)
     m = cfg.model
     _check(m.lora_r >= 0, "model.lora_r", "must be >= 0 (0 turns LoRA off)", m.lora_r)
     if m.lora_r:
@@ -121,7 +112,6 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_positive(r, "rollout.", ["prompts_per_step", "max_new_tokens", "temperature"])
     _check(0.0 < r.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", r.top_p)
     a = cfg.algorithm.advantage
-    _check(a in ADVANTAGES, "algorithm.advantage", f"must be one of {ADVANTAGES}", a)
     if a == "critic":
         _check(r.group_size >= 1, "rollout.group_size", "must be >= 1", r.group_size)
     else:
@@ -136,7 +126,6 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_positive(rw, "reward.", ["overlong_penalty"], allow_zero=True)
     _check_positive(rw, "reward.", ["timeout"])
     c = cfg.critic
-    _check(c.mode in CRITIC_MODES, "critic.mode", f"must be one of {CRITIC_MODES}", c.mode)
     _check_positive(c, "critic.", ["lr"])
     _check_positive(c, "critic.", ["value_clip"], allow_zero=True)
     _check_positive(cfg.checkpoint, "checkpoint.", ["every"], allow_zero=True)
@@ -153,7 +142,6 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(0.0 <= lo.clip_low < 1.0, "loss.clip_low", "must be in [0, 1)", lo.clip_low)
     _check(lo.clip_high >= 0.0, "loss.clip_high", "must be >= 0", lo.clip_high)
     _check(lo.dual_clip == 0.0 or lo.dual_clip > 1.0, "loss.dual_clip", "must be 0 (off) or > 1", lo.dual_clip)
-    _check(lo.aggregation in AGGREGATIONS, "loss.aggregation", f"must be one of {AGGREGATIONS}", lo.aggregation)
     _check(lo.kl_coef >= 0.0, "loss.kl_coef", "must be >= 0", lo.kl_coef)
     o = cfg.optim
     _check_positive(o, "optim.", ["lr", "mini_batch_prompts", "epochs", "max_consecutive_skips"])

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from poise.io.config import BUDGETS
 from poise.rollout.engine import RolloutBatch, prompts_shared
 
 COUNTERS = ("prompts", "samples", "prompt_tokens", "generated_tokens", "forward_tokens_policy",
             "forward_tokens_reference", "forward_tokens_critic", "backward_tokens_policy", "backward_tokens_critic")
-BUDGETS = ("prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens", "seconds")
 
 
 class ComputeMeter:
