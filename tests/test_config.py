@@ -88,3 +88,24 @@ def test_cli_reports_bad_input_found_at_start_up_without_a_traceback(capsys, tmp
     assert main(["train", "--task.name", "dataset", "--task.path", str(missing), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "poise train: error: " in err and "nope.jsonl: no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("key, good, bad", [
+    ("algorithm.advantage", "dr_grpo", "ppo"), ("critic.mode", "outcome", "td"),
+    ("loss.aggregation", "seq-mean-token-sum", "mean"), ("model.dtype", "bfloat16", "fp8"),
+    ("algorithm.advantage", "rloo", 1),  # not a string: refused, not coerced
+])
+def test_choice_fields_take_only_their_choices_and_help_lists_them(key, good, bad, capsys):
+    assert flat_dict(build_config(TrainConfig, {key: good}))[key] == good
+    with pytest.raises(ConfigError, match=rf"^{key}: must be one of \("):
+        build_config(TrainConfig, {key: bad})
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    choices = dict((k, tp) for k, tp, _ in flat_fields(TrainConfig))[key].__args__
+    assert "{" + ",".join(choices) + "}" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+
+
+def flat_dict(cfg) -> dict:
+    from poise.io.configio import flatten_dict, to_dict
+
+    return flatten_dict(to_dict(cfg))
