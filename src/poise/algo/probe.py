@@ -16,7 +16,7 @@ from torch import Tensor
 
 from poise.algo.buffer import FeatureBuffer, Moments
 
-__all__ = ["pca_fit", "ridge_fit", "RidgeProbe", "FeatureBuffer", "Moments", "probe_metrics"]
+__all__ = ["pca_fit", "ridge_fit", "RidgeProbe", "PromptProbe", "FeatureBuffer", "Moments", "probe_metrics"]
 
 _F64 = torch.float64
 _STD_FLOOR = 1e-8
@@ -252,6 +252,67 @@ class RidgeProbe:
             missing = [k for k in cls._KEYS if k not in state_dict]
             if missing:
                 raise KeyError(f"probe state is missing {missing}")
+            probe._state = {k: _f64(state_dict[k]).clone() for k in cls._KEYS}
+        return probe
+
+
+class PromptProbe:
+    """V(x) from the prompt state alone, before any response exists: PCA + standardisation + ridge on the prompt
+    features (last k prompt-token states of the probe layer), fitted from the same buffer's running moments with the
+    same targets (each row's siblings' mean reward; rows of one group share their prompt state, so least squares
+    fits the group's mean reward, an unbiased estimate of V(x)). Used to screen prompts (`poise.algo.screening`).
+
+    fit_moments, with S_pp the prompt block of the buffer's covariance (Hp, Hp), s_py its covariance with the target
+    (Hp,), C = pca_from_cov(S_pp) (Hp, F):
+      inv_std = 1 / sqrt(diag(C^T S_pp C))   (0 where std <= 1e-8)
+      w = (N Dinv C^T S_pp C Dinv + alpha I)^{-1} N Dinv C^T s_py,   b = mean(target)
+    predict(prompt (N, Hp)) = clip(((prompt - mean) @ C * inv_std) @ w + b, 0, 1)   (N,) float32
+    """
+
+    _KEYS = ("prompt_mean", "prompt_components", "feature_inv_std", "weight", "bias")
+
+    def __init__(self, prompt_dim: int = 32, alpha: float = 100.0):
+        self.prompt_dim, self.alpha = int(prompt_dim), float(alpha)
+        self._state: dict[str, Tensor] | None = None
+        self.n_fit = 0
+
+    @property
+    def fitted(self) -> bool:
+        return self._state is not None
+
+    def fit_moments(self, m: Moments) -> "PromptProbe":
+        if m.n < 1:
+            raise ValueError("fit_moments needs at least one row")
+        hp, d = m.dims[0], sum(m.dims)
+        S, sy = m.cov[:hp, :hp], m.cov[:hp, d]
+        pc = pca_from_cov(S, self.prompt_dim, m.n)
+        sd = (pc.T @ S @ pc).diagonal().clamp(min=0).sqrt()
+        inv = torch.where(sd > _STD_FLOOR, 1.0 / sd.clamp(min=_STD_FLOOR), torch.zeros_like(sd))
+        A = m.n * (inv[:, None] * (pc.T @ S @ pc) * inv[None, :]) + self.alpha * torch.eye(len(inv), dtype=_F64)
+        w = torch.linalg.solve(A, m.n * inv * (pc.T @ sy))
+        self._state = {"prompt_mean": m.mean[:hp].clone(), "prompt_components": pc, "feature_inv_std": inv,
+                       "weight": w, "bias": m.mean[d].reshape(1).clone()}
+        self.n_fit = m.n
+        return self
+
+    def predict(self, prompt: Tensor) -> Tensor:
+        if self._state is None:
+            raise RuntimeError("PromptProbe.predict called before fit (or from_state)")
+        s = self._state
+        z = ((_f64(prompt) - s["prompt_mean"]) @ s["prompt_components"]) * s["feature_inv_std"]
+        return (z @ s["weight"] + s["bias"]).clamp(0.0, 1.0).float()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {} if self._state is None else {k: self._state[k].contiguous().clone() for k in self._KEYS}
+
+    def metadata(self) -> dict:
+        return {"prompt_dim": self.prompt_dim, "alpha": self.alpha, "n_fit": self.n_fit, "fitted": self.fitted}
+
+    @classmethod
+    def from_state(cls, state_dict: dict[str, Tensor], metadata: dict) -> "PromptProbe":
+        probe = cls(int(metadata["prompt_dim"]), float(metadata["alpha"]))
+        probe.n_fit = int(metadata.get("n_fit", 0))
+        if state_dict:
             probe._state = {k: _f64(state_dict[k]).clone() for k in cls._KEYS}
         return probe
 

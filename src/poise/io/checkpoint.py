@@ -6,6 +6,7 @@ A checkpoint is a directory `<run>/checkpoints/step-000123/` holding everything 
     optim.pt                                 optimizer + scheduler states (loaded with torch.load(weights_only=True);
                                              an FSDP run's optimizer states are keyed by parameter name)
     probe.safetensors                        the fitted probe and the feature buffer's rows (prefixed keys)
+    screen.safetensors                       with screen.mode on: the choice generator and the prompt-only probe
     rng.safetensors                          torch's global RNG state and the sampling generator's state
     state.json                               step, data position, Python / NumPy RNG states, compute totals,
                                              counters, probe/buffer metadata, package versions
@@ -150,6 +151,11 @@ def _write(tmp: Path, state: dict) -> None:
     save_file(rng, str(tmp / "rng.safetensors"))
     meta = {k: state[k] for k in JSON_KEYS}
     meta.update(probe=state["probe_meta"], buffer=state["buffer_meta"], versions=_versions(), world_size=len(pairs))
+    screen = state.get("screen")
+    if screen is not None:  # prompt screening: its choice generator and prompt probe; the history goes in state.json
+        save_file({"generator": screen["generator"], **{f"probe.{k}": v for k, v in screen["probe"].items()}},
+                  str(tmp / "screen.safetensors"))
+        meta["screen"] = {"probe_meta": screen["probe_meta"], "history": screen["history"]}
     (tmp / "state.json").write_text(json.dumps(meta))
     (tmp / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
     files = sorted(p.name for p in tmp.iterdir())
@@ -216,6 +222,11 @@ def load_checkpoint(path: str | Path) -> dict:
         state["rng"] = [(rng["torch"], rng["generator"])]
     else:
         state["rng"] = [(rng[f"torch.rank{r}"], rng[f"generator.rank{r}"]) for r in range(state["world_size"])]
+    state["screen"] = None
+    if "screen" in meta:
+        tensors = load_file(str(path / "screen.safetensors"))
+        state["screen"] = {"generator": tensors["generator"], **meta["screen"],
+                           "probe": {k[len("probe."):]: v for k, v in tensors.items() if k.startswith("probe.")}}
     return state
 
 
@@ -241,7 +252,8 @@ def resume(cfg, world: int = 1) -> dict | None:
         print(f"resume: no complete checkpoint in {checkpoint_dir(cfg.output_dir)}; starting from step 0")
         return None
     saved = load_yaml(path / "config.yaml")
-    now = flatten_dict(to_dict(cfg))
+    now, default = flatten_dict(to_dict(cfg)), flatten_dict(to_dict(type(cfg)()))
+    saved = {**{k: v for k, v in default.items() if k not in saved}, **saved}  # fields added since: at their default
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
                      and k not in RESUMABLE_CHANGES and not k.startswith(("budget.", "checkpoint.")))
     if changed:

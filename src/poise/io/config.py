@@ -109,6 +109,26 @@ class AlgorithmConfig:
 
 
 @dataclass
+class ScreenConfig:
+    """Which prompts to generate for (poise.algo.screening). Off by default: see docs/RESULTS.md for what it was
+    measured to do."""
+
+    mode: Literal["off", "probe", "history"] = "off"
+    """off: every drawn prompt is used. probe: draw candidates x prompts_per_step prompts, prefill them, and keep
+    prompts_per_step by the prompt-only probe's predicted pass rate p, sampling in proportion to p(1 - p) + epsilon
+    (the probe is fitted from the feature buffer, on earlier steps only). history: GRESO-style, skip a drawn prompt
+    whose last `patience` groups all had equal rewards, except with probability `explore`."""
+    candidates: int = 2
+    """probe: candidate prompts prefilled per prompt kept (k; the prefill's tokens count as policy forward tokens)."""
+    epsilon: float = 0.05
+    """probe: the floor added to every candidate's weight p(1 - p), so no prompt is starved."""
+    patience: int = 2
+    """history: consecutive equal-reward groups after which a prompt is skipped."""
+    explore: float = 0.2
+    """history: probability that a prompt due to be skipped is used anyway."""
+
+
+@dataclass
 class RewardConfig:
     overlong_buffer: int = 0
     """DAPO soft overlong punishment: responses longer than rollout.max_new_tokens - overlong_buffer lose reward
@@ -268,6 +288,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

@@ -154,6 +154,14 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(p.buffer_steps == 0 or p.min_fit_steps <= p.buffer_steps, "probe.buffer_steps",
            f"must be 0 or >= probe.min_fit_steps = {p.min_fit_steps} (the probe would never be fitted)", p.buffer_steps)
     _check(bool(p.marker), "probe.marker", "must not be empty", p.marker)
+    s = cfg.screen
+    _check(s.candidates >= 2 or s.mode != "probe", "screen.candidates", "must be >= 2 with screen.mode probe "
+           "(one candidate per prompt is no choice)", s.candidates)
+    _check(s.epsilon > 0, "screen.epsilon", "must be > 0 (the floor that keeps every prompt possible)", s.epsilon)
+    _check(s.patience >= 1, "screen.patience", "must be >= 1", s.patience)
+    _check(0.0 <= s.explore <= 1.0, "screen.explore", "must be in [0, 1]", s.explore)
+    _check(s.mode == "off" or r.group_size >= 2, "rollout.group_size", "must be >= 2 with screen.mode "
+           f"{s.mode!r} (screening looks for groups with unequal rewards)", r.group_size)
     rows_per_step = r.prompts_per_step * r.group_size
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",
            f"must hold min_fit_steps x rows per step = {max(1, p.min_fit_steps)} x {rows_per_step} rows",

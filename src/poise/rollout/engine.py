@@ -281,3 +281,13 @@ def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.
         logits, hidden = response_forward(model, mb, temperature, layer)
         _fill(batch, rows, *logprobs_and_entropy(logits, mb.response_ids), hidden)
     return batch
+
+
+@torch.no_grad()
+def prompt_states(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """(P, L, H) output of decoder `layer` over left-padded prompts (P, L): one prefill, no cache kept. The same
+    states the scoring pass gives the prompt positions (a causal model's prompt states do not see the response)."""
+    with HiddenCapture(model, layer) as cap:
+        model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position_ids(prompt_mask),
+              logits_to_keep=1)
+    return cap.hidden

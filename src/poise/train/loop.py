@@ -114,6 +114,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
         log.times.update({"time/generate_s": t_score - t - col.reward_seconds, "time/reward_s": col.reward_seconds,
                           "time/score_s": time.perf_counter() - t_score})
         metrics = {"step": step, **sampling_metrics(cfg, col, dist)}
+        if state.screen is not None:  # screen/* metrics; history skipping records this step's groups
+            metrics.update(state.screen.observe(col.problems, col.scores, G, dist))
         if n_local == 0:  # dynamic sampling kept nothing: no update this step
             tqdm.write(f"step {step}: no group with reward variance in {col.rounds} rounds; skipping the update")
         else:

@@ -5,7 +5,8 @@
 - `predict`: before the advantages, the probe's predictions g(z) for this step's rows. The probe was fitted on
   earlier steps only: this step's rows join its buffer afterwards, in `update`.
 - `update`: after the policy update, this step's rows join the buffer with target mean_{j != i} r_j (the mean reward
-  of each row's siblings, not its own), and the probe is refitted from the buffer's running moments. With several
+  of each row's siblings, not its own), and the probe is refitted from the buffer's running moments (with
+  screen.mode probe, so is the prompt-only probe that screens the next step's prompts). With several
   processes the rows are gathered in the one-process order first, so every rank fits the same probe.
 - `step_metrics`: how well the out-of-sample baseline tracked this step's rewards.
 """
@@ -22,8 +23,8 @@ from poise.train.metrics import probe_step_metrics
 
 def features(state, batch: RolloutBatch) -> dict[str, torch.Tensor] | None:
     """(B, ·) features 'prompt', 'trajectory', 'entropy' of this rank's rows on the CPU (where the probe and its
-    buffer live); None without POISE."""
-    if not state.use_probe:
+    buffer live); None unless the run uses them (POISE, or screen.mode probe)."""
+    if not state.use_features:
         return None
     feats = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,
                              batch.response_ids, batch.entropy, state.marker, state.cfg.probe.k)
@@ -33,7 +34,7 @@ def features(state, batch: RolloutBatch) -> dict[str, torch.Tensor] | None:
 
 def predict(state, feats: dict | None) -> torch.Tensor | None:
     """(B,) predictions of the probe as fitted after the previous step; None without POISE or before its first fit."""
-    if feats is None or not state.probe.fitted:
+    if feats is None or not state.use_probe or not state.probe.fitted:
         return None
     return state.probe.predict(feats["prompt"], feats["trajectory"], feats["entropy"])
 
@@ -60,7 +61,11 @@ def update(state, feats: dict | None, rewards: torch.Tensor, n_local: int, step:
     state.buffer.add(rows["prompt"][keep], rows["trajectory"][keep], rows["entropy"][keep], rows["targets"][keep],
                      step)
     if state.buffer.num_steps >= cfg.probe.min_fit_steps:
-        state.probe.fit_moments(state.buffer.moments())  # the same rows on every rank: the same probe
+        moments = state.buffer.moments()
+        if state.use_probe:
+            state.probe.fit_moments(moments)  # the same rows on every rank: the same probe
+        if cfg.screen.mode == "probe":
+            state.screen.probe.fit_moments(moments)  # the prompt-only probe, for the next step's screening
     metrics = {"probe/buffer_rows": len(state.buffer)}
     if dist.world > 1:
         metrics["dist/probe_in_sync"] = int(dist.in_sync(state.probe.state_dict()))

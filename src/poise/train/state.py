@@ -31,6 +31,7 @@ from poise.rollout.models import decoder_layers, load_model, resolve_layer
 from poise.rollout.sampler import KVCacheSampler, Sampler
 from poise.train.compute import ComputeMeter
 from poise.train.critic import ValueModel
+from poise.train.screening import ScreenedStream
 
 
 class PromptStream:
@@ -89,6 +90,7 @@ class TrainState:
     layer: int | None  # the probe's decoder layer (None without POISE)
     marker: int | list[int] | None  # the end-of-reasoning marker's token id(s)
     sampler: Sampler | None = None  # the rollout engine (KVCacheSampler on the policy itself)
+    screen: ScreenedStream | None = None  # screen.mode != off: the screened shared stream (screening.py)
     meter: ComputeMeter = field(default_factory=ComputeMeter)
     counters: dict = field(default_factory=lambda: {"skipped_total": 0, "consecutive_skips": 0})  # numerical guard
     step: int = 0  # the last finished step
@@ -96,6 +98,11 @@ class TrainState:
     @property
     def use_probe(self) -> bool:
         return self.cfg.algorithm.advantage == "poise"
+
+    @property
+    def use_features(self) -> bool:
+        """Whether the scoring pass takes probe features into the buffer: POISE, or prompt screening by probe."""
+        return self.use_probe or self.cfg.screen.mode == "probe"
 
     @property
     def feature_meta(self) -> dict:
@@ -129,7 +136,8 @@ class TrainState:
             stream={"order": self.stream.order, "rng": _jsonable(self.stream.rng.getstate())},
             python_random=_jsonable(random.getstate()),
             numpy_random=[np_state[0], np_state[1].tolist(), *np_state[2:]],
-            meter=dict(self.meter.total), counters=dict(self.counters), config=to_dict(self.cfg))
+            meter=dict(self.meter.total), counters=dict(self.counters), config=to_dict(self.cfg),
+            screen=self.screen.state_dict() if self.screen is not None else None)
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -160,6 +168,8 @@ class TrainState:
         self.meter.total.update(sd["meter"])
         self.counters.clear()
         self.counters.update(sd.get("counters", {}))
+        if self.screen is not None and sd.get("screen") is not None:
+            self.screen.load_state_dict(sd["screen"])
 
 
 def start_run(cfg: TrainConfig) -> Dist:
@@ -211,7 +221,9 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
                           "tokens; raise the limit")
     check_reward_function(task, pool)  # a user's reward function that raises or hangs fails now, not as all-0 rewards
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
-    prompts = stream if dist.world == 1 else ShardedStream(stream, dist, cfg.optim.mini_batch_prompts)
+    screen = ScreenedStream(stream, cfg, cfg.seed) if cfg.screen.mode != "off" else None  # the same on every rank
+    source = screen or stream
+    prompts = source if dist.world == 1 else ShardedStream(source, dist, cfg.optim.mini_batch_prompts)
     gen = torch.Generator(dist.device).manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as one process
     warm = max(1, cfg.optim.warmup_steps)
 
@@ -223,14 +235,17 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     if critic is not None:
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
         critic_sched = warmup(critic_opt)
-    use_probe = cfg.algorithm.advantage == "poise"
-    layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if use_probe else None
+    use_features = cfg.algorithm.advantage == "poise" or cfg.screen.mode == "probe"
+    layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if use_features else None
     marker = marker_token_id(tokenizer, cfg.probe.marker)
     state = TrainState(cfg, dist, task, tokenizer, model, ref_model, critic, optimizer, warmup(optimizer), critic_opt,
                        critic_sched, RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
                        FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream, prompts, gen, layer,
                        marker)
     state.sampler = KVCacheSampler(model, tokenizer)
+    if screen is not None:
+        state.screen = screen
+        screen.attach(state)
     if cfg.probe.load:
         state.probe = load_probe(cfg.probe.load, state.feature_meta)
     return state

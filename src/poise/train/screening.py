@@ -1,0 +1,107 @@
+"""Prompt screening in the loop (`screen.mode`; the rules are in `poise.algo.screening`).
+
+`ScreenedStream` wraps the run's shared `PromptStream`, so every rank draws, prefills and chooses the same prompts
+(the choice generator is seeded alike on every rank, and the prompt probe is fitted from the same gathered buffer
+rows), and the sampling phase is unchanged: it asks the stream for `prompts_per_step` prompts.
+
+- probe: `take(n)` draws candidates * n prompts, prefills them once (`rollout.engine.prompt_states`: the probe
+  layer's states, pooled as POISE pools the prompt), predicts each one's pass rate with the prompt-only probe as
+  fitted after the previous step (`PromptProbe`; 1/2 before its first fit) and keeps n (`choose`). The prefill's
+  tokens are counted as policy forward tokens. The KV-cache engine prefills the kept prompts again to generate.
+- history: `take(n)` skips prompts whose last `patience` groups had equal rewards, except with probability
+  `explore`; `observe` records each step's groups (over every rank).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from poise.algo.features import last_k_mean
+from poise.algo.probe import PromptProbe
+from poise.algo.screening import choose, equal_reward_groups
+from poise.data.tasks import encode_prompts
+from poise.rollout.engine import prompt_states
+
+
+class ScreenedStream:
+    """The shared prompt stream, screened. `attach(state)` gives it the model, tokenizer, probe layer and compute
+    meter of the run (`TrainState`)."""
+
+    def __init__(self, stream, cfg, seed: int):
+        self.stream, self.cfg, self.screen = stream, cfg, cfg.screen
+        self.generator = torch.Generator().manual_seed(seed + 7_000_001)  # CPU, the same on every rank
+        self.probe = PromptProbe(cfg.probe.prompt_dim, cfg.probe.alpha)
+        self.history: dict[str, int] = {}  # prompt uid -> consecutive groups with equal rewards
+        self.metrics: dict[str, float] = {}  # the last take's screen/* metrics
+        self.state = None
+
+    def attach(self, state) -> None:
+        self.state = state
+
+    # ---- drawing ----
+
+    def take(self, n: int) -> list:
+        return self._take_probe(n) if self.screen.mode == "probe" else self._take_history(n)
+
+    def _take_probe(self, n: int) -> list:
+        cands = self.stream.take(self.screen.candidates * n)
+        if self.probe.fitted:
+            feats, tokens = self._prompt_features(cands)
+            p = self.probe.predict(feats)
+            self.state.meter.add(forward_tokens_policy=tokens)
+        else:  # nothing fitted yet: a uniform choice, and no prefill to pay for
+            p, tokens = torch.full((len(cands),), 0.5), 0
+        keep = choose(p, n, self.screen.epsilon, self.generator)
+        kept = p[keep]
+        self.metrics = {"screen/pred_mean": float(p.mean()), "screen/pred_kept_mean": float(kept.mean()),
+                        "screen/kept_weight": float((kept * (1 - kept)).mean()),
+                        "screen/candidate_weight": float((p * (1 - p)).mean()),
+                        "screen/kept_fraction": n / len(cands), "screen/prefill_tokens": tokens,
+                        "screen/probe_fitted": int(self.probe.fitted)}
+        return [cands[i] for i in keep.tolist()]
+
+    def _prompt_features(self, problems: list) -> tuple[torch.Tensor, int]:
+        """(P, H) prompt features on the CPU, pooled as the probe's (last k prompt-token states), and the prefill's
+        prompt tokens."""
+        s = self.state
+        device = next(s.model.parameters()).device
+        ids, mask = (x.to(device) for x in encode_prompts(s.tokenizer, problems, 1))
+        s.model.eval()
+        hidden = prompt_states(s.model, ids, mask, s.layer)
+        return last_k_mean(hidden, mask, self.cfg.probe.k).cpu(), int(mask.sum())
+
+    def _take_history(self, n: int) -> list:
+        out, skipped, limit = [], 0, 64 * n  # the limit only guards a pool where every prompt is skippable
+        while len(out) < n:
+            (item,) = self.stream.take(1)
+            due = self.history.get(item.uid, 0) >= self.screen.patience
+            if due and skipped < limit and torch.rand((), generator=self.generator) >= self.screen.explore:
+                skipped += 1
+                continue
+            out.append(item)
+        self.metrics = {"screen/skipped": skipped, "screen/tracked": len(self.history)}
+        return out
+
+    # ---- after the step ----
+
+    def observe(self, problems: list, scores: torch.Tensor, group_size: int, dist) -> dict:
+        """history: count each kept group's equal-reward streak (every rank's groups, gathered). Returns the step's
+        screen/* metrics."""
+        if self.screen.mode == "history" and len(problems):
+            equal = equal_reward_groups(scores, group_size).tolist()
+            pairs = [(p.uid, e) for p, e in zip(problems, equal)]
+            for part in dist.gather_objects(pairs):
+                for uid, e in part:
+                    self.history[uid] = self.history.get(uid, 0) + 1 if e else 0
+        return dict(self.metrics)
+
+    # ---- checkpoint ----
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "probe": self.probe.state_dict(),
+                "probe_meta": self.probe.metadata(), "history": dict(self.history)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.generator.set_state(sd["generator"])
+        self.probe = PromptProbe.from_state(sd["probe"], sd["probe_meta"])
+        self.history = dict(sd["history"])

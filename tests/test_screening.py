@@ -1,0 +1,118 @@
+"""Prompt screening (screen.mode): the choice rule and its floor, the prompt-only probe, history skipping, and the
+trainer's use of them (earlier steps only, compute counted, exact resume)."""
+
+import math
+
+import pytest
+import torch
+
+from poise.algo.buffer import FeatureBuffer
+from poise.algo.probe import PromptProbe
+from poise.algo.screening import choose, equal_reward_groups, screening_weights
+from poise.io.config import ConfigError
+from poise.io.tracking import read_metrics
+from poise.train.loop import train
+
+SCREEN = {"max_steps": 4, "checkpoint.every": 1, "probe.min_fit_steps": 1, "probe.warmup_steps": 1}
+
+
+def test_weights_peak_at_one_half_and_keep_the_floor():
+    w = screening_weights(torch.tensor([0.0, 0.25, 0.5, 1.0]), 0.05)
+    assert torch.allclose(w, torch.tensor([0.05, 0.1875 + 0.05, 0.3, 0.05], dtype=torch.float64))
+
+
+def test_choice_keeps_every_candidate_possible_and_prefers_uncertain_ones():
+    """A candidate the probe is sure about (p = 0 or 1) is still drawn at least at the floor's rate; p = 1/2 most."""
+    p = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.1, 0.9])
+    g = torch.Generator().manual_seed(0)
+    n_draws = 4000
+    counts = torch.zeros(len(p))
+    for _ in range(n_draws):
+        counts[choose(p, 1, 0.05, g)] += 1
+    freq = counts / n_draws
+    floor = 0.05 / (len(p) * (0.25 + 0.05))  # the documented lower bound on a first draw
+    sd = math.sqrt(floor * (1 - floor) / n_draws)
+    assert freq[0] > floor - 4 * sd and freq[1] > floor - 4 * sd
+    assert freq[2] > freq[4] > freq[0] and freq[3] > freq[5] > freq[1]
+    expected = screening_weights(p, 0.05) / screening_weights(p, 0.05).sum()
+    assert torch.allclose(freq.double(), expected, atol=0.03)
+
+
+def test_choice_is_the_same_for_the_same_generator_state_and_sorted():
+    """Every rank seeds the choice generator alike and has the same probe: the same prompts everywhere."""
+    p = torch.rand(32, generator=torch.Generator().manual_seed(1))
+    a = choose(p, 8, 0.05, torch.Generator().manual_seed(7))
+    b = choose(p, 8, 0.05, torch.Generator().manual_seed(7))
+    c = choose(p, 8, 0.05, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, a.sort().values) and len(set(a.tolist())) == 8
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        choose(p, 8, 0.0, torch.Generator())
+    with pytest.raises(ValueError, match="need 0 < n <= 32"):
+        choose(p, 33, 0.05, torch.Generator())
+
+
+def test_equal_reward_groups_leave_out_unscorable_rows():
+    nan = float("nan")
+    s = torch.tensor([1, 1, 0, 1, nan, 0, nan, nan, 0, 0])
+    assert equal_reward_groups(s, 2).tolist() == [True, False, True, True, True]
+
+
+def test_prompt_probe_from_buffer_moments_recovers_a_prompt_value():
+    """V(x) = sigmoid of a linear function of the prompt state; targets are noisy 0/1 rewards: the probe fitted
+    from the buffer's moments ranks prompts by V."""
+    g = torch.Generator().manual_seed(0)
+    n, h = 2000, 16
+    x = torch.randn(n, h, generator=g) * torch.linspace(3, 0.5, h)  # PCA keeps the high-variance directions
+    v = torch.sigmoid(x[:, 0] - x[:, 1])
+    r = (torch.rand(n, generator=g) < v).float()
+    buf = FeatureBuffer(capacity=n)
+    buf.add(x, torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g), r, step=1)
+    probe = PromptProbe(prompt_dim=8, alpha=1.0).fit_moments(buf.moments())
+    pred = probe.predict(x[:500])
+    assert torch.corrcoef(torch.stack([pred, v[:500]]))[0, 1] > 0.9
+    again = PromptProbe.from_state(probe.state_dict(), probe.metadata())
+    assert torch.equal(again.predict(x[:50]), probe.predict(x[:50]))
+
+
+def test_screen_options_are_checked(tiny_run, tmp_path):
+    for over, key in [({"screen.mode": "probe", "screen.candidates": 1}, "screen.candidates"),
+                      ({"screen.epsilon": 0.0}, "screen.epsilon"), ({"screen.explore": 1.5}, "screen.explore"),
+                      ({"screen.mode": "sometimes"}, "screen.mode")]:
+        with pytest.raises(ConfigError, match=rf"^{key}"):
+            tiny_run(tmp_path, **over)
+
+
+def test_probe_screening_predicts_with_a_prompt_probe_fitted_on_earlier_steps_only(tiny_run, tmp_path, monkeypatch):
+    """Step 1 chooses uniformly (nothing fitted, no prefill); from step 2 every prediction follows a fit of an
+    earlier step, and the prefill's tokens are counted as policy forward tokens."""
+    log = []
+    fit, predict = PromptProbe.fit_moments, PromptProbe.predict
+    monkeypatch.setattr(PromptProbe, "fit_moments", lambda self, m: (log.append("fit"), fit(self, m))[1])
+    monkeypatch.setattr(PromptProbe, "predict", lambda self, x: (log.append("predict"), predict(self, x))[1])
+    train(tiny_run(tmp_path, **{**SCREEN, "screen.mode": "probe", "checkpoint.every": 0}), progress=False)
+    assert log == ["fit", "predict"] * 3 + ["fit"]  # 4 steps: fit after each; predict before steps 2-4
+    rows = read_metrics(tmp_path / "run")
+    assert rows[0]["screen/probe_fitted"] == 0 and rows[0]["screen/prefill_tokens"] == 0
+    for a, b in zip(rows, rows[1:]):
+        assert b["screen/probe_fitted"] == 1 and b["screen/prefill_tokens"] > 0
+        assert b["compute/forward_tokens_policy"] > b["screen/prefill_tokens"]
+        assert b["screen/kept_fraction"] == 0.5
+
+
+@pytest.mark.parametrize("mode", ["probe", "history"])
+def test_a_screened_run_resumes_exactly(tiny_run, tmp_path, mode):
+    """The choice generator, the prompt probe and the skip history are in the checkpoint: 2 steps + resume to 4
+    logs what 4 steps in one go log."""
+    over = {**SCREEN, "screen.mode": mode, "screen.patience": 1, "screen.explore": 0.5, "task.train_size": 16}
+    train(tiny_run(tmp_path / "full", **over), progress=False)
+    train(tiny_run(tmp_path / "cut", **{**over, "max_steps": 2}), progress=False)
+    train(tiny_run(tmp_path / "cut", **{**over, "resume": True}), progress=False)
+
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
+    assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
+    if mode == "history":  # 16 prompts, 8 a step: prompts come back, and some are skipped
+        assert sum(r["screen/skipped"] for r in full) > 0
