@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from poise.commands.cli import main
-from poise.commands.probe_eval import auroc, value_metrics
+from poise.algo.stats import auroc
+from poise.commands.probe_eval import value_metrics
 from poise.train.loop import train
 
 

@@ -98,6 +98,7 @@ def test_probe_screening_predicts_with_a_prompt_probe_fitted_on_earlier_steps_on
         assert b["screen/probe_fitted"] == 1 and b["screen/prefill_tokens"] > 0
         assert b["compute/forward_tokens_policy"] > b["screen/prefill_tokens"]
         assert b["screen/kept_fraction"] == 0.5
+        assert 0.0 <= b["screen/auroc_varied"] <= 1.0 or math.isnan(b["screen/auroc_varied"])
 
 
 @pytest.mark.parametrize("mode", ["probe", "history"])

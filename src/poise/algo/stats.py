@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from torch import Tensor
 
 DEFAULT_BOOT = 2000
 
@@ -144,3 +145,13 @@ def hierarchical_bootstrap(matrix, level: float = 0.95, n_boot: int = DEFAULT_BO
         seed_weights = resample_weights(rng, x.shape[0], len(problem_weights))
     reps = hierarchical_means(x, seed_weights, problem_weights)
     return (float(x.mean()), *percentile_interval(reps, level))
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U / (n+ n-)); nan without both
+    classes. scores (N,), labels (N,) bool."""
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())

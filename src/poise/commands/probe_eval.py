@@ -36,6 +36,7 @@ from poise.data.tasks import encode_prompts
 from poise.data.tasks.dataset import build_task
 from poise.io.config import TrainConfig, build_config, load_yaml
 from poise.io.configio import ConfigError
+from poise.algo.stats import auroc
 from poise.rollout.engine import RolloutBatch, score
 from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score
 from poise.rollout.models import decoder_layers, load_local, resolve_layer
@@ -45,16 +46,6 @@ from poise.train.state import marker_token_id
 # =====================================================================================================================
 # Metrics: pure functions
 # =====================================================================================================================
-
-
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U / (n+ n-)); nan without both
-    classes. scores (N,), labels (N,) bool."""
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
 def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor, train_mean: float) -> dict:

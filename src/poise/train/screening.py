@@ -19,6 +19,7 @@ import torch
 from poise.algo.features import last_k_mean
 from poise.algo.probe import PromptProbe
 from poise.algo.screening import choose, equal_reward_groups
+from poise.algo.stats import auroc
 from poise.data.tasks import encode_prompts
 from poise.rollout.engine import prompt_states
 
@@ -34,6 +35,7 @@ class ScreenedStream:
         self.history: dict[str, int] = {}  # prompt uid -> consecutive groups with equal rewards
         self.metrics: dict[str, float] = {}  # the last take's screen/* metrics
         self.state = None
+        self.kept: dict[str, float] = {}  # probe: the predicted pass rate of each prompt kept this step
 
     def attach(self, state) -> None:
         self.state = state
@@ -53,6 +55,7 @@ class ScreenedStream:
             p, tokens = torch.full((len(cands),), 0.5), 0
         keep = choose(p, n, self.screen.epsilon, self.generator)
         kept = p[keep]
+        self.kept = {cands[i].uid: float(p[i]) for i in keep.tolist()} if self.probe.fitted else {}
         self.metrics = {"screen/pred_mean": float(p.mean()), "screen/pred_kept_mean": float(kept.mean()),
                         "screen/kept_weight": float((kept * (1 - kept)).mean()),
                         "screen/candidate_weight": float((p * (1 - p)).mean()),
@@ -85,15 +88,19 @@ class ScreenedStream:
     # ---- after the step ----
 
     def observe(self, problems: list, scores: torch.Tensor, group_size: int, dist) -> dict:
-        """history: count each kept group's equal-reward streak (every rank's groups, gathered). Returns the step's
-        screen/* metrics."""
-        if self.screen.mode == "history" and len(problems):
-            equal = equal_reward_groups(scores, group_size).tolist()
-            pairs = [(p.uid, e) for p, e in zip(problems, equal)]
-            for part in dist.gather_objects(pairs):
-                for uid, e in part:
-                    self.history[uid] = self.history.get(uid, 0) + 1 if e else 0
-        return dict(self.metrics)
+        """After the step's rewards: history counts each group's equal-reward streak (every rank's groups,
+        gathered); probe scores its prediction (screen/auroc_varied: the AUROC of p(1 - p) for the groups whose
+        rewards were unequal). Returns the step's screen/* metrics."""
+        equal = equal_reward_groups(scores, group_size).tolist() if len(problems) else []
+        pairs = [pair for part in dist.gather_objects([(p.uid, e) for p, e in zip(problems, equal)]) for pair in part]
+        metrics = dict(self.metrics)
+        if self.screen.mode == "history":
+            for uid, e in pairs:
+                self.history[uid] = self.history.get(uid, 0) + 1 if e else 0
+        elif self.kept and pairs:  # how well p(1 - p) told this step's groups with unequal rewards from the rest
+            w = torch.tensor([self.kept[uid] * (1 - self.kept[uid]) for uid, _ in pairs])
+            metrics["screen/auroc_varied"] = auroc(w, ~torch.tensor([e for _, e in pairs]))
+        return metrics
 
     # ---- checkpoint ----
 
