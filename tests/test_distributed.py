@@ -157,6 +157,26 @@ def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_prompt_screening_makes_the_same_choice_on_both_ranks(micro_dir, tmp_path):
+    """screen.mode probe under `accelerate launch`: both ranks prefill the same candidates and keep the same ones
+    (the shared stream, the choice generator and the prompt probe stay identical, step after step)."""
+    run = tmp_path / "run"
+    args = ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "3",
+            "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
+            "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
+            "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
+            "--reward.function", "test_rewards_light:trl_parity", "--screen.mode", "probe", "--threads", "1"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    assert all(m["dist/screen_in_sync"] == 1 and m["dist/probe_in_sync"] == 1 for m in rows)
+    assert rows[0]["screen/probe_fitted"] == 0 and all(m["screen/prefill_tokens"] > 0 for m in rows[1:])
+
+
+@pytest.mark.slow
 def test_dynamic_sampling_with_two_processes(micro_dir, tmp_path):
     """DAPO's dynamic sampling under `accelerate launch`: rounds decided jointly, the kept groups re-split evenly,
     POISE's probe identical on both ranks. One round only, so most steps end short, some with an odd kept count."""

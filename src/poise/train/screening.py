@@ -25,8 +25,8 @@ from poise.rollout.engine import prompt_states
 
 
 class ScreenedStream:
-    """The shared prompt stream, screened. `attach(state)` gives it the model, tokenizer, probe layer and compute
-    meter of the run (`TrainState`)."""
+    """The shared prompt stream, screened. `attach` gives it the run's model, tokenizer, probe layer and compute
+    meter (not the TrainState itself: no reference cycle keeps the run's verifier worker alive after it ends)."""
 
     def __init__(self, stream, cfg, seed: int):
         self.stream, self.cfg, self.screen = stream, cfg, cfg.screen
@@ -34,11 +34,11 @@ class ScreenedStream:
         self.probe = PromptProbe(cfg.probe.prompt_dim, cfg.probe.alpha)
         self.history: dict[str, int] = {}  # prompt uid -> consecutive groups with equal rewards
         self.metrics: dict[str, float] = {}  # the last take's screen/* metrics
-        self.state = None
+        self.model = self.tokenizer = self.layer = self.meter = None
         self.kept: dict[str, float] = {}  # probe: the predicted pass rate of each prompt kept this step
 
-    def attach(self, state) -> None:
-        self.state = state
+    def attach(self, model, tokenizer, layer: int, meter) -> None:
+        self.model, self.tokenizer, self.layer, self.meter = model, tokenizer, layer, meter
 
     # ---- drawing ----
 
@@ -50,7 +50,7 @@ class ScreenedStream:
         if self.probe.fitted:
             feats, tokens = self._prompt_features(cands)
             p = self.probe.predict(feats)
-            self.state.meter.add(forward_tokens_policy=tokens)
+            self.meter.add(forward_tokens_policy=tokens)
         else:  # nothing fitted yet: a uniform choice, and no prefill to pay for
             p, tokens = torch.full((len(cands),), 0.5), 0
         keep = choose(p, n, self.screen.epsilon, self.generator)
@@ -66,11 +66,10 @@ class ScreenedStream:
     def _prompt_features(self, problems: list) -> tuple[torch.Tensor, int]:
         """(P, H) prompt features on the CPU, pooled as the probe's (last k prompt-token states), and the prefill's
         prompt tokens."""
-        s = self.state
-        device = next(s.model.parameters()).device
-        ids, mask = (x.to(device) for x in encode_prompts(s.tokenizer, problems, 1))
-        s.model.eval()
-        hidden = prompt_states(s.model, ids, mask, s.layer)
+        device = next(self.model.parameters()).device
+        ids, mask = (x.to(device) for x in encode_prompts(self.tokenizer, problems, 1))
+        self.model.eval()
+        hidden = prompt_states(self.model, ids, mask, self.layer)
         return last_k_mean(hidden, mask, self.cfg.probe.k).cpu(), int(mask.sum())
 
     def _take_history(self, n: int) -> list:
@@ -100,6 +99,10 @@ class ScreenedStream:
         elif self.kept and pairs:  # how well p(1 - p) told this step's groups with unequal rewards from the rest
             w = torch.tensor([self.kept[uid] * (1 - self.kept[uid]) for uid, _ in pairs])
             metrics["screen/auroc_varied"] = auroc(w, ~torch.tensor([e for _, e in pairs]))
+        if dist.world > 1:  # every rank drew, and will draw, the same prompts: the same stream, generator and probe
+            metrics["dist/screen_in_sync"] = int(dist.in_sync({
+                "order": torch.tensor(self.stream.order, dtype=torch.long), "generator": self.generator.get_state(),
+                **{f"probe.{k}": v for k, v in self.probe.state_dict().items()}}))
         return metrics
 
     # ---- checkpoint ----

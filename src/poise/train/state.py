@@ -245,7 +245,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     state.sampler = KVCacheSampler(model, tokenizer)
     if screen is not None:
         state.screen = screen
-        screen.attach(state)
+        screen.attach(model, tokenizer, layer, state.meter)
     if cfg.probe.load:
         state.probe = load_probe(cfg.probe.load, state.feature_meta)
     return state
