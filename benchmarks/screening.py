@@ -1,7 +1,7 @@
-"""Prompt screening on the default testbed: POISE without screening, with probe screening and with history skipping,
+"""Prompt screening on the default testbed: POISE without screening (mode none), with probe screening and with history skipping,
 each trained for the same number of steps from the embedded default, then evaluated on the same held-out problems.
 
-    python benchmarks/screening.py --out runs/screening --steps 150 [--modes off probe history]
+    python benchmarks/screening.py --out runs/screening --steps 150 [--modes none probe history]
 
 For each mode (skipped when its output is already there):
     poise train --max-steps STEPS --screen.mode MODE --output-dir OUT/MODE
@@ -9,7 +9,7 @@ For each mode (skipped when its output is already there):
 Reports per mode: the fraction of groups with unequal rewards (1 - reward/frac_zero_std_groups) over all steps and
 over the last 50, the mean screen/auroc_varied (probe mode: the AUROC of the predicted p(1 - p) for the groups
 whose rewards turned out unequal), the compute totals (policy forward tokens include the screening prefill),
-generated tokens and the seconds of the steps, and the held-out Avg@8 paired per problem against mode `off`
+generated tokens and the seconds of the steps, and the held-out Avg@8 paired per problem against mode `none`
 (`paired_eval.paired`: difference with its 95% bootstrap interval). Writes results/screening.json.
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/screening")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--num-problems", type=int, default=500)
-    ap.add_argument("--modes", nargs="+", default=["off", "probe", "history"])
+    ap.add_argument("--modes", nargs="+", default=["none", "probe", "history"])
     ap.add_argument("--results", default="results/screening.json")
     a = ap.parse_args()
     out = Path(a.out)
@@ -64,16 +64,16 @@ def main() -> None:
         result["modes"][mode] = summarise(run)
     rows = {m: [json.loads(line) for line in open(out / f"{m}.jsonl")] for m in a.modes}
     for mode in a.modes:
-        d = paired(rows["off"], rows[mode])["all"] if "off" in rows else None
+        d = paired(rows["none"], rows[mode])["all"] if "none" in rows else None
         result["modes"][mode]["heldout_avg8"] = d["mean_after"] if d else None
-        if d and mode != "off":
-            result["modes"][mode]["vs_off"] = {k: d[k] for k in ("mean", "se", "lo", "hi", "n")}
+        if d and mode != "none":
+            result["modes"][mode]["vs_none"] = {k: d[k] for k in ("mean", "se", "lo", "hi", "n")}
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     Path(a.results).write_text(json.dumps(result, indent=2))
-    print(f"| mode | varied groups | last 50 | AUROC(p(1-p)) | held-out Avg@8 | vs off [95% CI] | policy fwd tokens "
+    print(f"| mode | varied groups | last 50 | AUROC(p(1-p)) | held-out Avg@8 | vs none [95% CI] | policy fwd tokens "
           f"| prefill | steps s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, s in result["modes"].items():
-        vs = s.get("vs_off")
+        vs = s.get("vs_none")
         print(f"| {mode} | {s['varied_fraction']:.3f} | {s['varied_fraction_last50']:.3f} | {s['auroc_varied']:.3f} | "
               f"{s['heldout_avg8']:.3f} | " + (f"{vs['mean']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}]" if vs else "—")
               + f" | {s['forward_tokens_policy']:,.0f} | {s['prefill_tokens']:,} | {s['step_seconds']:.0f} |")

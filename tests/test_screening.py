@@ -117,3 +117,14 @@ def test_a_screened_run_resumes_exactly(tiny_run, tmp_path, mode):
     assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
     if mode == "history":  # 16 prompts, 8 a step: prompts come back, and some are skipped
         assert sum(r["screen/skipped"] for r in full) > 0
+
+
+@pytest.mark.parametrize("mode", ["none", "probe", "history"])
+def test_every_mode_survives_the_command_line(mode):
+    """Values are read as YAML on the command line: a mode named like a YAML boolean (off, no) would arrive as
+    False, so none of them is."""
+    from poise.commands.cli import config_from_args, make_parser
+    from poise.io.config import TrainConfig
+
+    args = make_parser().parse_args(["train", "--screen.mode", mode])
+    assert config_from_args(TrainConfig, args).screen.mode == mode

@@ -113,8 +113,8 @@ class ScreenConfig:
     """Which prompts to generate for (poise.algo.screening). Off by default: see docs/RESULTS.md for what it was
     measured to do."""
 
-    mode: Literal["off", "probe", "history"] = "off"
-    """off: every drawn prompt is used. probe: draw candidates x prompts_per_step prompts, prefill them, and keep
+    mode: Literal["none", "probe", "history"] = "none"
+    """none: every drawn prompt is used. probe: draw candidates x prompts_per_step prompts, prefill them, and keep
     prompts_per_step by the prompt-only probe's predicted pass rate p, sampling in proportion to p(1 - p) + epsilon
     (the probe is fitted from the feature buffer, on earlier steps only). history: GRESO-style, skip a drawn prompt
     whose last `patience` groups all had equal rewards, except with probability `explore`."""

@@ -160,7 +160,7 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(s.epsilon > 0, "screen.epsilon", "must be > 0 (the floor that keeps every prompt possible)", s.epsilon)
     _check(s.patience >= 1, "screen.patience", "must be >= 1", s.patience)
     _check(0.0 <= s.explore <= 1.0, "screen.explore", "must be in [0, 1]", s.explore)
-    _check(s.mode == "off" or r.group_size >= 2, "rollout.group_size", "must be >= 2 with screen.mode "
+    _check(s.mode == "none" or r.group_size >= 2, "rollout.group_size", "must be >= 2 with screen.mode "
            f"{s.mode!r} (screening looks for groups with unequal rewards)", r.group_size)
     rows_per_step = r.prompts_per_step * r.group_size
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",

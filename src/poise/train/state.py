@@ -90,7 +90,7 @@ class TrainState:
     layer: int | None  # the probe's decoder layer (None without POISE)
     marker: int | list[int] | None  # the end-of-reasoning marker's token id(s)
     sampler: Sampler | None = None  # the rollout engine (KVCacheSampler on the policy itself)
-    screen: ScreenedStream | None = None  # screen.mode != off: the screened shared stream (screening.py)
+    screen: ScreenedStream | None = None  # screen.mode != none: the screened shared stream (screening.py)
     meter: ComputeMeter = field(default_factory=ComputeMeter)
     counters: dict = field(default_factory=lambda: {"skipped_total": 0, "consecutive_skips": 0})  # numerical guard
     step: int = 0  # the last finished step
@@ -221,7 +221,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
                           "tokens; raise the limit")
     check_reward_function(task, pool)  # a user's reward function that raises or hangs fails now, not as all-0 rewards
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
-    screen = ScreenedStream(stream, cfg, cfg.seed) if cfg.screen.mode != "off" else None  # the same on every rank
+    screen = ScreenedStream(stream, cfg, cfg.seed) if cfg.screen.mode != "none" else None  # the same on every rank
     source = screen or stream
     prompts = source if dist.world == 1 else ShardedStream(source, dist, cfg.optim.mini_batch_prompts)
     gen = torch.Generator(dist.device).manual_seed(cfg.seed + 1_000_003 * dist.rank)  # rank 0 samples as one process
