@@ -131,19 +131,29 @@ def test_two_processes_make_the_single_process_update_and_identical_probes(micro
     assert s[0]["world"] == s[1]["world"] == 2 and s[0]["in_sync"] and s[0]["grad_norm"] == s[1]["grad_norm"]
 
 
-@pytest.mark.slow
-def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
-    run = tmp_path / "run"
-    args = ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "3",
+def _three_step_args(micro_dir, run, *extra) -> list[str]:
+    """`poise train` arguments of a 3-step POISE run on the micro model and the TRL-style parity reward."""
+    return ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "3",
             "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
             "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
             "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", "--checkpoint.every", "1", "--threads", "1"]
+            "--reward.function", "test_rewards_light:trl_parity", *extra]
+
+
+def _launch_two(args: list[str], run) -> list[dict]:
+    """Run `poise` with `args` under `accelerate launch` with 2 processes; its metrics rows."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = read_metrics(run)
+    return read_metrics(run)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_with_two_processes(micro_dir, tmp_path):
+    run = tmp_path / "run"
+    args = _three_step_args(micro_dir, run, "--checkpoint.every", "1", "--threads", "1")
+    rows = _launch_two(args, run)
     assert [m["step"] for m in rows] == [1, 2, 3]  # one log, written by rank 0
     assert all(m["dist/probe_in_sync"] == 1 for m in rows)
     assert all(m["compute/prompts"] == 8 and m["compute/samples"] == 16 for m in rows)  # both ranks counted
@@ -161,16 +171,7 @@ def test_prompt_screening_makes_the_same_choice_on_both_ranks(micro_dir, tmp_pat
     """screen.mode probe under `accelerate launch`: both ranks prefill the same candidates and keep the same ones
     (the shared stream, the choice generator and the prompt probe stay identical, step after step)."""
     run = tmp_path / "run"
-    args = ["train", "--model.name", str(micro_dir), "--output-dir", str(run), "--max-steps", "3",
-            "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
-            "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
-            "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", "--screen.mode", "probe", "--threads", "1"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = read_metrics(run)
+    rows = _launch_two(_three_step_args(micro_dir, run, "--screen.mode", "probe", "--threads", "1"), run)
     assert [m["step"] for m in rows] == [1, 2, 3]
     assert all(m["dist/screen_in_sync"] == 1 and m["dist/probe_in_sync"] == 1 for m in rows)
     assert rows[0]["screen/probe_fitted"] == 0 and all(m["screen/prefill_tokens"] > 0 for m in rows[1:])
