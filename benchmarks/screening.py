@@ -1,7 +1,7 @@
 """Prompt screening on the default testbed: POISE without screening (mode none), with probe screening and with history skipping,
 each trained for the same number of steps from the embedded default, then evaluated on the same held-out problems.
 
-    python benchmarks/screening.py --out runs/screening --steps 150 [--modes none probe history]
+    python benchmarks/screening.py --out runs/screening --steps 150 [--modes none probe history] [-- train args]
 
 For each mode (skipped when its output is already there):
     poise train --max-steps STEPS --screen.mode MODE --output-dir OUT/MODE
@@ -51,14 +51,15 @@ def main() -> None:
     ap.add_argument("--num-problems", type=int, default=500)
     ap.add_argument("--modes", nargs="+", default=["none", "probe", "history"])
     ap.add_argument("--results", default="results/screening.json")
+    ap.add_argument("extra", nargs="*", help="more `poise train` arguments for every mode (after --)")
     a = ap.parse_args()
     out = Path(a.out)
     ev = ["--k", "8", "--num-problems", str(a.num_problems), "--seed", "0"]
-    result = {"steps": a.steps, "cpu_flags": cpu_flags(), "modes": {}}
+    result = {"steps": a.steps, "cpu_flags": cpu_flags(), "extra_train_args": a.extra, "modes": {}}
     for mode in a.modes:
         run = out / mode
         if not (run / "policy").is_dir():
-            poise("train", "--max-steps", str(a.steps), "--screen.mode", mode, "--output-dir", str(run))
+            poise("train", "--max-steps", str(a.steps), "--screen.mode", mode, "--output-dir", str(run), *a.extra)
         if not (out / f"{mode}.jsonl").is_file():
             poise("eval", "--model.name", str(run / "policy"), "--output", str(out / f"{mode}.jsonl"), *ev)
         result["modes"][mode] = summarise(run)
