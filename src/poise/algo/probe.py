@@ -138,6 +138,18 @@ def ridge_fit(X: Tensor, y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     return w, ym - xm @ w
 
 
+def _standardised_ridge(Czz: Tensor, szy: Tensor, n: int, alpha: float) -> tuple[Tensor, Tensor]:
+    """Ridge on standardised features in covariance form: from the features' covariance Czz (F, F) and their
+    covariance with the target szy (F,) over n rows ->
+      inv_std = 1 / sqrt(diag(Czz))   (0 where std <= 1e-8)
+      w = (n Dinv Czz Dinv + alpha I)^{-1} n Dinv szy                       both (F,) float64
+    """
+    sd = Czz.diagonal().clamp(min=0).sqrt()
+    inv = torch.where(sd > _STD_FLOOR, 1.0 / sd.clamp(min=_STD_FLOOR), torch.zeros_like(sd))
+    A = n * (inv[:, None] * Czz * inv[None, :]) + alpha * torch.eye(len(inv), dtype=_F64)
+    return inv, torch.linalg.solve(A, n * inv * szy)
+
+
 class RidgeProbe:
     """g_phi(z) = clip(w . standardise([PCA_p(prompt), PCA_t(trajectory), entropy]) + b, 0, 1).
 
@@ -206,11 +218,7 @@ class RidgeProbe:
         pc = pca_from_cov(S[:hp, :hp], self.prompt_dim, m.n)
         tc = pca_from_cov(S[hp:hp + ht, hp:hp + ht], self.trajectory_dim, m.n)
         M = torch.block_diag(pc, tc, torch.eye(e, dtype=_F64))  # (D, F)
-        Czz = M.T @ S @ M
-        sd = Czz.diagonal().clamp(min=0).sqrt()
-        inv = torch.where(sd > _STD_FLOOR, 1.0 / sd.clamp(min=_STD_FLOOR), torch.zeros_like(sd))
-        A = m.n * (inv[:, None] * Czz * inv[None, :]) + self.alpha * torch.eye(len(inv), dtype=_F64)
-        w = torch.linalg.solve(A, m.n * inv * (M.T @ sy))
+        inv, w = _standardised_ridge(M.T @ S @ M, M.T @ sy, m.n, self.alpha)
         zeros = torch.zeros(pc.shape[1] + tc.shape[1], dtype=_F64)
         self._state = {"prompt_mean": mean[:hp].clone(), "prompt_components": pc,
                        "trajectory_mean": mean[hp:hp + ht].clone(), "trajectory_components": tc,
@@ -286,10 +294,7 @@ class PromptProbe:
         hp, d = m.dims[0], sum(m.dims)
         S, sy = m.cov[:hp, :hp], m.cov[:hp, d]
         pc = pca_from_cov(S, self.prompt_dim, m.n)
-        sd = (pc.T @ S @ pc).diagonal().clamp(min=0).sqrt()
-        inv = torch.where(sd > _STD_FLOOR, 1.0 / sd.clamp(min=_STD_FLOOR), torch.zeros_like(sd))
-        A = m.n * (inv[:, None] * (pc.T @ S @ pc) * inv[None, :]) + self.alpha * torch.eye(len(inv), dtype=_F64)
-        w = torch.linalg.solve(A, m.n * inv * (pc.T @ sy))
+        inv, w = _standardised_ridge(pc.T @ S @ pc, pc.T @ sy, m.n, self.alpha)
         self._state = {"prompt_mean": m.mean[:hp].clone(), "prompt_components": pc, "feature_inv_std": inv,
                        "weight": w, "bias": m.mean[d].reshape(1).clone()}
         self.n_fit = m.n

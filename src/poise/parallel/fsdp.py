@@ -185,16 +185,6 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, sd
     set_optimizer_state_dict(module, optimizer, sd, options=_options())
 
 
-def checkpoint_states(parts: dict) -> dict:
-    """The unsharded model and optimizer states of a sharded run's checkpoint `parts` (policy, and the critic when
-    there is one), on rank 0 ({} elsewhere); a collective every rank joins before rank 0 writes."""
-    out = {"model": full_state(parts["model"]), "optimizer": optimizer_state(parts["model"], parts["optimizer"])}
-    if parts.get("critic") is not None:
-        out["critic"] = full_state(parts["critic"])
-        out["critic_optimizer"] = optimizer_state(parts["critic"], parts["critic_optimizer"])
-    return out
-
-
 def state_megabytes(modules, optimizers) -> dict[str, float]:
     """What this rank holds of the training state, in MB: the weights and gradients of `modules` and the tensors in
     the states of `optimizers` (under FSDP, this rank's shards; None entries are skipped). Tied weights count once."""
