@@ -1,7 +1,7 @@
 """Typed configuration: the nested dataclasses of `poise train` and `poise sft`, and their value checks.
 
 Every field carries a docstring (the string literal under it); those docstrings become `--help`.
-Loading (YAML with `base:`, dotted command-line overrides, type checks) is in `configio.py`.
+Loading (YAML with `base:`, dotted command-line overrides; type checks by draccus) is in `configio.py`.
 Unknown keys, wrong types and impossible values fail at start-up with a `ConfigError` naming the key.
 The defaults are POISE on the embedded default task and model; where they depart from the reference
 implementation (`../shared/POISE.md` §5) the field docstring says so. Other algorithms are presets in `configs/`.

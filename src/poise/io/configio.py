@@ -1,6 +1,9 @@
-"""Config machinery: field docstrings, flattening, type coercion, YAML loading with `base:`, dotted overrides.
+"""Config machinery on draccus: field docstrings, YAML loading with `base:`, dotted overrides, typed decoding.
 
-Generic over any (nested) config dataclass; the schemas themselves and their value checks are in `config.py`.
+draccus (the dataclass <-> YAML/dict library LeRobot and Levanter use) decodes a nested mapping into the config
+dataclasses, checking every type (ints, floats, `Literal` choices, lists, nested sections) and naming the key that
+fails. What is poise's own: presets with `base:`, the flat dotted form that the command line and `poise compare`'s
+overrides use, the field docstrings that `--help` shows, and the value checks (`validation.py`).
 Precedence: dataclass defaults < YAML file (`--config`) < command-line overrides (`--rollout.group_size 4`).
 """
 
@@ -10,22 +13,26 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-import types
 import typing
 from pathlib import Path
 from typing import Any, Callable
 
+import draccus
 import yaml
+from draccus.utils import DecodingError, ParsingError
 
 from poise.io.errors import ConfigError  # noqa: F401 (re-exported: configio's callers name it here)
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Field docstrings, flattening, coercion
+# Field docstrings, flattening, command-line values
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written as string literals under dataclass fields (read from the class source)."""
+    """Docstrings written as string literals under dataclass fields, read from the class source's syntax tree.
+
+    (draccus has a line-based reader of its own, which in 0.11.6 misses the docstring of a field whose default spans
+    two lines, and of the first field after a class docstring.)"""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
@@ -48,60 +55,6 @@ def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
         else:
             out.append((prefix + f.name, tp, docs.get(f.name, "")))
     return out
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the field type `tp`; ints are accepted for floats. Raises ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is not type(None):
-                try:
-                    return coerce(key, value, a)
-                except ConfigError:
-                    pass
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value in choices and type(value) is type(choices[0]):
-            return value
-        raise ConfigError(f"{key}: must be one of {choices} (got {value!r})")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):  # "a,b" on the command line
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-5' as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
 
 
 def parse_cli_value(text: str) -> Any:
@@ -164,7 +117,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cls: type, overrides: dict[str, Any], validate: Callable[[Any], None] | None = None) -> Any:
-    """Instantiate `cls` with dotted-key overrides applied and type-checked, then `validate(cfg)` if given."""
+    """Instantiate `cls` from flat dotted-key overrides (decoded and type-checked by draccus), then `validate(cfg)`.
+
+    A list field also takes one comma-separated string ('t2d1,t3d1', as typed on the command line)."""
     known = {k: tp for k, tp, _ in flat_fields(cls)}
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -172,29 +127,39 @@ def build_config(cls: type, overrides: dict[str, Any], validate: Callable[[Any],
             close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{key}: unknown config key{hint}")
+        if typing.get_origin(known[key]) is list and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        _refuse_lax(key, value, known[key])
         node = nested
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = coerce(key, value, known[key])
-    cfg = _instantiate(cls, nested)
+        node[leaf] = value
+    try:
+        cfg = draccus.decode(cls, nested)
+    except DecodingError as e:  # one line: the dotted key, then draccus's reason
+        raise ConfigError(f"{'.'.join(e.key_path)}: {e.message.splitlines()[0]}") from None
+    except ParsingError as e:
+        raise ConfigError(str(e)) from None
     if validate is not None:
         validate(cfg)
     return cfg
 
 
-def _instantiate(cls: type, values: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            kwargs[f.name] = _instantiate(hints[f.name], v) if dataclasses.is_dataclass(hints[f.name]) else v
-    return cls(**kwargs)
+def _refuse_lax(key: str, value: Any, tp: Any) -> None:
+    """Refuse what draccus would quietly convert: a bool for a number (True -> 1), a non-scalar for a string."""
+    if typing.get_origin(tp) is list and isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_lax(f"{key}.{i}", v, typing.get_args(tp)[0])
+    elif tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    elif tp is str and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts, lists and scalars (draccus's encoding of the dataclasses)."""
+    return draccus.encode(cfg)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
