@@ -66,11 +66,14 @@ def test_summary_target_is_dapos_final_accuracy_with_intervals_over_seeds():
     r = s["poise_over_dapo"]
     assert r["tokens"] == pytest.approx(0.4) and r["tokens_ci"] == pytest.approx([0.375, 0.5])
     assert r["seconds"] == pytest.approx(0.4) and r["flops_ci"] == pytest.approx([0.375, 0.5])
+    assert s["over_dapo"]["poise"] is r and set(s["over_dapo"]) == {"poise", "grpo"}  # every method over DAPO
+    assert s["over_dapo"]["grpo"]["tokens"] is None  # GRPO never reaches the target
     text = report(s, SimpleNamespace(methods=list(curves), seeds=[0, 1], budget_key="generated_tokens",
                                      budget=300, eval_k=4, overrides=[]))
     assert "| grpo | 0.300 [0.300, 0.300] |" in text and "not reached [not reached, not reached]" in text
     assert "0.40x [0.38, 0.50] generated tokens" in text and "DAPO's final seed-mean accuracy" in text
     assert "poise +0.100 [+0.000, +0.200], grpo -0.200 [-0.300, -0.100]" in text
+    assert "POISE / DAPO cost to reach 0.500" in text and "grpo / DAPO cost to reach 0.500" in text
     slow = summarise({"poise": {0: pts([0.1, 0.2])}, "dapo": {0: pts([0.3, 0.5])}}, initial=[0.1] * 4, n_boot=100)
     assert slow["poise_over_dapo"]["tokens"] is None and slow["poise_over_dapo"]["tokens_ci"] == [None, None]
     assert "not reached [inf, inf] generated tokens" in report(slow, SimpleNamespace(

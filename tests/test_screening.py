@@ -128,3 +128,13 @@ def test_every_mode_survives_the_command_line(mode):
 
     args = make_parser().parse_args(["train", "--screen.mode", mode])
     assert config_from_args(TrainConfig, args).screen.mode == mode
+
+
+@pytest.mark.parametrize("preset, advantage, mode", [("screening/poise_probe", "poise", "probe"),
+                                                     ("screening/poise_history", "poise", "history"),
+                                                     ("screening/rloo_probe", "rloo", "probe")])
+def test_screening_presets_load_as_poise_compare_methods(preset, advantage, mode):
+    from poise.io.config import TrainConfig, build_config, load_yaml
+
+    cfg = build_config(TrainConfig, load_yaml(preset))
+    assert (cfg.algorithm.advantage, cfg.screen.mode, cfg.rollout.group_size) == (advantage, mode, 2)

@@ -142,16 +142,25 @@ def summarise(curves: dict[str, dict[int, list[dict]]], initial: list[float], n_
         out["methods"][m]["final_minus"] = {
             o: [float(point["methods"][m]["final"][0] - point["methods"][o]["final"][0]),
                 *_ci(boot["methods"][m]["final"] - boot["methods"][o]["final"])] for o in curves if o != m}
-    if "poise" in curves and "dapo" in curves:
-        out["poise_over_dapo"] = {}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for k, name in COSTS.items():
-                num, den = (point["methods"][m]["cost"][k][0] for m in ("poise", "dapo"))
-                reps = boot["methods"]["poise"]["cost"][k] / boot["methods"]["dapo"]["cost"][k]
-                undefined = int(np.isnan(reps).sum())
-                out["poise_over_dapo"].update({
-                    name: _finite(np.divide(num, den)), f"{name}_ci": _ci(reps) if undefined < n_boot else [None, None],
-                    f"{name}_undefined_replicates": undefined})
+    if "dapo" in curves:  # every other method's cost over DAPO's, per replicate (`poise_over_dapo` kept by name)
+        out["over_dapo"] = {m: _cost_ratios(point, boot, m, "dapo", n_boot) for m in curves if m != "dapo"}
+        if "poise" in curves:
+            out["poise_over_dapo"] = out["over_dapo"]["poise"]
+    return out
+
+
+def _cost_ratios(point: dict, boot: dict, num_m: str, den_m: str, n_boot: int) -> dict:
+    """num_m's cost to target over den_m's, for each cost: the point ratio and its interval over the replicates (a
+    0/0 or inf/inf replicate is undefined and left out; their count is kept)."""
+    out: dict = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k, name in COSTS.items():
+            num, den = (point["methods"][m]["cost"][k][0] for m in (num_m, den_m))
+            reps = boot["methods"][num_m]["cost"][k] / boot["methods"][den_m]["cost"][k]
+            undefined = int(np.isnan(reps).sum())
+            out.update({name: _finite(np.divide(num, den)),
+                        f"{name}_ci": _ci(reps) if undefined < n_boot else [None, None],
+                        f"{name}_undefined_replicates": undefined})
     return out
 
 
@@ -206,16 +215,16 @@ def report(summary: dict, cfg) -> str:
     if diffs:
         lines += ["", f"Final accuracy minus DAPO's (paired over problems, {boot['level']:.0%} interval): "
                       + ", ".join(diffs) + "."]
-    r = s.get("poise_over_dapo")
-    if r:
-        poise_reaches = s["methods"]["poise"]["tokens_to_target"] is not None
-        parts = [(_with_ci(r[n], r[f"{n}_ci"], "ratio") if r[n] is not None or not poise_reaches
+    for method, r in s.get("over_dapo", {}).items():
+        reaches = s["methods"][method]["tokens_to_target"] is not None
+        parts = [(_with_ci(r[n], r[f"{n}_ci"], "ratio") if r[n] is not None or not reaches
                   else f"undefined (both costs 0) [{_fmt(r[f'{n}_ci'][0], 'bound')}, {_fmt(r[f'{n}_ci'][1], 'bound')}]")
                  + f" {label}" for n, label in
                  (("tokens", "generated tokens"), ("seconds", "wall time"), ("flops", "FLOPs"))]
         undefined = max(r[f"{n}_undefined_replicates"] for n in COSTS.values())
         note = f" ({undefined} replicates with an undefined ratio left out)" if undefined else ""
-        lines += ["", f"POISE / DAPO cost to reach {s['target_accuracy']:.3f}: {', '.join(parts)}{note}."]
+        name = "POISE" if method == "poise" else method
+        lines += ["", f"{name} / DAPO cost to reach {s['target_accuracy']:.3f}: {', '.join(parts)}{note}."]
     return "\n".join(lines) + "\n"
 
 
