@@ -23,10 +23,13 @@ milliseconds. One verifier holds one worker; create one per thread that scores c
 
 from __future__ import annotations
 
+import atexit
 import math
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401 (its exit hook is registered before `_close_all`)
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 
 _FORBIDDEN_EVENTS = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
@@ -97,6 +100,13 @@ def _worker(conn, memory_bytes: int) -> None:
 
 
 _CTX = None
+_LIVE: "weakref.WeakSet[SafeVerifier]" = weakref.WeakSet()  # verifiers with a worker, stopped at interpreter exit
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first: that hook would SIGTERM the
+def _close_all() -> None:  # workers (which ignore it) and then wait for them forever
+    for v in list(_LIVE):
+        v.close()
 
 
 def _context():
@@ -154,6 +164,7 @@ class SafeVerifier:
             spawn.get_preparation_data = original
         child.close()
         self._conn = parent
+        _LIVE.add(self)
 
     def _kill(self) -> None:
         if self._proc is not None:
