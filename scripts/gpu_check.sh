@@ -24,4 +24,21 @@ if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; th
   accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train --config ppo \
     --max-steps 5 --output-dir "$out/fsdp_ppo"
 fi
+if python -c "import vllm" 2>/dev/null; then  # the vLLM engine (scripts/install_vllm.sh; on a GPU: vllm==0.32.0)
+  # bf16 sampling, fp32 training, sleep mode during the update; rollout/logprob_diff_* and rollout/tis_* show the
+  # mismatch and its correction
+  poise train --rollout.engine vllm --rollout.engine_dtype bfloat16 --max-steps 10 --device cuda \
+    --checkpoint.every 5 --output-dir "$out/vllm"
+  poise train --rollout.engine vllm --rollout.engine_dtype bfloat16 --max-steps 12 --device cuda \
+    --output-dir "$out/vllm" --resume
+  poise train --config dapo --rollout.engine vllm --max-steps 5 --device cuda --output-dir "$out/vllm_dapo"
+  if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then  # one engine per rank
+    accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --rollout.engine vllm \
+      --max-steps 5 --output-dir "$out/vllm_ddp"
+    accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train \
+      --rollout.engine vllm --max-steps 5 --output-dir "$out/vllm_fsdp"              # full weights gathered to push
+  fi
+else
+  echo "gpu_check: vllm is not installed; the vLLM engine was not checked"
+fi
 echo "gpu_check: every run finished; see $out/*/metrics.jsonl"

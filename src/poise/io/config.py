@@ -91,6 +91,24 @@ class RolloutConfig:
     """Nucleus sampling threshold; 1.0 disables it."""
     max_new_tokens: int = 64
     """Maximum response length in tokens (reference: 8192; the embedded arithmetic task needs < 50)."""
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    """Rollout engine. hf: the built-in KV-cache sampler on the policy itself. vllm: a vLLM engine in the training
+    process (`scripts/install_vllm.sh`, README), created once; the policy's weights are pushed into it before each
+    step's sampling, and the old log-probs, entropies and probe features still come from poise's scoring pass. auto:
+    vllm for a policy of 50 M parameters or more when vllm is installed, else hf; the embedded default and the tiny
+    presets (about 1 M) stay on hf, where vLLM's per-step overhead outweighs its speed (docs/RESULTS.md)."""
+    engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype the vLLM engine samples in; auto is model.dtype. bfloat16 sampling with float32 training is the usual
+    GPU split; rollout.tis_cap corrects for the log-prob mismatch it brings."""
+    tis_cap: float = 2.0
+    """With the vLLM engine: sequence-level truncated importance sampling, each response's advantage multiplied by
+    min(exp(sum_t log pi_old - log pi_vllm), tis_cap), as in TRL and verl; 0 turns it off. Unused with hf."""
+    gpu_memory_utilization: float = 0.3
+    """With the vLLM engine on a GPU: the fraction of its memory vLLM may take (weights and KV cache), the rest
+    staying for training. Unused on the CPU."""
+    sleep: bool = True
+    """With the vLLM engine on a GPU: free its weights and KV cache during the update (vLLM sleep mode) and wake it
+    before sampling. Unused on the CPU."""
 
 
 @dataclass

@@ -154,6 +154,9 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(p.buffer_steps == 0 or p.min_fit_steps <= p.buffer_steps, "probe.buffer_steps",
            f"must be 0 or >= probe.min_fit_steps = {p.min_fit_steps} (the probe would never be fitted)", p.buffer_steps)
     _check(bool(p.marker), "probe.marker", "must not be empty", p.marker)
+    _check(r.tis_cap >= 0, "rollout.tis_cap", "must be >= 0 (0 turns the correction off)", r.tis_cap)
+    _check(0.0 < r.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]",
+           r.gpu_memory_utilization)
     s = cfg.screen
     _check(s.candidates >= 2 or s.mode != "probe", "screen.candidates", "must be >= 2 with screen.mode probe "
            "(one candidate per prompt is no choice)", s.candidates)

@@ -36,6 +36,7 @@ class RolloutBatch:
     response_hidden: torch.Tensor | None = None  # (B, T, H) at the probe layer
     extras: dict = field(default_factory=dict)
     ended: torch.Tensor | None = None  # (B,) bool: the response contains EOS (set where it is generated)
+    sampler_logp: torch.Tensor | None = None  # (B, T): the engine's own log-probs of the sampled tokens (vLLM)
 
     @property
     def truncated(self) -> torch.Tensor:
@@ -50,7 +51,8 @@ class RolloutBatch:
         return RolloutBatch(*(move(getattr(self, f)) for f in ("prompt_ids", "prompt_mask", "response_ids",
                                                                  "response_mask")), self.group_size,
                             *(move(getattr(self, f)) for f in ("old_logp", "entropy", "prompt_hidden",
-                                                                 "response_hidden")), ended=move(self.ended))
+                                                                 "response_hidden")), ended=move(self.ended),
+                            sampler_logp=move(self.sampler_logp))
 
     def rows(self, idx: torch.Tensor) -> "RolloutBatch":
         """Subset of rows (e.g. one mini-batch); tensors are indexed, nothing copied twice."""
@@ -58,7 +60,8 @@ class RolloutBatch:
             return None if x is None else x[idx]
         return RolloutBatch(take(self.prompt_ids), take(self.prompt_mask), take(self.response_ids),
                             take(self.response_mask), self.group_size, take(self.old_logp), take(self.entropy),
-                            take(self.prompt_hidden), take(self.response_hidden), ended=take(self.ended))
+                            take(self.prompt_hidden), take(self.response_hidden), ended=take(self.ended),
+                            sampler_logp=take(self.sampler_logp))
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:

