@@ -1,7 +1,11 @@
 """The built-in KV-cache sampler against the vLLM engine (`--rollout.engine`), inside real `poise train` steps.
 
-    python benchmarks/vllm_engine.py --models default smollm2-135m --shapes 64x2 16x8 --steps 6 --reps 3 \
+    python benchmarks/vllm_engine.py --models default --shapes 64x2 16x8 --steps 6 --reps 3 \
         --threads 2 --out results/vllm_engine.json
+    # the generation phase alone (one sampling call per engine and repetition, alternating), for a model whose
+    # training steps take minutes on a CPU
+    python benchmarks/vllm_engine.py --sample-only --models smollm2-135m --shapes 64x2 16x8 --reps 3 \
+        --out results/vllm_engine_smollm2.json
 
 Each (model, shape, engine) is a `poise train` run in its own process (the interpreter running this script: it
 needs the vllm extra, `scripts/install_vllm.sh`), POISE at PxG rollouts (P prompts x G samples), the engines
@@ -61,6 +65,54 @@ def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads
             "reward_mean": st.mean(r["reward/mean"] for r in rows)}
 
 
+def sample_only(model_name: str, shape: str, engines: list[str], reps: int, threads: int, max_new: int) -> dict:
+    """Generated tokens per second of one `sample` call of each engine on the same P problems x G, alternating
+    engines in a rotated order each repetition; one engine object per engine, created (and warmed up) once."""
+    import time
+
+    import torch
+
+    from poise.data.tasks.dataset import build_task
+    from poise.io.config import TrainConfig, build_config
+    from poise.rollout.models import load_policy
+    from poise.rollout.sampler import KVCacheSampler, SamplingParams
+    from poise.rollout.vllm_engine import VLLMSampler
+
+    torch.set_num_threads(threads)
+    P, G = (int(x) for x in shape.split("x"))
+    model, tok = load_policy(model_name)
+    problems = build_task(build_config(TrainConfig, {}).task).problems("train", P, seed=0)
+    params = SamplingParams(max_new_tokens=max_new)
+    samplers = {}
+    for e in engines:
+        if e == "hf":
+            samplers[e] = KVCacheSampler(model, tok)
+        else:
+            samplers[e] = VLLMSampler(model, tok, max_model_len=1024, dtype=e.split("-")[1].replace("fp32", "float32")
+                                      .replace("bf16", "bfloat16"), max_seqs=P * G)
+            samplers[e].sample(problems[:2], G, params, torch.Generator().manual_seed(0))  # warm-up
+    reps_out = []
+    for r in range(reps):
+        order = engines[r % len(engines):] + engines[:r % len(engines)]
+        rep = {}
+        for e in order:
+            t = time.perf_counter()
+            batch = samplers[e].sample(problems, G, params, torch.Generator().manual_seed(r))
+            dt = time.perf_counter() - t
+            tokens = int(batch.response_mask.sum())
+            rep[e] = {"seconds": dt, "tokens": tokens, "gen_tokens_per_s": tokens / dt}
+        reps_out.append(rep)
+        print(model_name, shape, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
+    summary = {e: {"gen_tokens_per_s": st.median(rep[e]["gen_tokens_per_s"] for rep in reps_out)} for e in engines}
+    for e in engines:
+        if e != "hf" and "hf" in engines:
+            summary[e]["generation_speedup_vs_hf"] = st.median(
+                rep[e]["gen_tokens_per_s"] / rep["hf"]["gen_tokens_per_s"] for rep in reps_out)
+    for s_ in samplers.values():
+        getattr(s_, "close", lambda: None)()
+    return {"summary": summary, "reps": reps_out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default", "smollm2-135m"])
@@ -72,10 +124,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/vllm_engine.json")
     ap.add_argument("--train-arg", action="append", default=[], help="extra `poise train` argument (repeatable)")
+    ap.add_argument("--sample-only", action="store_true", help="time one sampling call per engine, no training")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="with --sample-only")
     a = ap.parse_args()
     flags = cpu_flags()
     print(f"CPU flags: {flags}", flush=True)
     res: dict = {"cpu_flags": flags, "command": " ".join(sys.argv), "runs": {}}
+    if a.sample_only:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        for model in a.models:
+            for shape in a.shapes:
+                res["runs"][f"{model} {shape}"] = out = sample_only(model, shape, a.engines, a.reps, a.threads,
+                                                                    a.max_new_tokens)
+                print(model, shape, json.dumps(out["summary"], indent=1), flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        print(f"wrote {a.out}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models:
             for shape in a.shapes:

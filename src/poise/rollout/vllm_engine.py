@@ -12,9 +12,11 @@
 - **Sampling** matches the built-in sampler: temperature, top_p, max new tokens, every EOS id
   (`engine.stop_token_ids`), G samples per prompt as one request with `n = G` (they share the prompt's prefix), and
   a per-request seed drawn from the run's sampling generator (seeded per rank, saved in checkpoints), so a run is
-  reproducible and resumes exactly. `logprobs_mode="processed_logprobs"` returns the sampled tokens' log-probs after
-  temperature, the quantity our scoring pass recomputes; the mismatch between the two is logged and corrected by
-  truncated importance sampling (`poise.algo.losses.truncated_is_weights`).
+  reproducible and resumes exactly. Chunked prefill is off: vLLM 0.32 rewinds a seeded request's generator when it
+  discards the token of a partly prefilled prompt, which a CPU generator cannot do.
+  `logprobs_mode="processed_logprobs"` returns the sampled tokens' log-probs after temperature, the quantity our
+  scoring pass recomputes; the mismatch between the two is logged and corrected by truncated importance sampling
+  (`poise.algo.losses.truncated_is_weights`).
 - **GPU memory**: `gpu_memory_utilization` caps vLLM's share; with `rollout.sleep` the engine sleeps (weights and
   KV cache freed) while the policy updates and wakes before the next push (`enable_sleep_mode`, CUDA only).
 
@@ -120,7 +122,8 @@ class VLLMSampler:
             kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model.config, dtype, max_model_len, max_seqs)
         self.llm = LLM(model=self._dir.name, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=True, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
-                       tensor_parallel_size=1, **kwargs)
+                       tensor_parallel_size=1, enable_chunked_prefill=False,
+                       max_num_batched_tokens=max(8192, max_model_len), **kwargs)
         self.asleep = False
 
     # ---- weights and memory ----
