@@ -38,6 +38,10 @@ def main(model_dir: str, out: str) -> None:
     weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     Path(out, f"rank{rank}.json").write_text(json.dumps({"world": world, "rounds": trainer.record,
                                                          "weights": weights}))
+    # gloo's threads are joined here, not by static destructors at exit (which once aborted a rank with
+    # "terminate called without an active exception" after its work was done)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
