@@ -5,8 +5,10 @@ rewards would differ, and per `poise train` run, the same fraction over its firs
 
 Eval files: a problem with c correct of k samples gives unequal pairs with probability estimated without bias as
 2c(k - c) / (k (k - 1)); reported with Avg@k and the fractions of problems never and always solved.
-Run dirs: the mean of 1 - reward/frac_zero_std_groups over steps 1-10 and 1-20 and the last 20, DAPO's mean
-kept fraction and rounds when present, and the share of total step time spent generating and updating.
+Run dirs: the mean of 1 - reward/frac_zero_std_groups over steps 1-10, 1-20, the last 20 and all steps, DAPO's mean
+kept fraction and rounds when present, screening's mean screen/auroc_varied when present, the mean generation and
+step seconds, and the share of total step time spent generating and updating; with several runs (the seeds of one
+method), also the mean of each over them.
 """
 
 from __future__ import annotations
@@ -41,12 +43,17 @@ def run_spread(rows: list[dict]) -> dict:
     unequal = [1 - r["reward/frac_zero_std_groups"] for r in rows]
     last = rows[-1]
     out = {"unequal_steps_1_10": st.mean(unequal[:10]), "unequal_steps_1_20": st.mean(unequal[:20]),
-           "unequal_last_20": st.mean(unequal[-20:]),
+           "unequal_last_20": st.mean(unequal[-20:]), "unequal_all": st.mean(unequal),
+           "generate_s": st.mean(r["time/generate_s"] for r in rows), "step_s": st.mean(r["time/step_s"] for r in rows),
            "generate_share": last["time_total/generate_s"] / last["time_total/step_s"],
            "update_share": last["time_total/update_s"] / last["time_total/step_s"]}
     if "dynamic_sampling/kept_fraction" in last:
         out["kept_fraction"] = st.mean(r["dynamic_sampling/kept_fraction"] for r in rows)
         out["rounds"] = st.mean(r["dynamic_sampling/rounds"] for r in rows)
+    auroc = [r["screen/auroc_varied"] for r in rows if "screen/auroc_varied" in r]
+    auroc = [v for v in auroc if v == v]  # NaN: a step whose groups all varied, or none did
+    if auroc:
+        out["screen_auroc"] = st.mean(auroc)
     return out
 
 
@@ -59,8 +66,11 @@ def main() -> None:
         for level, s in eval_spread([json.loads(line) for line in open(path)]).items():
             print(f"{path} {level}: {s['problems']} problems, Avg@k {s['avg']:.3f}, unequal G = 2 {s['unequal']:.3f}, "
                   f"never {s['never']:.2f}, always {s['always']:.2f}")
-    for run in a.runs:
-        print(run, {k: round(v, 3) for k, v in run_spread(read_metrics(run)).items()})
+    spreads = [run_spread(read_metrics(run)) for run in a.runs]
+    for run, s in zip(a.runs, spreads):
+        print(run, {k: round(v, 3) for k, v in s.items()})
+    if len(spreads) > 1:
+        print(f"mean over {len(spreads)} runs", {k: round(st.mean(s[k] for s in spreads), 3) for k in spreads[0]})
 
 
 if __name__ == "__main__":

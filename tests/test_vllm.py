@@ -101,7 +101,7 @@ def test_auto_keeps_the_tiny_models_on_the_built_in_sampler(monkeypatch):
     assert vllm_engine.resolve_engine("vllm", 1_030_016) == "vllm"
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     assert vllm_engine.resolve_engine("auto", 134_515_008) == "hf"
-    with pytest.raises(ConfigError, match=r"^rollout.engine: 'vllm' needs vllm, which is not installed; install it with"):
+    with pytest.raises(ConfigError, match=r"^rollout.engine: 'vllm' needs vllm, which is not installed; install it"):
         vllm_engine.resolve_engine("vllm", 1_030_016)
 
 

@@ -60,7 +60,8 @@ def resolve_engine(engine: str, n_params: int) -> str:
 
 def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of the policy's parameters in Hugging Face naming, tied weights once: what vLLM's
-    `load_weights` takes. Inside `fsdp.gathered` FSDP2's parameters are the unsharded ones; a DTensor left over is gathered."""
+    `load_weights` takes. Inside `fsdp.gathered` FSDP2's parameters are the unsharded ones; a DTensor left over is
+    gathered."""
     out = []
     for name, t in model.named_parameters():  # buffers (rotary inv_freq) are vLLM's own
         t = t.detach()
@@ -118,7 +119,7 @@ class VLLMSampler:
         if self.cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
-            keep_cpu_weights_live()  # the CPU backend reads gpu_memory_utilization as a share of all RAM: size the KV cache instead
+            keep_cpu_weights_live()  # gpu_memory_utilization would be read as a share of all RAM: size the KV cache
             kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model.config, dtype, max_model_len, max_seqs)
         self.llm = LLM(model=self._dir.name, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=True, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
@@ -180,7 +181,7 @@ class VLLMSampler:
 
     def close(self) -> None:
         """Shut the engine down and remove its temporary model directory."""
-        llm, self.llm = getattr(self, "llm", None), None
+        llm, self.llm = self.llm, None
         if llm is not None:
             engine = getattr(llm, "llm_engine", None)
             shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
