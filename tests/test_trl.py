@@ -224,6 +224,18 @@ def test_config_defaults_and_validation(tmp_path):
     assert cfg.probe_buffer_steps == 32  # as in `poise train`
     with pytest.raises(ValueError, match="probe_buffer_steps must be 0 or >= probe_min_fit_steps"):
         POISEConfig(output_dir=str(tmp_path), use_cpu=True, probe_buffer_steps=4)
+    assert cfg.vllm_dtype == "auto"
+    with pytest.raises(ValueError, match=r"vllm_dtype must be auto, bfloat16, float16 or float32, got 'fp8'"):
+        POISEConfig(output_dir=str(tmp_path), use_cpu=True, vllm_dtype="fp8")
+
+
+def test_without_vllm_colocate_trls_engine_constructor_is_left_alone(tmp_path):
+    import trl.generation.vllm_generation as vg
+
+    before = getattr(vg, "LLM", None)
+    for over in ({}, {"use_vllm": True, "vllm_mode": "server"}):
+        with ptrl.colocated_vllm_options(POISEConfig(output_dir=str(tmp_path), use_cpu=True, **over)):
+            assert getattr(vg, "LLM", None) is before
 
 
 def test_a_grpo_config_is_refused(micro_dir, tmp_path):

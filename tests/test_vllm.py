@@ -9,6 +9,9 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +238,85 @@ def test_a_vllm_run_resumes_exactly(tmp_path):
         return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
 
     assert strip(_rows(resumed)) == strip(_rows(straight))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Several processes, FSDP, and TRL's colocated engine (subprocesses: vLLM's external_launcher sets up torch.distributed)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_dir(tmp_path_factory):
+    """The embedded default model saved as a Hugging Face directory (what TRL's engine loads by name)."""
+    from poise.rollout.models import load_policy
+
+    path = tmp_path_factory.mktemp("default_model")
+    model, tok = load_policy("default")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _run(cmd: list[str]) -> None:
+    from test_distributed import _env
+
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _launch(processes: int, *args: str) -> list[str]:
+    from test_distributed import _free_port
+
+    if processes == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--main_process_port", _free_port(), *args]
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_push_the_policy_into_an_engine_each(fsdp, tmp_path):
+    """One colocated engine per rank (external_launcher), each seeded for its rank; every step the policy is pushed
+    into both (under FSDP gathered first). The learning rate is large, so an engine left with the previous step's
+    weights would be off by whole nats (12.8 when load_policy was made a no-op), not by float rounding."""
+    run = tmp_path / "run"
+    args = ["train", "--model.name", "default", "--rollout.engine", "vllm", "--max-steps", "3", "--output-dir",
+            str(run), "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--optim.lr", "1e-2",
+            "--optim.warmup_steps", "0", "--rollout.max_new_tokens", "32", "--probe.min_fit_steps", "1",
+            "--probe.warmup_steps", "1", "--probe.buffer_size", "64", "--threads", "1", "--fsdp", str(fsdp).lower()]
+    _run(_launch(2, "-m", "poise.commands.cli", *args))
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["rollout/logprob_diff_max"] < 1e-3 and r["compute/samples"] == 16 and r["dist/probe_in_sync"] == 1
+    assert (run / "policy" / "model.safetensors").is_file()  # the final save ran before the engines shut down
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_poise_trainer_generates_with_trls_colocated_vllm(processes, default_dir, tmp_path):
+    """POISETrainer with TRL's `use_vllm=True, vllm_mode="colocate"` (fp32 engine, learning rate 3e-2): TRL's own
+    scoring of the sampled tokens matches the engine's log-probs every round, so TRL's weight sync reached the
+    engine (on the CPU it does only with `keep_cpu_weights_live`), and the advantages are POISE's, from the features
+    of our extra pass, identical on every rank."""
+    pytest.importorskip("trl")
+    from poise.algo.advantages import group_view, poise_advantages
+
+    tests = Path(__file__).resolve().parent
+    _run(_launch(processes, str(tests / "trl_dist_child.py"), str(default_dir), str(tmp_path), "vllm"))
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(processes)]
+    for rank in ranks:
+        assert rank["world"] == processes and rank["engine_dtype"] == "torch.float32"
+        assert len(rank["logp_diff_max"]) == 3 and max(rank["logp_diff_max"]) < 1e-3
+        assert len(rank["rounds"]) == 3 and any(r["used"] for r in rank["rounds"])
+        for rnd in rank["rounds"]:
+            assert len(rnd["advantages"]) == 4 * processes  # the whole batch, every rank's rows
+            if rnd["used"]:
+                rw, pred = torch.tensor(rnd["rewards"]), torch.tensor(rnd["predictions"])
+                expected = poise_advantages(group_view(rw, 2), group_view(pred, 2)).flatten()
+                assert torch.allclose(torch.tensor(rnd["advantages"]), expected, atol=1e-6)
+    for other in ranks[1:]:
+        assert other["weights"] == ranks[0]["weights"]
+        assert [r["probe"] for r in other["rounds"]] == [r["probe"] for r in ranks[0]["rounds"]]

@@ -32,10 +32,15 @@ Several processes (`accelerate launch`): each process extracts the features of i
 process order (TRL gathers the rewards the same way), every process computes the whole batch's advantages and keeps
 its slice, and every process fits the identical probe on the gathered rows (so checkpoints from any rank agree).
 
+TRL's colocated vLLM engine (`use_vllm=True, vllm_mode="colocate"`): TRL generates, syncs the weights and corrects
+the engine's mismatch by importance sampling; the features still come from the training model. `vllm_dtype` sets
+the engine's dtype, and on the CPU `colocated_vllm_options` keeps vLLM's linear layers on the live weights (else
+TRL's weight sync fails) and sizes its KV cache.
+
 Tested (CPU): text prompts, G = 2 and 4, gradient accumulation, unscorable completions, checkpoints, resume,
-`probe_load`, two processes (gloo); tried by hand: PEFT LoRA, KL (`beta > 0`) with `loss_type="grpo"`. Not
-supported: multimodal prompts (refused); evaluation keeps TRL's advantages. Untested: GPUs, vLLM generation (this
-module does not touch generation: features come from the training model), tools and environments.
+`probe_load`, two processes (gloo), TRL's colocated vLLM with one and two processes; tried by hand: PEFT LoRA, KL
+(`beta > 0`) with `loss_type="grpo"`. Not supported: multimodal prompts (refused); evaluation keeps TRL's
+advantages. Untested: GPUs, vLLM's server mode, tools and environments.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import importlib.metadata
 import inspect
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +162,10 @@ class POISEConfig(GRPOConfig):
         "help": "Rounds of rows the buffer must hold before the probe is fitted."})
     probe_load: str | None = field(default=None, metadata={
         "help": "Folder with probe.safetensors + probe.json to start from (skips the warm-up)."})
+    vllm_dtype: str = field(default="auto", metadata={
+        "help": "dtype of TRL's colocated vLLM engine (use_vllm, vllm_mode='colocate'): 'auto' (vLLM's choice: half "
+                "precision for an fp32 checkpoint), 'bfloat16', 'float16' or 'float32'. TRL's importance sampling "
+                "corrects the mismatch; sampling/sampling_logp_difference/* logs it."})
 
     def __post_init__(self):
         super().__post_init__()  # maps scale_rewards True/False to 'group'/'none'
@@ -172,10 +182,59 @@ class POISEConfig(GRPOConfig):
                        f"{self.probe_buffer_steps} (the probe would never be fitted)")
         if self.probe_warmup_steps < 0:
             bad.append(f"probe_warmup_steps must be >= 0, got {self.probe_warmup_steps}")
+        if self.vllm_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            bad.append(f"vllm_dtype must be auto, bfloat16, float16 or float32, got {self.vllm_dtype!r}")
         if not self.probe_alpha > 0:
             bad.append(f"probe_alpha must be > 0, got {self.probe_alpha}")
         if bad:
             raise ValueError("POISEConfig: " + "; ".join(bad))
+
+
+# =====================================================================================================================
+# TRL's colocated vLLM engine: dtype, and on the CPU live weights and a KV cache sized in bytes
+# =====================================================================================================================
+
+
+@contextmanager
+def colocated_vllm_options(args: POISEConfig):
+    """While GRPOTrainer.__init__ builds TRL's colocated `LLM` (`use_vllm=True, vllm_mode="colocate"`), add what
+    TRL does not pass: `dtype=args.vllm_dtype` unless it is "auto" (vLLM's auto samples an fp32 checkpoint in half
+    precision), and on the CPU a KV cache sized for `per_device_train_batch_size * steps_per_generation` sequences of
+    `vllm_max_model_length` tokens (TRL's `vllm_gpu_memory_utilization` would be read as a share of all RAM) and
+    `poise.rollout.vllm_engine.keep_cpu_weights_live`, without which vLLM's CPU backend drops the weights TRL's
+    `sync_weights` pushes into (every step would sample from the initial policy). Anything else: no change."""
+    from poise.rollout.vllm_engine import cpu_kv_cache_bytes, keep_cpu_weights_live, vllm_available
+
+    if not (args.use_vllm and args.vllm_mode == "colocate" and vllm_available()):  # TRL explains a missing vLLM
+        yield
+        return
+    import trl.generation.vllm_generation as vg
+
+    if not hasattr(vg, "LLM"):
+        raise RuntimeError(f"trl {_TRL_VERSION}: trl.generation.vllm_generation no longer imports vllm's LLM; "
+                           f"POISETrainer's vLLM options were written against trl {TRL_TESTED}")
+    original = vg.LLM
+    cpu = not torch.cuda.is_available()
+
+    def build(**kwargs):
+        if args.vllm_dtype != "auto":
+            kwargs["dtype"] = args.vllm_dtype
+        if cpu:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(kwargs["model"], trust_remote_code=kwargs.get("trust_remote_code"))
+            dtype = kwargs.get("dtype", "bfloat16")
+            length = kwargs.get("max_model_len") or config.max_position_embeddings
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, dtype, length, kwargs.get("max_num_seqs") or 8)
+        return original(**kwargs)
+
+    if cpu:
+        keep_cpu_weights_live()
+    vg.LLM = build
+    try:
+        yield
+    finally:
+        vg.LLM = original
 
 
 # =====================================================================================================================
@@ -198,7 +257,8 @@ class POISETrainer(GRPOTrainer):
         if mismatched:
             raise RuntimeError(f"trl {_TRL_VERSION}: these GRPOTrainer methods changed signature since POISE's "
                                f"integration was written (recorded, installed): {mismatched}")
-        super().__init__(model, reward_funcs, args, **kwargs)
+        with colocated_vllm_options(args):
+            super().__init__(model, reward_funcs, args, **kwargs)
         n_layers = len(decoder_layers(self.accelerator.unwrap_model(self.model)))
         self.probe_layer_index = resolve_layer(args.probe_layer, n_layers)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)

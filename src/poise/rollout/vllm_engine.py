@@ -71,6 +71,18 @@ def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def write_model_dir(model, tokenizer, path: str) -> None:
+    """The policy as a Hugging Face directory vLLM can load: config, tokenizer and `model.safetensors` with the
+    `policy_weights`. Written by every process: transformers' `save_pretrained` writes only on global rank 0 once
+    torch.distributed is up, and every rank's engine loads its own copy."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    save_file({n: t.contiguous() for n, t in policy_weights(model)}, str(Path(path) / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
 def cpu_kv_cache_bytes(config, dtype: str, max_model_len: int, max_seqs: int) -> int:
     """KV-cache bytes for `max_seqs` sequences of `max_model_len` tokens, between 64 MiB and 2 GiB (vLLM queues the
     sequences that do not fit): 2 (K and V) x layers x KV heads x head dim x bytes per value per token."""
@@ -107,8 +119,7 @@ class VLLMSampler:
         self.cuda = self.device.type == "cuda"
         self.sleep_enabled = sleep and self.cuda
         self._dir = tempfile.TemporaryDirectory(prefix="poise-vllm-")
-        model.save_pretrained(self._dir.name, safe_serialization=True)
-        tokenizer.save_pretrained(self._dir.name)
+        write_model_dir(model, tokenizer, self._dir.name)
         kwargs = {}
         if world > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"

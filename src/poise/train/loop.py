@@ -175,7 +175,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
             print(f"budget reached after step {step}: {reason}")
             break
     log.close()
-    state.sampler.close()
-    save_outputs(state)  # policy (+ probe) and critic
+    save_outputs(state)  # policy (+ probe) and critic; gathered under FSDP, so before the sampler closes:
+    state.sampler.close()  # a multi-process vLLM engine's shutdown destroys the default process group
     dist.close()
     return metrics
