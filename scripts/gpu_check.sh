@@ -32,6 +32,10 @@ if python -c "import vllm" 2>/dev/null; then  # the vLLM engine (scripts/install
   poise train --rollout.engine vllm --rollout.engine_dtype bfloat16 --max-steps 12 --device cuda \
     --output-dir "$out/vllm" --resume
   poise train --config dapo --rollout.engine vllm --max-steps 5 --device cuda --output-dir "$out/vllm_dapo"
+  if python -c "import trl" 2>/dev/null; then  # POISETrainer with TRL's colocated vLLM against TRL's generate
+    python benchmarks/trl_vllm.py --models default --shapes 16x8 --steps 4 --reps 1 --from-step 2 \
+      --out "$out/trl_vllm.json"
+  fi
   if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then  # one engine per rank
     accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --rollout.engine vllm \
       --max-steps 5 --output-dir "$out/vllm_ddp"

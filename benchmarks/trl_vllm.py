@@ -1,0 +1,146 @@
+"""POISETrainer (the TRL integration) generating with TRL's transformers path against TRL's colocated vLLM engine,
+alternating in one benchmark run (docs/RESULTS.md, issue #18).
+
+    python benchmarks/trl_vllm.py --models default --shapes 64x2 16x8 --steps 6 --reps 3 --threads 2 \
+        --out results/trl_vllm.json
+
+Each (model, shape, engine) is a POISETrainer run in its own process (the interpreter running this script: it needs
+the trl and vllm extras): chain_sum prompts of the default levels in the chat template, P prompts x G completions
+per step in one optimizer step (`per_device_train_batch_size = P * G`), at most 64 new tokens at temperature 1, the
+chain_sum correctness reward, fp32 training (`bf16=False`), no KL. Engines: `trl-hf` (TRL's default
+`transformers.generate`), `trl-vllm-fp32` and `trl-vllm-bf16` (`use_vllm=True, vllm_mode="colocate"`, `vllm_dtype`
+float32 or bfloat16; TRL's importance sampling on). Per run, medians over steps FROM..N of: the generation phase
+(TRL's `_generate_single_turn`, which includes vLLM's weight sync), the whole step (TRL's `step_time`), and
+generated tokens per second of the generation phase (completion tokens / generation seconds). Reported: medians
+over repetitions, and each vLLM engine's ratio to trl-hf within the same repetition (median over repetitions).
+The CPU's flags are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as st
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = {"trl-hf": {}, "trl-vllm-fp32": {"use_vllm": True, "vllm_dtype": "float32"},
+           "trl-vllm-bf16": {"use_vllm": True, "vllm_dtype": "bfloat16"}}
+
+
+def child(model_name: str, shape: str, engine: str, steps: int, threads: int, out: str) -> None:
+    import torch
+    from datasets import Dataset
+
+    from poise.data.tasks import build_messages, get_task
+    from poise.data.tasks.arithmetic import chain_sum_reward
+    from poise.integrations.trl import POISEConfig, POISETrainer
+    from poise.rollout.models import load_policy
+
+    torch.set_num_threads(threads)
+    P, G = (int(x) for x in shape.split("x"))
+    with tempfile.TemporaryDirectory() as model_dir:
+        model, tok = load_policy(model_name)
+        model.save_pretrained(model_dir)  # TRL's engine loads the policy by its name_or_path
+        tok.save_pretrained(model_dir)
+        model, tok = load_policy(model_dir)
+        task = get_task("chain_sum")
+        problems = task.problems("train", P * (steps + 2), seed=0)
+        by_prompt = {}
+        rows = []
+        for p in problems:
+            rows.append({"prompt": build_messages(p), "key": len(rows)})
+            by_prompt[len(rows) - 1] = p
+
+        def correct(completions, key, **kw):
+            return [chain_sum_reward(c[0]["content"], by_prompt[k]) for c, k in zip(completions, key)]
+
+        class Timed(POISETrainer):
+            def _generate_single_turn(self, *a, **k):
+                t = time.perf_counter()
+                result = super()._generate_single_turn(*a, **k)
+                self.gen_s.append(time.perf_counter() - t)
+                return result
+
+        args = POISEConfig(output_dir=str(Path(out).with_suffix("")), per_device_train_batch_size=P * G,
+                           num_generations=G, max_completion_length=64, temperature=1.0, max_steps=steps,
+                           learning_rate=5e-5, logging_steps=1, save_strategy="no", report_to="none",
+                           use_cpu=not torch.cuda.is_available(), bf16=False, seed=0, disable_tqdm=True,
+                           probe_warmup_steps=2, probe_min_fit_steps=1, vllm_mode="colocate",
+                           vllm_max_model_length=min(1024, model.config.max_position_embeddings), **ENGINES[engine])
+        tr = Timed(model=model, reward_funcs=correct, args=args, train_dataset=Dataset.from_list(rows),
+                   processing_class=tok)
+        tr.gen_s = []
+        tr.train()
+    logs = [m for m in tr.state.log_history if "step_time" in m]
+    Path(out).write_text(json.dumps({"gen_s": tr.gen_s, "logs": logs}))
+
+
+def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path) -> dict:
+    P, G = (int(x) for x in shape.split("x"))
+    out = where / f"{model}-{shape}-{engine}.json".replace("/", "_")
+    cmd = [sys.executable, __file__, "--child", model, shape, engine, str(steps), str(threads), str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    rec = json.loads(out.read_text())
+    logs, gen = rec["logs"][first - 1:], rec["gen_s"][first - 1:]
+    tokens = [m["completions/mean_length"] * P * G for m in logs]
+    return {"gen_tokens_per_s": st.median(n / g for n, g in zip(tokens, gen)), "generate_s": st.median(gen),
+            "step_s": st.median(m["step_time"] for m in logs),
+            "logp_diff_mean": st.median(m.get("sampling/sampling_logp_difference/mean", 0.0) for m in logs),
+            "reward_mean": st.mean(m["reward"] for m in logs)}
+
+
+def main() -> None:
+    from vllm_engine import cpu_flags  # benchmarks/vllm_engine.py, beside this file
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["default"])
+    ap.add_argument("--shapes", nargs="+", default=["64x2", "16x8"])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--from-step", type=int, default=3, help="first step in the medians (vLLM warms up on step 1)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/trl_vllm.json")
+    a = ap.parse_args()
+    flags = cpu_flags()
+    print(f"CPU flags: {flags}", flush=True)
+    res: dict = {"cpu_flags": flags, "command": " ".join(sys.argv), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in a.models:
+            for shape in a.shapes:
+                key, reps = f"{model} {shape}", []
+                for r in range(a.reps):
+                    order = a.engines[r % len(a.engines):] + a.engines[:r % len(a.engines)]
+                    rep = {e: one_run(model, shape, e, a.steps, a.from_step, a.threads, Path(tmp)) for e in order}
+                    reps.append(rep)
+                    print(key, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
+                summary = {e: {k: st.median(rep[e][k] for rep in reps) for k in reps[0][e]} for e in a.engines}
+                for e in a.engines:
+                    if e != "trl-hf" and "trl-hf" in a.engines:
+                        summary[e]["generation_speedup_vs_hf"] = st.median(
+                            rep[e]["gen_tokens_per_s"] / rep["trl-hf"]["gen_tokens_per_s"] for rep in reps)
+                        summary[e]["step_time_ratio_vs_hf"] = st.median(
+                            rep[e]["step_s"] / rep["trl-hf"]["step_s"] for rep in reps)
+                res["runs"][key] = {"summary": summary, "reps": reps}
+                print(key, json.dumps(summary, indent=1), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        m, s, e, n, th, o = sys.argv[2:8]
+        child(m, s, e, int(n), int(th), o)
+    else:
+        main()
