@@ -138,3 +138,49 @@ def test_screening_presets_load_as_poise_compare_methods(preset, advantage, mode
 
     cfg = build_config(TrainConfig, load_yaml(preset))
     assert (cfg.algorithm.advantage, cfg.screen.mode, cfg.rollout.group_size) == (advantage, mode, 2)
+
+
+def test_generation_from_the_screening_prefill_matches_a_fresh_prefill(micro_dir):
+    """The kept prompts' rows of a prefill over a wider, longer-padded candidate batch, trimmed, give generation the
+    state a fresh prefill gives (cache and logits within float rounding), hence the same samples; a prompt the
+    prefill does not hold, or a different encoding, is refused."""
+    from poise.data.tasks import encode_prompts, get_task
+    from poise.rollout.engine import DynamicCache, _shared_prefill, generate, prompt_states
+    from poise.rollout.models import load_local
+
+    model, tok = load_local(micro_dir)
+    model.eval()
+    cands = get_task("chain_sum").problems("train", 8, seed=0)
+    ids, mask = encode_prompts(tok, cands, 1)
+    _, prefill = prompt_states(model, ids, mask, 1, [p.uid for p in cands])
+    kept, G = [cands[5], cands[2], cands[7]], 2
+    fresh_ids, fresh_mask = encode_prompts(tok, kept, G)
+    assert prefill.rows_for([cands[0].uid, "not-a-candidate"], fresh_ids[::G], fresh_mask[::G]) is None
+    assert prefill.rows_for([p.uid for p in kept], fresh_ids[::G].roll(1, 1), fresh_mask[::G]) is None
+    reuse = prefill.rows_for([p.uid for p in kept], fresh_ids[::G], fresh_mask[::G])
+    cache, logits = reuse
+    assert cache.layers[0].keys.shape[2] == fresh_ids.shape[1]  # trimmed to the kept prompts' width
+    ref_cache = DynamicCache()
+    with torch.no_grad():
+        ref_logits = _shared_prefill(model, fresh_ids, fresh_mask, G, ref_cache)
+    assert torch.allclose(logits.repeat_interleave(G, 0), ref_logits, atol=1e-5)
+    for mine, ref in zip(cache.layers, ref_cache.layers):
+        assert torch.allclose(mine.keys.repeat_interleave(G, 0), ref.keys, atol=1e-5)
+        assert torch.allclose(mine.values.repeat_interleave(G, 0), ref.values, atol=1e-5)
+    args = (model, fresh_ids, fresh_mask, 12, [tok.eos_token_id], tok.pad_token_id)
+    a = generate(*args, generator=torch.Generator().manual_seed(3), group_size=G, prefilled=reuse)
+    b = generate(*args, generator=torch.Generator().manual_seed(3), group_size=G)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_screened_run_reuses_its_prefill_for_generation_and_counts_it_once(tiny_run, tmp_path):
+    """screen.reuse_prefill (on by default): once the prompt probe is fitted, generation prefills no prompt (they
+    were prefilled by the screening, and counted there); off, it prefills the kept prompts again."""
+    over = {**SCREEN, "screen.mode": "probe", "checkpoint.every": 0}
+    train(tiny_run(tmp_path / "reuse", **over), progress=False)
+    train(tiny_run(tmp_path / "again", **{**over, "screen.reuse_prefill": False}), progress=False)
+    reuse, again = read_metrics(tmp_path / "reuse" / "run"), read_metrics(tmp_path / "again" / "run")
+    assert reuse[0]["compute/prompt_tokens"] == again[0]["compute/prompt_tokens"] > 0  # step 1: nothing prefilled
+    for r, a in zip(reuse[1:], again[1:]):
+        assert r["screen/prefill_tokens"] > 0 and r["compute/prompt_tokens"] == 0 < a["compute/prompt_tokens"]
+    assert [r["screen/prefill_tokens"] for r in reuse] == [a["screen/prefill_tokens"] for a in again]

@@ -144,6 +144,9 @@ class ScreenConfig:
     """history: consecutive equal-reward groups after which a prompt is skipped."""
     explore: float = 0.2
     """history: probability that a prompt due to be skipped is used anyway."""
+    reuse_prefill: bool = True
+    """probe: generation starts from the screening prefill's KV cache for the kept prompts instead of prefilling
+    them again (the built-in sampler only; vLLM prefills again)."""
 
 
 @dataclass

@@ -135,10 +135,12 @@ def _shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
              eos_id: int | Sequence[int],
              pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator | None = None, group_size: int = 1,
+             prefilled: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses with a KV cache; logits only for the last position; stops when every row has ended.
     With `group_size` G > 1 and rows in runs of G identical prompts, each prompt is prefilled once (1/G of the
-    prefill compute) and its cache shared by the group.
+    prefill compute) and its cache shared by the group. `prefilled` = (cache, logits (P, 1, V)): that prefill was
+    already done, one row per group (`Prefill.rows_for`), and is used instead.
 
     `eos_id`: one id or several (`stop_token_ids`); a row ends at the first of any of them.
     Returns response_ids (B, T) padded with `pad_id` after EOS and response_mask (B, T), T <= max_new_tokens.
@@ -148,7 +150,11 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     attn = prompt_mask.long()
     pos = position_ids(prompt_mask)
     cache = DynamicCache()
-    if prompts_shared(prompt_ids, prompt_mask, group_size):
+    if prefilled is not None:
+        cache, logits = prefilled
+        cache.batch_repeat_interleave(group_size)
+        logits = logits.repeat_interleave(group_size, dim=0)
+    elif prompts_shared(prompt_ids, prompt_mask, group_size):
         logits = _shared_prefill(model, prompt_ids, prompt_mask, group_size, cache)
     else:
         logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, **cache_kwargs(model, cache),
@@ -287,10 +293,43 @@ def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.
 
 
 @torch.no_grad()
-def prompt_states(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, layer: int) -> torch.Tensor:
-    """(P, L, H) output of decoder `layer` over left-padded prompts (P, L): one prefill, no cache kept. The same
-    states the scoring pass gives the prompt positions (a causal model's prompt states do not see the response)."""
+def prompt_states(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, layer: int,
+                  keep: list[str] | None = None) -> tuple[torch.Tensor, "Prefill | None"]:
+    """(P, L, H) output of decoder `layer` over left-padded prompts (P, L): one prefill. The same states the scoring
+    pass gives the prompt positions (a causal model's prompt states do not see the response). With `keep` (the P
+    prompts' uids) the prefill's KV cache and last logits are kept as a `Prefill` for generation, else None."""
+    cache = DynamicCache() if keep is not None else None
     with HiddenCapture(model, layer) as cap:
-        model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position_ids(prompt_mask),
-              logits_to_keep=1)
-    return cap.hidden
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position_ids(prompt_mask),
+                    logits_to_keep=1, **(cache_kwargs(model, cache) if cache is not None else {}),
+                    use_cache=cache is not None)
+    return cap.hidden, (Prefill(keep, prompt_ids, prompt_mask, cache, out.logits) if cache is not None else None)
+
+
+@dataclass
+class Prefill:
+    """Prompts already prefilled (by prompt screening), kept for generation: their uids (P,), left-padded ids and
+    mask (P, L), the KV cache of that forward and its last position's logits (P, 1, V)."""
+
+    uids: list[str]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    cache: DynamicCache
+    logits: torch.Tensor
+
+    def rows_for(self, uids: list[str], ids: torch.Tensor, mask: torch.Tensor) -> tuple | None:
+        """(cache, logits) for the prompts `uids`, one row each in that order, whose fresh encoding is `ids` / `mask`
+        (n, L'): the rows are selected and the left padding beyond L' dropped, so they are what a prefill of `ids`
+        would give (up to float rounding). None, and nothing changed, unless every uid is here and each row's tokens
+        equal the fresh ones. The selection replaces the cache's tensors: call once."""
+        where = {u: i for i, u in enumerate(self.uids)}
+        trim = self.mask.shape[1] - mask.shape[1]
+        if trim < 0 or any(u not in where for u in uids) or not hasattr(self.cache, "layers"):
+            return None
+        idx = torch.tensor([where[u] for u in uids], dtype=torch.long, device=self.ids.device)
+        if (self.mask[idx, :trim].any() or not torch.equal(self.mask[idx, trim:], mask)
+                or not torch.equal(self.ids[idx, trim:][mask], ids[mask])):
+            return None
+        for layer in self.cache.layers:  # (P, heads, L, head_dim) each
+            layer.keys, layer.values = layer.keys[idx, :, trim:], layer.values[idx, :, trim:]
+        return self.cache, self.logits[idx]

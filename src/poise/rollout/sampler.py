@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from poise.data.tasks import Problem, encode_prompts
-from poise.rollout.engine import RolloutBatch, generate, stop_token_ids
+from poise.rollout.engine import Prefill, RolloutBatch, generate, stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class KVCacheSampler:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.stops = stop_token_ids(model, tokenizer)
+        self.prefill: Prefill | None = None  # set by prompt screening: the next `sample` reuses that prefill
 
     def load_policy(self, model) -> None:
         """Nothing to push: this engine is the policy."""
@@ -65,10 +66,15 @@ class KVCacheSampler:
         self.model.eval()
         device = next(self.model.parameters()).device
         ids, mask = (x.to(device) for x in encode_prompts(self.tokenizer, problems, group_size))  # (P*G, L)
+        G, prefill, self.prefill = group_size, self.prefill, None
+        reuse = prefill.rows_for([p.uid for p in problems], ids[::G], mask[::G]) if prefill is not None else None
         resp, rmask = generate(self.model, ids, mask, params.max_new_tokens, self.stops, self.tokenizer.pad_token_id,
-                               params.temperature, params.top_p, generator, group_size=group_size)  # (P*G, T)
+                               params.temperature, params.top_p, generator, group_size=G, prefilled=reuse)
         ended = torch.isin(resp, torch.tensor(self.stops, device=resp.device)).any(dim=1)
-        return RolloutBatch(ids, mask, resp, rmask, group_size, ended=ended)
+        batch = RolloutBatch(ids, mask, resp, rmask, G, ended=ended)  # (P*G, L), (P*G, T)
+        if reuse is not None:
+            batch.extras["prefill_reused"] = True  # its prompt tokens were counted where they were prefilled
+        return batch
 
 
 @dataclass

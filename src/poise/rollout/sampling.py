@@ -147,8 +147,8 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
         out = sample_and_score(sampler, task, problems, G, params, generator)  # (n*G) rows
         batch = out.batch
         n_tokens += int(batch.response_mask.sum())
-        meter.add(prompts=n, samples=n * G, prompt_tokens=int(batch.prompt_mask[::G].sum()),  # prefilled once a group
-                  generated_tokens=int(batch.response_mask.sum()))
+        prefilled = 0 if batch.extras.get("prefill_reused") else int(batch.prompt_mask[::G].sum())  # once a group
+        meter.add(prompts=n, samples=n * G, prompt_tokens=prefilled, generated_tokens=int(batch.response_mask.sum()))
         scores = torch.tensor([math.nan if x is None else x for x in out.scores],
                               dtype=torch.float32)  # NaN: unscorable
         reward_seconds += out.score_seconds

@@ -78,8 +78,10 @@ def write_model_dir(model, tokenizer, path: str) -> None:
     from safetensors.torch import save_file
 
     model.config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None:  # vLLM adds its EOS ids to every request's stops
+        model.generation_config.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    save_file({n: t.contiguous() for n, t in policy_weights(model)}, str(Path(path) / "model.safetensors"),
+    save_file({n: t.cpu().contiguous() for n, t in policy_weights(model)}, str(Path(path) / "model.safetensors"),
               metadata={"format": "pt"})
 
 

@@ -7,7 +7,10 @@ rows), and the sampling phase is unchanged: it asks the stream for `prompts_per_
 - probe: `take(n)` draws candidates * n prompts, prefills them once (`rollout.engine.prompt_states`: the probe
   layer's states, pooled as POISE pools the prompt), predicts each one's pass rate with the prompt-only probe as
   fitted after the previous step (`PromptProbe`; 1/2 before its first fit) and keeps n (`choose`). The prefill's
-  tokens are counted as policy forward tokens. The KV-cache engine prefills the kept prompts again to generate.
+  tokens are counted as policy forward tokens. With `screen.reuse_prefill` and the built-in KV-cache sampler, the
+  kept prompts' KV cache and last logits go to the sampler (`rollout.engine.Prefill`), whose next `sample` starts
+  from them instead of prefilling those prompts again (and counts no prompt tokens for them: they were counted
+  here). vLLM's engine cannot take them and prefills again.
 - history: `take(n)` skips prompts whose last `patience` groups had equal rewards, except with probability
   `explore`; `observe` records each step's groups (over every rank).
 """
@@ -34,11 +37,12 @@ class ScreenedStream:
         self.probe = PromptProbe(cfg.probe.prompt_dim, cfg.probe.alpha)
         self.history: dict[str, int] = {}  # prompt uid -> consecutive groups with equal rewards
         self.metrics: dict[str, float] = {}  # the last take's screen/* metrics
-        self.model = self.tokenizer = self.layer = self.meter = None
+        self.model = self.tokenizer = self.layer = self.meter = self.sampler = None
         self.kept: dict[str, float] = {}  # probe: the predicted pass rate of each prompt kept this step
 
-    def attach(self, model, tokenizer, layer: int, meter) -> None:
+    def attach(self, model, tokenizer, layer: int, meter, sampler=None) -> None:
         self.model, self.tokenizer, self.layer, self.meter = model, tokenizer, layer, meter
+        self.sampler = sampler if self.screen.reuse_prefill and hasattr(sampler, "prefill") else None
 
     # ---- drawing ----
 
@@ -48,9 +52,11 @@ class ScreenedStream:
     def _take_probe(self, n: int) -> list:
         cands = self.stream.take(self.screen.candidates * n)
         if self.probe.fitted:
-            feats, tokens = self._prompt_features(cands)
+            feats, tokens, prefill = self._prompt_features(cands)
             p = self.probe.predict(feats)
             self.meter.add(forward_tokens_policy=tokens)
+            if self.sampler is not None:
+                self.sampler.prefill = prefill
         else:  # nothing fitted yet: a uniform choice, and no prefill to pay for
             p, tokens = torch.full((len(cands),), 0.5), 0
         keep = choose(p, n, self.screen.epsilon, self.generator)
@@ -63,14 +69,15 @@ class ScreenedStream:
                         "screen/probe_fitted": int(self.probe.fitted)}
         return [cands[i] for i in keep.tolist()]
 
-    def _prompt_features(self, problems: list) -> tuple[torch.Tensor, int]:
-        """(P, H) prompt features on the CPU, pooled as the probe's (last k prompt-token states), and the prefill's
-        prompt tokens."""
+    def _prompt_features(self, problems: list) -> tuple[torch.Tensor, int, object]:
+        """(P, H) prompt features on the CPU, pooled as the probe's (last k prompt-token states), the prefill's
+        prompt tokens, and the prefill itself for the sampler (None when it takes none)."""
         device = next(self.model.parameters()).device
         ids, mask = (x.to(device) for x in encode_prompts(self.tokenizer, problems, 1))
         self.model.eval()
-        hidden = prompt_states(self.model, ids, mask, self.layer)
-        return last_k_mean(hidden, mask, self.cfg.probe.k).cpu(), int(mask.sum())
+        keep = [p.uid for p in problems] if self.sampler is not None else None
+        hidden, prefill = prompt_states(self.model, ids, mask, self.layer, keep)
+        return last_k_mean(hidden, mask, self.cfg.probe.k).cpu(), int(mask.sum()), prefill
 
     def _take_history(self, n: int) -> list:
         out, skipped, limit = [], 0, 64 * n  # the limit only guards a pool where every prompt is skippable

@@ -245,7 +245,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     state.sampler = build_sampler(cfg, dist, model, tokenizer)
     if screen is not None:
         state.screen = screen
-        screen.attach(model, tokenizer, layer, state.meter)
+        screen.attach(model, tokenizer, layer, state.meter, state.sampler)
     if cfg.probe.load:
         state.probe = load_probe(cfg.probe.load, state.feature_meta)
     return state
