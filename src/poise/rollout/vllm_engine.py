@@ -129,6 +129,7 @@ class VLLMSampler:
             kwargs["enable_sleep_mode"] = True
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.dtype = getattr(torch, dtype)  # the engine's weights: pushed weights are cast to it here
         if self.cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -143,9 +144,10 @@ class VLLMSampler:
     # ---- weights and memory ----
 
     def load_policy(self, model) -> None:
-        """Push the current policy into the engine (waking it first when it sleeps), then drop its prefix cache."""
+        """Push the current policy into the engine (waking it first when it sleeps), then drop its prefix cache.
+        Each tensor is cast to the engine's dtype first, as vLLM's loader would (which warns once per tensor)."""
         self.wake()
-        weights = policy_weights(model)
+        weights = [(n, t.to(self.dtype)) for n, t in policy_weights(model)]
         self.llm.apply_model(lambda m: m.load_weights(weights))
         self.llm.reset_prefix_cache()
 
