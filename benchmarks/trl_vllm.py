@@ -100,7 +100,7 @@ def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads
 
 
 def main() -> None:
-    from vllm_engine import cpu_flags  # benchmarks/vllm_engine.py, beside this file
+    from vllm_engine import alternate, cpu_flags  # benchmarks/vllm_engine.py, beside this file
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default"])
@@ -116,23 +116,8 @@ def main() -> None:
     print(f"CPU flags: {flags}", flush=True)
     res: dict = {"cpu_flags": flags, "command": " ".join(sys.argv), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for model in a.models:
-            for shape in a.shapes:
-                key, reps = f"{model} {shape}", []
-                for r in range(a.reps):
-                    order = a.engines[r % len(a.engines):] + a.engines[:r % len(a.engines)]
-                    rep = {e: one_run(model, shape, e, a.steps, a.from_step, a.threads, Path(tmp)) for e in order}
-                    reps.append(rep)
-                    print(key, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
-                summary = {e: {k: st.median(rep[e][k] for rep in reps) for k in reps[0][e]} for e in a.engines}
-                for e in a.engines:
-                    if e != "trl-hf" and "trl-hf" in a.engines:
-                        summary[e]["generation_speedup_vs_hf"] = st.median(
-                            rep[e]["gen_tokens_per_s"] / rep["trl-hf"]["gen_tokens_per_s"] for rep in reps)
-                        summary[e]["step_time_ratio_vs_hf"] = st.median(
-                            rep[e]["step_s"] / rep["trl-hf"]["step_s"] for rep in reps)
-                res["runs"][key] = {"summary": summary, "reps": reps}
-                print(key, json.dumps(summary, indent=1), flush=True)
+        res["runs"] = alternate(a.models, a.shapes, a.engines, a.reps, "trl-hf", lambda model, shape, e, r: one_run(
+            model, shape, e, a.steps, a.from_step, a.threads, Path(tmp)))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.out}")

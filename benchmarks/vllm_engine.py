@@ -113,6 +113,31 @@ def sample_only(model_name: str, shape: str, engines: list[str], reps: int, thre
     return {"summary": summary, "reps": reps_out}
 
 
+def alternate(models: list[str], shapes: list[str], engines: list[str], reps: int, base: str, run) -> dict:
+    """{"model shape": {"summary", "reps"}}: `run(model, shape, engine, rep)` -> {metric: value} for every engine in
+    each repetition, the engines in a rotated order; the summary holds medians over repetitions, and for each engine
+    but `base` its generation speed-up and step-time ratio against `base` within a repetition (median)."""
+    out = {}
+    for model in models:
+        for shape in shapes:
+            key, runs = f"{model} {shape}", []
+            for r in range(reps):
+                order = engines[r % len(engines):] + engines[:r % len(engines)]
+                rep = {e: run(model, shape, e, r) for e in order}
+                runs.append(rep)
+                print(key, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
+            summary = {e: {k: st.median(rep[e][k] for rep in runs) for k in runs[0][e]} for e in engines}
+            for e in engines:
+                if e != base and base in engines:
+                    summary[e]["generation_speedup_vs_hf"] = st.median(
+                        rep[e]["gen_tokens_per_s"] / rep[base]["gen_tokens_per_s"] for rep in runs)
+                    summary[e]["step_time_ratio_vs_hf"] = st.median(rep[e]["step_s"] / rep[base]["step_s"]
+                                                                    for rep in runs)
+            out[key] = {"summary": summary, "reps": runs}
+            print(key, json.dumps(summary, indent=1), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default", "smollm2-135m"])
@@ -142,25 +167,8 @@ def main() -> None:
         print(f"wrote {a.out}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for model in a.models:
-            for shape in a.shapes:
-                key = f"{model} {shape}"
-                reps = []
-                for r in range(a.reps):
-                    order = a.engines[r % len(a.engines):] + a.engines[:r % len(a.engines)]
-                    rep = {e: one_run(model, shape, e, a.steps, a.from_step, a.threads, Path(tmp) / str(r),
-                                      a.train_arg) for e in order}
-                    reps.append(rep)
-                    print(key, r, json.dumps({e: round(v["gen_tokens_per_s"]) for e, v in rep.items()}), flush=True)
-                summary = {e: {k: st.median(rep[e][k] for rep in reps) for k in reps[0][e]} for e in a.engines}
-                for e in a.engines:
-                    if e != "hf" and "hf" in a.engines:
-                        summary[e]["generation_speedup_vs_hf"] = st.median(
-                            rep[e]["gen_tokens_per_s"] / rep["hf"]["gen_tokens_per_s"] for rep in reps)
-                        summary[e]["step_time_ratio_vs_hf"] = st.median(
-                            rep[e]["step_s"] / rep["hf"]["step_s"] for rep in reps)
-                res["runs"][key] = {"summary": summary, "reps": reps}
-                print(key, json.dumps(summary, indent=1), flush=True)
+        res["runs"] = alternate(a.models, a.shapes, a.engines, a.reps, "hf", lambda model, shape, e, r: one_run(
+            model, shape, e, a.steps, a.from_step, a.threads, Path(tmp) / str(r), a.train_arg))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.out}")
