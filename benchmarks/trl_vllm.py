@@ -7,18 +7,20 @@ alternating in one benchmark run (docs/RESULTS.md, issue #18).
 Each (model, shape, engine) is a POISETrainer run in its own process (the interpreter running this script: it needs
 the trl and vllm extras): chain_sum prompts of the default levels in the chat template, P prompts x G completions
 per step in one optimizer step (`per_device_train_batch_size = P * G`), at most 64 new tokens at temperature 1, the
-chain_sum correctness reward, fp32 training (`bf16=False`), no KL. Engines: `trl-hf` (TRL's default
-`transformers.generate`), `trl-vllm-fp32` and `trl-vllm-bf16` (`use_vllm=True, vllm_mode="colocate"`, `vllm_dtype`
-float32 or bfloat16; TRL's importance sampling on). Per run, medians over steps FROM..N of: the generation phase
-(TRL's `_generate_single_turn`, which includes vLLM's weight sync), the whole step (TRL's `step_time`), and
-generated tokens per second of the generation phase (completion tokens / generation seconds). Reported: medians
-over repetitions, and each vLLM engine's ratio to trl-hf within the same repetition (median over repetitions).
+chain_sum correctness reward, fp32 training (`bf16=False`; with `--trl-bf16`, TRL's default bf16), no KL. Engines:
+`trl-hf` (TRL's default `transformers.generate`), `trl-vllm-fp32` and `trl-vllm-bf16` (`use_vllm=True,
+vllm_mode="colocate"`, `vllm_dtype` float32 or bfloat16; TRL's importance sampling on).
+
+Per run, medians over steps FROM..N of: the generation phase (TRL's `_generate_single_turn`, which includes vLLM's
+weight sync), the whole step (TRL's `step_time`), generated tokens per second of the generation phase (completion
+tokens / generation seconds), and TRL's `sampling/sampling_logp_difference/mean`; the largest
+`sampling/sampling_logp_difference/max` TRL logged. Reported: medians over repetitions, and each vLLM engine's ratio
+to trl-hf within the same repetition (median over repetitions).
 The CPU's flags are printed beside the figures.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics as st
@@ -32,7 +34,7 @@ ENGINES = {"trl-hf": {}, "trl-vllm-fp32": {"use_vllm": True, "vllm_dtype": "floa
            "trl-vllm-bf16": {"use_vllm": True, "vllm_dtype": "bfloat16"}}
 
 
-def child(model_name: str, shape: str, engine: str, steps: int, threads: int, out: str) -> None:
+def child(model_name: str, shape: str, engine: str, steps: int, threads: int, out: str, bf16: bool) -> None:
     import torch
     from datasets import Dataset
 
@@ -69,7 +71,7 @@ def child(model_name: str, shape: str, engine: str, steps: int, threads: int, ou
         args = POISEConfig(output_dir=str(Path(out).with_suffix("")), per_device_train_batch_size=P * G,
                            num_generations=G, max_completion_length=64, temperature=1.0, max_steps=steps,
                            learning_rate=5e-5, logging_steps=1, save_strategy="no", report_to="none",
-                           use_cpu=not torch.cuda.is_available(), bf16=False, seed=0, disable_tqdm=True,
+                           use_cpu=not torch.cuda.is_available(), bf16=bf16, seed=0, disable_tqdm=True,
                            probe_warmup_steps=2, probe_min_fit_steps=1, vllm_mode="colocate",
                            vllm_max_model_length=min(1024, model.config.max_position_embeddings), **ENGINES[engine])
         tr = Timed(model=model, reward_funcs=correct, args=args, train_dataset=Dataset.from_list(rows),
@@ -80,10 +82,12 @@ def child(model_name: str, shape: str, engine: str, steps: int, threads: int, ou
     Path(out).write_text(json.dumps({"gen_s": tr.gen_s, "logs": logs}))
 
 
-def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path) -> dict:
+def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path,
+            bf16: bool = False) -> dict:
     P, G = (int(x) for x in shape.split("x"))
     out = where / f"{model}-{shape}-{engine}.json".replace("/", "_")
-    cmd = [sys.executable, __file__, "--child", model, shape, engine, str(steps), str(threads), str(out)]
+    cmd = [sys.executable, __file__, "--child", model, shape, engine, str(steps), str(threads), str(out),
+           str(int(bf16))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
@@ -96,28 +100,23 @@ def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads
     return {"gen_tokens_per_s": st.median(n / g for n, g in zip(tokens, gen)), "generate_s": st.median(gen),
             "step_s": st.median(m["step_time"] for m in logs),
             "logp_diff_mean": st.median(m.get("sampling/sampling_logp_difference/mean", 0.0) for m in logs),
+            "logp_diff_max": max(m.get("sampling/sampling_logp_difference/max", 0.0) for m in logs),
             "reward_mean": st.mean(m["reward"] for m in logs)}
 
 
 def main() -> None:
-    from vllm_engine import alternate, cpu_flags  # benchmarks/vllm_engine.py, beside this file
+    from vllm_engine import alternate, cpu_flags, engine_arguments  # benchmarks/vllm_engine.py, beside this
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["default"])
-    ap.add_argument("--shapes", nargs="+", default=["64x2", "16x8"])
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--from-step", type=int, default=3, help="first step in the medians (vLLM warms up on step 1)")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="results/trl_vllm.json")
+    ap = engine_arguments(__doc__, ["default"], list(ENGINES), "results/trl_vllm.json")
+    ap.add_argument("--trl-bf16", action="store_true",
+                    help="train in bf16 (TRL's default where the CPU supports it) instead of fp32")
     a = ap.parse_args()
     flags = cpu_flags()
     print(f"CPU flags: {flags}", flush=True)
     res: dict = {"cpu_flags": flags, "command": " ".join(sys.argv), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         res["runs"] = alternate(a.models, a.shapes, a.engines, a.reps, "trl-hf", lambda model, shape, e, r: one_run(
-            model, shape, e, a.steps, a.from_step, a.threads, Path(tmp)))
+            model, shape, e, a.steps, a.from_step, a.threads, Path(tmp), a.trl_bf16))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.out}")
@@ -125,7 +124,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        m, s, e, n, th, o = sys.argv[2:8]
-        child(m, s, e, int(n), int(th), o)
+        m, s, e, n, th, o, bf = sys.argv[2:9]
+        child(m, s, e, int(n), int(th), o, bf == "1")
     else:
         main()

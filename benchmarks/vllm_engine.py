@@ -113,6 +113,20 @@ def sample_only(model_name: str, shape: str, engines: list[str], reps: int, thre
     return {"summary": summary, "reps": reps_out}
 
 
+def engine_arguments(doc: str, models: list[str], engines: list[str], out: str) -> argparse.ArgumentParser:
+    """The options every engine benchmark here takes (this file and trl_vllm.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=models)
+    ap.add_argument("--shapes", nargs="+", default=["64x2", "16x8"])
+    ap.add_argument("--engines", nargs="+", default=engines, choices=engines)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--from-step", type=int, default=3, help="first step in the medians (vLLM warms up on step 1)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=out)
+    return ap
+
+
 def alternate(models: list[str], shapes: list[str], engines: list[str], reps: int, base: str, run) -> dict:
     """{"model shape": {"summary", "reps"}}: `run(model, shape, engine, rep)` -> {metric: value} for every engine in
     each repetition, the engines in a rotated order; the summary holds medians over repetitions, and for each engine
@@ -139,15 +153,7 @@ def alternate(models: list[str], shapes: list[str], engines: list[str], reps: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["default", "smollm2-135m"])
-    ap.add_argument("--shapes", nargs="+", default=["64x2", "16x8"])
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--from-step", type=int, default=3, help="first step in the medians (vLLM warms up on step 1)")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="results/vllm_engine.json")
+    ap = engine_arguments(__doc__, ["default", "smollm2-135m"], list(ENGINES), "results/vllm_engine.json")
     ap.add_argument("--train-arg", action="append", default=[], help="extra `poise train` argument (repeatable)")
     ap.add_argument("--sample-only", action="store_true", help="time one sampling call per engine, no training")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="with --sample-only")
