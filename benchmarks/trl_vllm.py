@@ -22,9 +22,7 @@ The CPU's flags are printed beside the figures.
 from __future__ import annotations
 
 import json
-import os
 import statistics as st
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,16 +82,13 @@ def child(model_name: str, shape: str, engine: str, steps: int, threads: int, ou
 
 def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path,
             bf16: bool = False) -> dict:
+    from vllm_engine import run_quietly  # benchmarks/vllm_engine.py, beside this file
+
     P, G = (int(x) for x in shape.split("x"))
     out = where / f"{model}-{shape}-{engine}.json".replace("/", "_")
     cmd = [sys.executable, __file__, "--child", model, shape, engine, str(steps), str(threads), str(out),
            str(int(bf16))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
-        if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    run_quietly(cmd)
     rec = json.loads(out.read_text())
     logs, gen = rec["logs"][first - 1:], rec["gen_s"][first - 1:]
     tokens = [m["completions/mean_length"] * P * G for m in logs]

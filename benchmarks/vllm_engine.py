@@ -43,6 +43,16 @@ def cpu_flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have)
 
 
+def run_quietly(cmd: list[str]) -> None:
+    """Run one benchmark process offline with vLLM's engine core in-process; its stderr's tail if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+
+
 def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads: int, where: Path,
             extra: list[str]) -> dict:
     P, G = (int(x) for x in shape.split("x"))
@@ -51,12 +61,7 @@ def one_run(model: str, shape: str, engine: str, steps: int, first: int, threads
            "--rollout.prompts_per_step", str(P), "--rollout.group_size", str(G), "--optim.mini_batch_prompts",
            str(min(P, 16)), "--threads", str(threads), "--output_dir", str(out), "--checkpoint.every", "0",
            "--report_to", "none", *ENGINES[engine], *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
-        if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    run_quietly(cmd)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][first - 1:]
     return {"gen_tokens_per_s": st.median(r["compute/generated_tokens"] / r["time/generate_s"] for r in rows),
             "generate_s": st.median(r["time/generate_s"] for r in rows),
