@@ -177,16 +177,21 @@ def test_compare_help_lists_the_bootstrap_options(capsys):
     assert "--bootstrap INT Bootstrap replicates" in text and "--bootstrap-seed" in text
 
 
-def test_the_long_response_config_builds_a_valid_run_for_every_method():
-    """configs/compare/long.yaml needs a warm start built by the command in its header; its keys and values must be
-    valid for every run it makes."""
+def config_runs(name: str):
+    """A packaged `poise compare` config and the TrainConfig of each of its methods' runs (seed 0)."""
     from poise.commands.compare import run_values
     from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
 
-    cfg = build_config(CompareConfig, load_yaml("compare/long"))
+    cfg = build_config(CompareConfig, load_yaml(name))
+    return cfg, {method: build_config(TrainConfig, run_values(cfg, method, 0)) for method in cfg.methods}
+
+
+def test_the_long_response_config_builds_a_valid_run_for_every_method():
+    """configs/compare/long.yaml needs a warm start built by the command in its header; its keys and values must be
+    valid for every run it makes."""
+    cfg, runs = config_runs("compare/long")
     assert cfg.methods == ["poise", "dapo"] and cfg.eval_max_new_tokens == 256
-    for method in cfg.methods:
-        run = build_config(TrainConfig, run_values(cfg, method, 0))
+    for run in runs.values():
         assert run.model.name == "runs/sft_long" and run.task.levels == ["t20d1", "t24d1", "t28d1"]
         assert run.rollout.max_new_tokens == 256
 
@@ -194,14 +199,9 @@ def test_the_long_response_config_builds_a_valid_run_for_every_method():
 def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
     """configs/compare/screening_mixed.yaml: every run it makes trains on the mixture with the hopeless two-digit
     levels, and only the screened preset screens."""
-    from poise.commands.compare import run_values
-    from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
-
-    cfg = build_config(CompareConfig, load_yaml("compare/screening_mixed"))
+    cfg, runs = config_runs("compare/screening_mixed")
     assert cfg.methods == ["poise", "screening/poise_probe", "dapo"] and len(cfg.seeds) == 5
-    modes = {}
-    for method in cfg.methods:
-        run = build_config(TrainConfig, run_values(cfg, method, 0))
+    for run in runs.values():
         assert run.task.levels == ["t3d1", "t4d1", "t5d1", "t6d1", "t2d2", "t3d2"]
-        modes[method] = run.screen.mode
-    assert modes == {"poise": "none", "screening/poise_probe": "probe", "dapo": "none"}
+    assert {m: run.screen.mode for m, run in runs.items()} == {"poise": "none", "screening/poise_probe": "probe",
+                                                               "dapo": "none"}
