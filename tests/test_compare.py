@@ -196,6 +196,19 @@ def test_the_long_response_config_builds_a_valid_run_for_every_method():
         assert run.rollout.max_new_tokens == 256
 
 
+def test_the_long_response_config_at_a_lower_rate_changes_only_the_rate_and_the_directory():
+    """configs/compare/long_lr2e-5.yaml is long.yaml with every run at optim.lr 2e-5 (the default rate drifts there)."""
+    base_cfg, base_runs = config_runs("compare/long")
+    cfg, runs = config_runs("compare/long_lr2e-5")
+    assert cfg.output_dir == "runs/compare_long_lr2e-5" != base_cfg.output_dir
+    assert {k: v for k, v in vars(cfg).items() if k not in ("output_dir", "overrides")} == \
+        {k: v for k, v in vars(base_cfg).items() if k not in ("output_dir", "overrides")}
+    assert cfg.overrides == [*base_cfg.overrides, "optim.lr=2e-5"]
+    for method, run in runs.items():
+        assert run.optim.lr == 2e-5 and base_runs[method].optim.lr == 5e-5
+        assert run.model.name == "runs/sft_long" and run.task.levels == ["t20d1", "t24d1", "t28d1"]
+
+
 def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
     """configs/compare/screening_mixed.yaml: every run it makes trains on the mixture with the hopeless two-digit
     levels, and only the screened preset screens."""
@@ -205,3 +218,35 @@ def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
         assert run.task.levels == ["t3d1", "t4d1", "t5d1", "t6d1", "t2d2", "t3d2"]
     assert {m: run.screen.mode for m, run in runs.items()} == {"poise": "none", "screening/poise_probe": "probe",
                                                                "dapo": "none"}
+
+
+def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(tmp_path):
+    """benchmarks/compare_gain.py on a hand-made compare directory: 2 seeds x 4 problems, k = 4. The gain is the
+    mean over seeds and problems of final - initial, inside its bootstrap interval; the step phases are averaged
+    over the whole run, and a run not yet evaluated is skipped."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "compare_gain", Path(__file__).resolve().parents[1] / "benchmarks" / "compare_gain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    initial = [0.0, 0.25, 0.5, 0.0]
+    (tmp_path / "initial_eval.json").write_text(json.dumps({"steps": {"0": {"per_problem": initial}}}))
+    finals = {0: [0.25, 0.25, 0.75, 0.0], 1: [0.0, 0.5, 0.5, 0.25]}  # gains 0.5 / 4 and 0.5 / 4 per problem
+    for s, final in finals.items():
+        run = tmp_path / "poise" / f"seed{s}"
+        run.mkdir(parents=True)
+        steps = {"10": {"per_problem": [0.0] * 4}, "12": {"per_problem": final}}  # the last step is the final
+        (run / "eval.json").write_text(json.dumps({"steps": steps}))
+        rows = [{"reward/mean": 0.1 * (i + 1), "time/step_s": 2.0, "time/generate_s": 0.5,
+                 "compute/generated_tokens": 300, "compute/samples": 2} for i in range(12)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "poise" / "seed2").mkdir()  # trained, not evaluated
+    res = mod.main([str(tmp_path)])["methods"]["poise"]
+    assert res["seeds"] == 2 and res["gain"] == pytest.approx(0.125)
+    assert res["gain_ci"][0] <= 0.125 <= res["gain_ci"][1] and res["gain_ci"][0] < res["gain_ci"][1]
+    r = res["runs"]["seed0"]
+    assert r["final_step"] == 12 and r["final_accuracy"] == pytest.approx(0.3125)
+    assert r["reward_first"] == pytest.approx(0.45) and r["reward_last"] == pytest.approx(0.85)
+    assert r["generate_share"] == pytest.approx(0.25) and r["tokens_per_response"] == pytest.approx(150)
+    assert "rounds" not in r
