@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from poise.algo.stats import hierarchical_bootstrap
-from poise.io.tracking import read_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spread import run_spread  # noqa: E402
+
+from poise.algo.stats import hierarchical_bootstrap  # noqa: E402
+from poise.io.tracking import read_metrics  # noqa: E402
 
 
 def final_per_problem(run: Path) -> tuple[int, list[float]]:
@@ -32,18 +35,14 @@ def final_per_problem(run: Path) -> tuple[int, list[float]]:
 
 
 def run_stats(run: Path, window: int = 8) -> dict:
-    """Training reward over the first and last `window` steps, and whole-run means of the step's phases."""
+    """`spread.run_spread`'s whole-run figures (unequal groups, mean step, generation share, DAPO's rounds), with
+    the training reward over the first and last `window` steps and the mean generated tokens per response."""
     rows = read_metrics(run)
     rew = [r["reward/mean"] for r in rows]
-    step_s = sum(r["time/step_s"] for r in rows)
-    out = {"steps": len(rows), "reward_first": statistics.mean(rew[:window]),
-           "reward_last": statistics.mean(rew[-window:]), "mean_step_s": step_s / len(rows),
-           "generate_share": sum(r["time/generate_s"] for r in rows) / step_s,
-           "tokens_per_response": sum(r["compute/generated_tokens"] for r in rows)
-           / sum(r["compute/samples"] for r in rows)}
-    if "dynamic_sampling/rounds" in rows[0]:
-        out["rounds"] = statistics.mean(r["dynamic_sampling/rounds"] for r in rows)
-    return out
+    return {"steps": len(rows), **run_spread(rows), "reward_first": statistics.mean(rew[:window]),
+            "reward_last": statistics.mean(rew[-window:]),
+            "tokens_per_response": sum(r["compute/generated_tokens"] for r in rows)
+            / sum(r["compute/samples"] for r in rows)}
 
 
 def method_gain(out_dir: Path, method: str, initial: np.ndarray) -> dict:
@@ -83,7 +82,8 @@ def main(argv=None) -> dict:
         avg = {k: statistics.mean(x[k] for x in r) for k in r[0] if k != "final_step"}
         print(f"{m}: {g['seeds']} seeds, held-out {result['initial_accuracy']:.3f} -> {avg['final_accuracy']:.3f}, "
               f"gain {g['gain']:+.3f} [{g['gain_ci'][0]:+.3f}, {g['gain_ci'][1]:+.3f}]; training reward "
-              f"{avg['reward_first']:.3f} -> {avg['reward_last']:.3f}; step {avg['mean_step_s']:.1f} s, generation "
+              f"{avg['reward_first']:.3f} -> {avg['reward_last']:.3f}; unequal groups {avg['unequal_all']:.1%}; step "
+              f"{avg['step_s']:.1f} s, generation "
               f"{avg['generate_share']:.0%}, {avg['tokens_per_response']:.0f} tokens/response"
               + (f", {avg['rounds']:.2f} rounds" if "rounds" in avg else ""))
     if args.out:

@@ -238,8 +238,10 @@ def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(
         run.mkdir(parents=True)
         steps = {"10": {"per_problem": [0.0] * 4}, "12": {"per_problem": final}}  # the last step is the final
         (run / "eval.json").write_text(json.dumps({"steps": steps}))
-        rows = [{"reward/mean": 0.1 * (i + 1), "time/step_s": 2.0, "time/generate_s": 0.5,
-                 "compute/generated_tokens": 300, "compute/samples": 2} for i in range(12)]
+        rows = [{"reward/mean": 0.1 * (i + 1), "reward/frac_zero_std_groups": 0.5, "time/step_s": 2.0,
+                 "time/generate_s": 0.5, "time_total/step_s": 2.0 * (i + 1), "time_total/generate_s": 0.5 * (i + 1),
+                 "time_total/update_s": 1.0 * (i + 1), "compute/generated_tokens": 300, "compute/samples": 2}
+                for i in range(12)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "poise" / "seed2").mkdir()  # trained, not evaluated
     res = mod.main([str(tmp_path)])["methods"]["poise"]
