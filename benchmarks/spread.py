@@ -8,7 +8,8 @@ Eval files: a problem with c correct of k samples gives unequal pairs with proba
 Run dirs: the mean of 1 - reward/frac_zero_std_groups over steps 1-10, 1-20, the last 20 and all steps, DAPO's mean
 kept fraction and rounds when present, screening's mean screen/auroc_varied when present, the mean generation and
 step seconds, and the share of total step time spent generating and updating; with several runs (the seeds of one
-method), also the mean of each over them.
+method), also the mean of each over them, and for the unequal fractions a 95% percentile-bootstrap interval over the
+runs (each run's mean is one value; `poise.algo.stats.bootstrap_mean_ci`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from poise.algo.stats import bootstrap_mean_ci  # noqa: E402
 from poise.io.tracking import read_metrics  # noqa: E402
 
 
@@ -35,7 +37,8 @@ def eval_spread(rows: list[dict]) -> dict:
         k = len(rs[0]["scores"])
         out[level] = {"problems": len(rs), "avg": sum(r["n_correct"] for r in rs) / (k * len(rs)),
                       "unequal": st.mean(2 * r["n_correct"] * (k - r["n_correct"]) / (k * (k - 1)) for r in rs),
-                      "never": st.mean(r["n_correct"] == 0 for r in rs), "always": st.mean(r["n_correct"] == k for r in rs)}
+                      "never": st.mean(r["n_correct"] == 0 for r in rs),
+                      "always": st.mean(r["n_correct"] == k for r in rs)}
     return out
 
 
@@ -57,6 +60,18 @@ def run_spread(rows: list[dict]) -> dict:
     return out
 
 
+def runs_mean(spreads: list[dict]) -> dict:
+    """The mean over runs of each `run_spread` figure the first run has; each `unequal_*` figure also gets
+    `<key>_ci`, the 95% bootstrap interval of that mean with the runs resampled (2,000 replicates, seed 0)."""
+    out = {}
+    for k in spreads[0]:
+        vals = [s[k] for s in spreads]
+        out[k] = st.mean(vals)
+        if k.startswith("unequal"):
+            out[f"{k}_ci"] = bootstrap_mean_ci(vals)[1:]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("evals", nargs="*")
@@ -70,7 +85,9 @@ def main() -> None:
     for run, s in zip(a.runs, spreads):
         print(run, {k: round(v, 3) for k, v in s.items()})
     if len(spreads) > 1:
-        print(f"mean over {len(spreads)} runs", {k: round(st.mean(s[k] for s in spreads), 3) for k in spreads[0]})
+        mean = runs_mean(spreads)
+        rounded = {k: tuple(round(x, 3) for x in v) if isinstance(v, tuple) else round(v, 3) for k, v in mean.items()}
+        print(f"mean over {len(spreads)} runs", rounded)
 
 
 if __name__ == "__main__":

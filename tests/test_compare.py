@@ -252,3 +252,21 @@ def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(
     assert r["reward_first"] == pytest.approx(0.45) and r["reward_last"] == pytest.approx(0.85)
     assert r["generate_share"] == pytest.approx(0.25) and r["tokens_per_response"] == pytest.approx(150)
     assert "rounds" not in r
+
+
+def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractions():
+    """benchmarks/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap interval over
+    runs that holds the mean and lies within the runs' range; the other figures only a mean."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "spread", Path(__file__).resolve().parents[1] / "benchmarks" / "spread.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    spreads = [{"unequal_steps_1_20": u, "step_s": 2.0} for u in (0.30, 0.36, 0.40, 0.42, 0.52)]
+    m = mod.runs_mean(spreads)
+    assert m["unequal_steps_1_20"] == pytest.approx(0.40) and m["step_s"] == 2.0 and "step_s_ci" not in m
+    lo, hi = m["unequal_steps_1_20_ci"]
+    assert 0.30 <= lo < 0.40 < hi <= 0.52
+    same = mod.runs_mean([{"unequal_all": 0.25}] * 3)
+    assert same["unequal_all_ci"] == (0.25, 0.25)
