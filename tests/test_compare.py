@@ -219,17 +219,22 @@ def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
     assert {m: run.screen.mode for m, run in runs.items()} == {"poise": "none", "screening/poise_probe": "probe",
                                                                "dapo": "none"}
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(tmp_path):
     """benchmarks/compare_gain.py on a hand-made compare directory: 2 seeds x 4 problems, k = 4. The gain is the
     mean over seeds and problems of final - initial, inside its bootstrap interval; the step phases are averaged
     over the whole run, and a run not yet evaluated is skipped."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "compare_gain", Path(__file__).resolve().parents[1] / "benchmarks" / "compare_gain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("compare_gain")
     initial = [0.0, 0.25, 0.5, 0.0]
     (tmp_path / "initial_eval.json").write_text(json.dumps({"steps": {"0": {"per_problem": initial}}}))
     finals = {0: [0.25, 0.25, 0.75, 0.0], 1: [0.0, 0.5, 0.5, 0.25]}  # gains 0.5 / 4 and 0.5 / 4 per problem
@@ -257,12 +262,7 @@ def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(
 def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractions():
     """benchmarks/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap interval over
     runs that holds the mean and lies within the runs' range; the other figures only a mean."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "spread", Path(__file__).resolve().parents[1] / "benchmarks" / "spread.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("spread")
     spreads = [{"unequal_steps_1_20": u, "step_s": 2.0} for u in (0.30, 0.36, 0.40, 0.42, 0.52)]
     m = mod.runs_mean(spreads)
     assert m["unequal_steps_1_20"] == pytest.approx(0.40) and m["step_s"] == 2.0 and "step_s_ci" not in m
