@@ -4,6 +4,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from poise.commands.cli import main
@@ -270,3 +271,66 @@ def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractio
     assert 0.30 <= lo < 0.40 < hi <= 0.52
     same = mod.runs_mean([{"unequal_all": 0.25}] * 3)
     assert same["unequal_all_ci"] == (0.25, 0.25)
+
+
+def test_screening_bound_estimates_unequal_pairs_without_bias_and_needs_two_samples():
+    """benchmarks/screening_bound.py: c of k correct gives 2c(k - c)/(k(k - 1)), the share of sample pairs that
+    differ (all pairs of 2 of 2 with one correct differ; 2 of 4 correct: 4 of 6 pairs)."""
+    mod = load_benchmark("screening_bound")
+    assert mod.unequal_prob([0, 1, 2], 2).tolist() == [0.0, 1.0, 0.0]
+    assert mod.unequal_prob([2, 4], 4) == pytest.approx([4 / 6, 0.0])
+    with pytest.raises(ValueError, match="k >= 2"):
+        mod.unequal_prob([1], 1)
+
+
+def test_screening_bound_auroc_weights_each_problem_by_its_chance_to_be_a_positive():
+    """Binary outcomes give the usual AUROC (positives 2, 4 against negatives 1, 3: 3 of 4 pairs ordered), a constant
+    score 1/2; fractional ones match the pairwise sum by hand, pairs of a problem with itself left out."""
+    mod = load_benchmark("screening_bound")
+    assert mod.weighted_auroc([1, 2, 3, 4], [0, 1, 0, 1]) == pytest.approx(0.75)
+    assert mod.weighted_auroc([5, 5, 5], [0.2, 0.9, 0.4]) == pytest.approx(0.5)
+    assert mod.weighted_auroc([1, 2], [0.5, 1.0]) == pytest.approx(1.0)
+    assert mod.weighted_auroc([1, 2], [1.0, 0.5]) == pytest.approx(0.0)
+    # i > j pairs: 0.5 * 0.8 + 0.8 * 0.8 + 0.8 * 0.5 = 1.44, over 1.5 * 1.5 - (0.16 + 0.25 + 0.16) = 1.68
+    assert mod.weighted_auroc([1, 2, 3], [0.2, 0.5, 0.8]) == pytest.approx(1.44 / 1.68)
+    assert mod.weighted_auroc([1, 1, 3], [0.2, 0.5, 0.8]) == pytest.approx((0.5 * 0.2 * 0.5 + 0.5 * 0.5 * 0.8
+                                                                            + 0.8 * 0.8 + 0.8 * 0.5) / 1.68)
+
+
+def test_screening_bound_keeps_the_most_uncertain_prompts_greedily_and_near_uniformly_with_a_large_floor():
+    """A pool of every problem: greedy keeps the 2 largest p(1 - p) (p 0.5 and 0.4, q 0.9 and 0.7); the shipped
+    rule with a floor far above 1/4 keeps close to a uniform 2 of 4 (mean q 0.425); a pool larger than the problems
+    is refused."""
+    mod = load_benchmark("screening_bound")
+    p, q = np.array([0.5, 0.1, 0.4, 0.0]), np.array([0.9, 0.1, 0.7, 0.0])
+    rng = np.random.default_rng(0)
+    assert mod.kept_unequal(p, q, 2, 2, "greedy", 0.05, rng, 10) == pytest.approx(0.8)
+    assert mod.kept_unequal(p, q, 2, 2, "shipped", 1e6, rng, 4000) == pytest.approx(0.425, abs=0.01)
+    assert 0.425 < mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000) < 0.8
+    assert mod.kept_unequal(p, q, 1, 4, "greedy", 0.05, rng, 3) == pytest.approx(0.425)
+    with pytest.raises(ValueError, match="2 x 3 candidates"):
+        mod.kept_unequal(p, q, 2, 3, "greedy", 0.05, rng, 1)
+
+
+def test_screening_bound_ranks_on_one_half_of_the_samples_and_judges_on_the_other(tmp_path):
+    """halves: the first half's pass rate ranks and the second half judges, then the other way round; the level
+    screener sees its level's mean. main writes every figure with a bootstrap interval around it."""
+    mod = load_benchmark("screening_bound")
+    rows = [{"level": "a", "scores": [1, 1, 1, 1, 1, 0, 0, 0]}, {"level": "a", "scores": [0, 0, 0, 0, 1, 1, 0, 0]},
+            {"level": "b", "scores": [1, 0, 0, 0, 1, 1, 1, 1]}]
+    (p1, lv1, q1), (p2, lv2, q2) = mod.halves(rows)
+    assert p1.tolist() == [1.0, 0.0, 0.25] and lv1.tolist() == [0.5, 0.5, 0.25]
+    assert q1 == pytest.approx([0.5, 4 / 6, 0.0])  # 1 of 4, 2 of 4, 4 of 4 correct in the second half
+    assert p2.tolist() == [0.25, 0.5, 1.0] and q2 == pytest.approx([0.0, 0.0, 0.5])
+    path = tmp_path / "eval.jsonl"
+    rng = np.random.default_rng(1)
+    path.write_text("".join(json.dumps({"level": f"l{i % 3}", "scores": (rng.random(8) < i / 40).astype(int).tolist()})
+                            + "\n" for i in range(40)))
+    res = mod.main([str(path), "--candidates", "1", "2", "--prompts", "8", "--pools", "20", "--bootstrap", "30",
+                    "--out", str(tmp_path / "b.json")])["results"][str(path)]
+    assert res["problems"] == 40 and res["k"] == 8
+    assert res["point"]["kept/oracle/greedy/1"] == pytest.approx(res["point"]["unequal"], abs=0.05)
+    for key, v in res["point"].items():
+        lo, hi = res["ci"][key]
+        assert lo <= hi and lo - 0.1 <= v <= hi + 0.1, key
+    assert json.loads((tmp_path / "b.json").read_text())["results"][str(path)]["point"] == res["point"]
