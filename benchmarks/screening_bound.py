@@ -61,15 +61,16 @@ def weighted_auroc(score: np.ndarray, q: np.ndarray) -> float:
 
 
 def kept_unequal(p: np.ndarray, q: np.ndarray, m: int, prompts: int, rule: str, epsilon: float,
-                 rng: np.random.Generator, pools: int) -> float:
+                 rng: np.random.Generator, pools: int, power: float = 1.0) -> float:
     """Mean q (n,) of the prompts a screener keeps: `pools` times, draw m x `prompts` of the n problems without
     replacement, keep `prompts` of them by `rule` on the pass rates p (n,) it sees ('shipped': without replacement
-    with probabilities proportional to p (1 - p) + epsilon, through Gumbel top-k; 'greedy': the largest p (1 - p),
-    ties broken at random; m = 1 keeps the pool), and average q over everything kept."""
+    with probabilities proportional to (4 p (1 - p))^power / 4 + epsilon, through Gumbel top-k, which at power 1 is
+    the shipped p (1 - p) + epsilon; 'greedy': the largest p (1 - p), ties broken at random; m = 1 keeps the pool),
+    and average q over everything kept."""
     n = len(p)
     if m * prompts > n:
         raise ValueError(f"a pool of {m} x {prompts} candidates needs that many problems, got {n}")
-    w = p * (1.0 - p)
+    w = p * (1.0 - p) if power == 1 else (4.0 * p * (1.0 - p)) ** power / 4.0
     total = 0.0
     for _ in range(pools):
         pool = rng.choice(n, size=m * prompts, replace=False)
@@ -103,7 +104,8 @@ def halves(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
-def bound(rows: list[dict], candidates: list[int], prompts: int, epsilon: float, pools: int, seed: int) -> dict:
+def bound(rows: list[dict], candidates: list[int], prompts: int, epsilon: float, pools: int, seed: int,
+          power: float = 1.0) -> dict:
     """{'unequal': random choice's unequal fraction, 'auroc': {screener: AUROC}, 'kept': {screener: {rule: {m: mean
     q}}}} averaged over the two cross-fitted splits, for the 'oracle' and 'level' screeners."""
     rng = np.random.default_rng(seed)
@@ -111,7 +113,8 @@ def bound(rows: list[dict], candidates: list[int], prompts: int, epsilon: float,
     out = {"unequal": float(np.mean([q.mean() for _, _, q in splits])), "auroc": {}, "kept": {}}
     for name, i in (("oracle", 0), ("level", 1)):
         out["auroc"][name] = float(np.mean([weighted_auroc(s[i] * (1 - s[i]), s[2]) for s in splits]))
-        out["kept"][name] = {rule: {m: float(np.mean([kept_unequal(s[i], s[2], m, prompts, rule, epsilon, rng, pools)
+        out["kept"][name] = {rule: {m: float(np.mean([kept_unequal(s[i], s[2], m, prompts, rule, epsilon, rng, pools,
+                                                                   power)
                                                       for s in splits])) for m in candidates}
                              for rule in ("shipped", "greedy")}
     return out
@@ -133,6 +136,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4], help="m: candidates per kept prompt")
     ap.add_argument("--prompts", type=int, default=64, help="P: prompts kept per step (the default config's)")
     ap.add_argument("--epsilon", type=float, default=0.05, help="the shipped rule's floor (screen.epsilon)")
+    ap.add_argument("--power", type=float, default=1.0,
+                    help="a sharper rule to try: weights (4 p (1 - p))^power / 4 + epsilon; 1 is the shipped rule")
     ap.add_argument("--pools", type=int, default=200, help="pools drawn per estimate")
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over problems")
     ap.add_argument("--seed", type=int, default=0)
@@ -141,13 +146,13 @@ def main(argv=None) -> dict:
     results = {}
     for path in args.evals:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        point = flat(bound(rows, args.candidates, args.prompts, args.epsilon, args.pools, args.seed))
+        point = flat(bound(rows, args.candidates, args.prompts, args.epsilon, args.pools, args.seed, args.power))
         reps = defaultdict(list)
         rng = np.random.default_rng(args.seed + 1)
         for b in range(args.bootstrap):
             sample = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
             for key, v in flat(bound(sample, args.candidates, args.prompts, args.epsilon, max(20, args.pools // 10),
-                                     args.seed + 2 + b)).items():
+                                     args.seed + 2 + b, args.power)).items():
                 reps[key].append(v)
             print(f"\r{path}: bootstrap {b + 1}/{args.bootstrap}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)

@@ -306,7 +306,10 @@ def test_screening_bound_keeps_the_most_uncertain_prompts_greedily_and_near_unif
     rng = np.random.default_rng(0)
     assert mod.kept_unequal(p, q, 2, 2, "greedy", 0.05, rng, 10) == pytest.approx(0.8)
     assert mod.kept_unequal(p, q, 2, 2, "shipped", 1e6, rng, 4000) == pytest.approx(0.425, abs=0.01)
-    assert 0.425 < mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000) < 0.8
+    soft = mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000)
+    assert 0.425 < soft < 0.8
+    sharp = mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000, power=8.0)  # weights 0.25, 7e-5, 0.18, 0
+    assert soft < sharp == pytest.approx(0.8, abs=0.01)
     assert mod.kept_unequal(p, q, 1, 4, "greedy", 0.05, rng, 3) == pytest.approx(0.425)
     with pytest.raises(ValueError, match="2 x 3 candidates"):
         mod.kept_unequal(p, q, 2, 3, "greedy", 0.05, rng, 1)
