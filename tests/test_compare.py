@@ -337,3 +337,20 @@ def test_screening_bound_ranks_on_one_half_of_the_samples_and_judges_on_the_othe
         lo, hi = res["ci"][key]
         assert lo <= hi and lo - 0.1 <= v <= hi + 0.1, key
     assert json.loads((tmp_path / "b.json").read_text())["results"][str(path)]["point"] == res["point"]
+
+
+def test_prompt_probe_auroc_predicts_each_problem_from_a_fit_that_did_not_see_it():
+    """benchmarks/prompt_probe_auroc.py's cross_fitted: an exact linear target is recovered, and changing the
+    targets of one fold leaves that fold's own predictions unchanged while the other folds' move."""
+    mod = load_benchmark("prompt_probe_auroc")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) * [1.0, 10.0, 0.1]
+    y = X @ np.array([1.0, -0.2, 5.0]) + 3.0
+    assert mod.cross_fitted(X, y, 1e-9) == pytest.approx(y, abs=1e-6)
+    fold = np.random.default_rng(0).permutation(200)[0::5]
+    y2 = y.copy()
+    y2[fold] += rng.normal(size=len(fold)) * 100
+    before, after = mod.cross_fitted(X, y, 10.0), mod.cross_fitted(X, y2, 10.0)
+    assert after[fold] == pytest.approx(before[fold], abs=1e-9)
+    others = np.setdiff1d(np.arange(200), fold)
+    assert np.abs(after[others] - before[others]).max() > 1e-3
