@@ -35,11 +35,11 @@ ENGINES = {"hf": ["--rollout.engine", "hf"],
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
+    from poise.rollout.vllm_engine import cpu_flags as flags
+
+    have = flags()
+    if have is None:
         return "unknown"
-    have = set(flags.split(":", 1)[1].split())
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have)
 
 

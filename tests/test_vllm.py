@@ -320,3 +320,32 @@ def test_poise_trainer_generates_with_trls_colocated_vllm(processes, default_dir
     for other in ranks[1:]:
         assert other["weights"] == ranks[0]["weights"]
         assert [r["probe"] for r in other["rounds"]] == [r["probe"] for r in ranks[0]["rounds"]]
+
+
+def test_bf16_sampling_on_a_cpu_without_native_bf16_is_warned_about(tmp_path):
+    """The flags come from /proc/cpuinfo's first flags line; bfloat16 without avx512_bf16 or amx_bf16 gets a warning
+    naming the option and the fix, and nothing is said with either flag, for float32, or when the flags are unknown."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    flags = vllm_engine.cpu_flags(str(info))
+    assert flags == {"fpu", "sse2", "avx2", "fma"}
+    assert vllm_engine.cpu_flags(str(tmp_path / "missing")) is None
+    msg = vllm_engine.bf16_sampling_warning("bfloat16", flags)
+    assert msg.startswith("rollout.engine_dtype: bfloat16 on a CPU without native bf16") and "float32" in msg
+    assert vllm_engine.bf16_sampling_warning("bfloat16", flags | {"avx512_bf16"}) is None
+    assert vllm_engine.bf16_sampling_warning("bfloat16", flags | {"amx_bf16"}) is None
+    assert vllm_engine.bf16_sampling_warning("float32", flags) is None
+    assert vllm_engine.bf16_sampling_warning("bfloat16", None) is None
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_bf16_engine_on_a_cpu_without_native_bf16_warns_when_it_is_created(monkeypatch):
+    """The warning reaches the user: a bfloat16 engine built while the CPU's flags read AVX2 only warns once."""
+    from poise.rollout.models import load_policy
+
+    monkeypatch.setattr(vllm_engine, "cpu_flags", lambda: {"avx2", "fma"})
+    model, tok = load_policy("default")
+    with pytest.warns(UserWarning, match=r"^rollout.engine_dtype: bfloat16 on a CPU without native bf16"):
+        sampler = vllm_engine.VLLMSampler(model, tok, max_model_len=128, dtype="bfloat16", seed=0)
+    sampler.close()

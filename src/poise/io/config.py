@@ -99,7 +99,9 @@ class RolloutConfig:
     presets (about 1 M) stay on hf, where vLLM's per-step overhead outweighs its speed (docs/RESULTS.md)."""
     engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype the vLLM engine samples in; auto is model.dtype. bfloat16 sampling with float32 training is the usual
-    GPU split; rollout.tis_cap corrects for the log-prob mismatch it brings."""
+    GPU split; rollout.tis_cap corrects for the log-prob mismatch it brings. On a CPU, bfloat16 pays only with
+    native bf16 instructions (avx512_bf16 or amx_bf16); without them it is slower than float32, and a warning says
+    so."""
     tis_cap: float = 2.0
     """With the vLLM engine: sequence-level truncated importance sampling, each response's advantage multiplied by
     min(exp(sum_t log pi_old - log pi_vllm), tis_cap), as in TRL and verl; 0 turns it off. Unused with hf."""
