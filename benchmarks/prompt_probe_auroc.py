@@ -46,22 +46,29 @@ def cross_fitted(X: np.ndarray, y: np.ndarray, alpha: float, folds: int = 5, see
 
 def prompt_features(model, tokenizer, problems: list, k: int = 10, batch: int = 250) -> dict[str, np.ndarray]:
     """{'L{layer} last{k}' and 'L{layer} mean': (P, H) float64} over every decoder layer, and 'all layers last{k}'
-    (P, layers x H), from one prefill per batch."""
+    (P, layers x H), from one `prompt_states` prefill per batch with every layer's output captured."""
+    from contextlib import ExitStack
+
     from poise.data.tasks.base import encode_prompts
     from poise.rollout.engine import prompt_states
+    from poise.rollout.models import HiddenCapture
 
-    feats: dict[str, np.ndarray] = {}
     layers = model.config.num_hidden_layers
+    last: list[list[torch.Tensor]] = [[] for _ in range(layers)]
+    mean: list[list[torch.Tensor]] = [[] for _ in range(layers)]
     with torch.no_grad():
-        for layer in range(layers):
-            last, mean = [], []
-            for i in range(0, len(problems), batch):
-                ids, mask = encode_prompts(tokenizer, problems[i:i + batch], 1)
-                h, _ = prompt_states(model, ids, mask, layer)
-                last.append(last_k_mean(h, mask, k))
-                mean.append((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
-            feats[f"L{layer} last{k}"] = torch.cat(last).double().numpy()
-            feats[f"L{layer} mean"] = torch.cat(mean).double().numpy()
+        for i in range(0, len(problems), batch):
+            ids, mask = encode_prompts(tokenizer, problems[i:i + batch], 1)
+            with ExitStack() as stack:
+                caps = [stack.enter_context(HiddenCapture(model, layer)) for layer in range(layers)]
+                prompt_states(model, ids, mask, 0)
+            for layer, cap in enumerate(caps):
+                last[layer].append(last_k_mean(cap.hidden, mask, k))
+                mean[layer].append((cap.hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+    feats: dict[str, np.ndarray] = {}
+    for layer in range(layers):
+        feats[f"L{layer} last{k}"] = torch.cat(last[layer]).double().numpy()
+        feats[f"L{layer} mean"] = torch.cat(mean[layer]).double().numpy()
     feats[f"all layers last{k}"] = np.concatenate([feats[f"L{i} last{k}"] for i in range(layers)], axis=1)
     return feats
 

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from poise.commands.evaluate import is_correct  # noqa: E402
+
 
 def unequal_prob(c: np.ndarray, k: int) -> np.ndarray:
     """(n,) unbiased estimates of P(a group of 2 rollouts has unequal rewards) = 2 p (1 - p) from c (n,) correct of
@@ -88,7 +91,7 @@ def halves(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The two cross-fitted splits of per-problem eval rows: [(p_rank (n,), p_level (n,), q_judge (n,))] with the
     first half of each row's samples ranking and the second judging, then the other way round. p_level is the mean
     of p_rank over the row's level."""
-    scores = np.array([[s is not None and s > 0.5 for s in r["scores"]] for r in rows], dtype=np.float64)
+    scores = np.array([[is_correct(s) for s in r["scores"]] for r in rows], dtype=np.float64)
     k = scores.shape[1]
     if k < 4:
         raise ValueError(f"need k >= 4 samples per problem (two halves of at least 2), got k = {k}")
