@@ -295,6 +295,10 @@ def test_screening_bound_auroc_weights_each_problem_by_its_chance_to_be_a_positi
     assert mod.weighted_auroc([1, 2, 3], [0.2, 0.5, 0.8]) == pytest.approx(1.44 / 1.68)
     assert mod.weighted_auroc([1, 1, 3], [0.2, 0.5, 0.8]) == pytest.approx((0.5 * 0.2 * 0.5 + 0.5 * 0.5 * 0.8
                                                                             + 0.8 * 0.8 + 0.8 * 0.5) / 1.68)
+    import torch
+    from poise.algo.stats import auroc  # binary labels with ties: the project's Mann-Whitney AUROC
+    s, y = np.random.default_rng(3).integers(0, 5, 60), np.random.default_rng(4).random(60) < 0.4
+    assert mod.weighted_auroc(s, y.astype(float)) == pytest.approx(auroc(torch.from_numpy(s), torch.from_numpy(y)))
 
 
 def test_screening_bound_keeps_the_most_uncertain_prompts_greedily_and_near_uniformly_with_a_large_floor():
