@@ -5,11 +5,11 @@
 
 Each setting trains `poise train --probe.buffer_steps S --probe.min_fit_steps min(8, S)` (the buffer_size cap,
 4,096 rows, is 32 steps of 64 x 2) into OUT/steps<S>, or reuses a finished run given with --reuse S=DIR, then
-evaluates the final policy on the default held-out problems (`poise eval`, 500 problems, k = 8, seed 0), paired with
+evaluates the final policy on the held-out problems (`poise eval`, 500 problems, k = 8, seed 0), paired with
 --before (the initial model's evaluation on the same problems). Reported per setting: the online probe's mean Pearson
 r over the steps where POISE used it (17-300: the cross-rollout baseline against the step's rewards, before the probe
 has seen the step), its mean absolute error there, and the final held-out Avg@8 with its paired change and 95%
-bootstrap interval. Writes OUT/buffer_ablation.json.
+bootstrap interval. Extra `--task.*` arguments go to the evaluations too. Writes OUT/buffer_ablation.json.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_gain import poise  # noqa: E402
+from default_gain import poise, task_args  # noqa: E402
 from paired_eval import paired  # noqa: E402
 
 
@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="more `poise train` arguments (after --)")
     a = ap.parse_args()
     out, reuse = Path(a.out), dict(r.split("=", 1) for r in a.reuse)
+    ev_args = ["--k", "8", "--num-problems", "500", "--seed", "0", *task_args(a.extra)]
     if not Path(a.before).is_file():
-        poise("eval", "--model.name", "default", "--k", "8", "--num-problems", "500", "--seed", "0",
-              "--output", a.before)
+        poise("eval", "--model.name", "default", *ev_args, "--output", a.before)
     before = [json.loads(line) for line in open(a.before)]
     results = {}
     for s in a.steps.split(","):
@@ -46,8 +46,7 @@ def main() -> None:
                   str(min(8, int(s))), "--checkpoint.every", "0", *a.extra)
         ev = out / f"steps{s}.jsonl"
         if not ev.is_file():
-            poise("eval", "--model.name", str(run / "policy"), "--k", "8", "--num-problems", "500", "--seed", "0",
-                  "--output", str(ev))
+            poise("eval", "--model.name", str(run / "policy"), *ev_args, "--output", str(ev))
         rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
         used = [r for r in rows if r.get("probe/used")]
         change = paired(before, [json.loads(line) for line in open(ev)])["all"]

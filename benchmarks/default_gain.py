@@ -3,6 +3,9 @@ problem, with its 95% bootstrap interval.
 
     python benchmarks/default_gain.py --out runs/gain [-- extra poise train arguments]
 
+The extra arguments that set the task (`--task.levels "[t4d1, t5d1]"`, `--task.name=...`) go to both evaluations
+too, so that before and after are scored on the task that was trained on.
+
 Runs, in order (each skipped when its output is already there):
     poise eval --model.name default --output OUT/before.jsonl            (500 held-out problems, k = 8)
     poise train --output-dir OUT/run [extra]                             (the default config: 300 steps)
@@ -33,6 +36,18 @@ def cpu_flags() -> str:
     return " ".join(sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))))
 
 
+def task_args(extra: list[str]) -> list[str]:
+    """The `--task.*` options among `poise train` arguments, each with its value (`--task.f V` or `--task.f=V`)."""
+    out, i = [], 0
+    while i < len(extra):
+        if extra[i].startswith("--task."):
+            takes_value = "=" not in extra[i] and i + 1 < len(extra) and not extra[i + 1].startswith("--")
+            out += extra[i:i + 1 + takes_value]
+            i += takes_value
+        i += 1
+    return out
+
+
 def poise(*args: str) -> float:
     t = time.time()
     subprocess.run([sys.executable, "-m", "poise.commands.cli", *args], check=True)
@@ -46,7 +61,7 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="more `poise train` arguments (after --)")
     a = ap.parse_args()
     out = Path(a.out)
-    ev = ["--k", "8", "--num-problems", str(a.num_problems), "--seed", "0"]
+    ev = ["--k", "8", "--num-problems", str(a.num_problems), "--seed", "0", *task_args(a.extra)]
     if not (out / "before.jsonl").is_file():
         poise("eval", "--model.name", "default", "--output", str(out / "before.jsonl"), *ev)
     train_s = None

@@ -260,6 +260,16 @@ def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(
     assert "rounds" not in r
 
 
+def test_default_gain_passes_the_task_options_of_the_training_arguments_to_the_evaluations():
+    """benchmarks/default_gain.py's task_args keeps each `--task.*` option with its value, in either spelling, and
+    drops the training-only ones, so that before and after are scored on the task that was trained on."""
+    mod = load_benchmark("default_gain")
+    extra = ["--task.levels", "[t4d1, t5d1]", "--seed", "1", "--task.name=chain_sum", "--threads", "1",
+             "--task.eval_size", "64"]
+    assert mod.task_args(extra) == ["--task.levels", "[t4d1, t5d1]", "--task.name=chain_sum", "--task.eval_size", "64"]
+    assert mod.task_args(["--max-steps", "20"]) == []
+
+
 def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractions():
     """benchmarks/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap interval over
     runs that holds the mean and lies within the runs' range; the other figures only a mean."""
