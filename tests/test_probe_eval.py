@@ -37,13 +37,13 @@ def _probe_eval(run, tmp_path, *extra):
 def test_a_ppo_run_scores_the_probe_against_its_critic_with_a_transfer_study(tiny_run, tmp_path, capsys):
     cfg = tiny_run(tmp_path, "ppo")
     train(cfg, progress=False)
-    res = _probe_eval(cfg.output_dir, tmp_path, "--fit-levels", "t3d1,t4d1", "--eval-levels", "t5d1")
+    res = _probe_eval(cfg.output_dir, tmp_path, "--fit-levels", "t4d1", "--eval-levels", "t5d1")
     n = res["probe"]["n"]
     assert 0 < n <= 10 and res["critic"]["n"] == res["constant"]["n"] == n and "online_probe" not in res
     for m in (res["probe"], res["critic"]):
         assert 0.0 <= m["mae"] <= 1.0 and 0.0 <= m["target_mean"] <= 1.0
     t = res["transfer"]
-    assert t["fit_levels"] == ["t3d1", "t4d1"] and t["eval_levels"] == ["t5d1"]
+    assert t["fit_levels"] == ["t4d1"] and t["eval_levels"] == ["t5d1"]
     assert t["probe"]["n"] == t["critic"]["n"] == t["probe_fitted_on_eval_levels"]["n"] < n
     table = capsys.readouterr().out
     assert "| critic |" in table and "probe fit on t5d1 (in-domain reference)" in table
@@ -67,5 +67,5 @@ def test_bad_input_names_the_key(argv, message, capsys):
 
 def test_a_level_the_run_does_not_have_is_refused(finished_run, capsys):
     run = str(finished_run[0])
-    assert main(["probe-eval", "--run", run, "--fit-levels", "t3d1", "--eval-levels", "t9d9"]) == 2
+    assert main(["probe-eval", "--run", run, "--fit-levels", "t4d1", "--eval-levels", "t9d9"]) == 2
     assert "fit_levels/eval_levels: ['t9d9'] are not levels of the run's task" in capsys.readouterr().err

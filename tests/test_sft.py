@@ -17,8 +17,8 @@ def test_sft_lowers_loss_and_raises_accuracy(tmp_path):
                                    "max_new_tokens": 16})
     task = get_task("chain_sum", levels=["t2d1"])
     heldout = task.problems("test", 40)
-    # the same untrained model run_sft starts from (same corpus, vocabulary and seed)
-    tok = build_tokenizer(tokenizer_corpus("chain_sum", seed=0), cfg.vocab_size)
+    # the same untrained model run_sft starts from (the same corpus, of its levels, vocabulary and seed)
+    tok = build_tokenizer(tokenizer_corpus("chain_sum", seed=0, levels=["t2d1"]), cfg.vocab_size)
     before = evaluate(build_tiny_model("tiny", tok, 0), tok, task, heldout, 2, 16, progress=False)["accuracy"]
     summary = run_sft(cfg)
     log = [json.loads(line) for line in open(tmp_path / "sft" / "sft_metrics.jsonl")]

@@ -70,7 +70,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)
     if cfg.model in TINY_PRESETS:
-        tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed), cfg.vocab_size)
+        tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed, levels=task.levels), cfg.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
     else:  # 'default', a GGUF such as 'smollm2-135m', or a local Hugging Face directory
         try:

@@ -110,9 +110,10 @@ def build_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     return fast
 
 
-def tokenizer_corpus(task_name: str, n: int = 4000, seed: int = 0) -> list[str]:
-    """Chat-formatted worked examples of a task's training split, to train a tokenizer on."""
-    task = get_task(task_name)
+def tokenizer_corpus(task_name: str, n: int = 4000, seed: int = 0, levels: list[str] | None = None) -> list[str]:
+    """Chat-formatted worked examples of a task's training split (its default levels unless `levels` is given), to
+    train a tokenizer on."""
+    task = get_task(task_name, levels=levels or None)
     texts = []
     for p in task.problems("train", n, seed=seed):
         msgs = build_messages(p) + [{"role": "assistant", "content": p.solution or p.answer}]
@@ -144,7 +145,8 @@ def build_tiny_model(preset: str, tokenizer: PreTrainedTokenizerFast, seed: int 
 
 def build_tiny(preset: str, task_name: str, seed: int = 0, vocab_size: int = 512):
     """(model, tokenizer) for a preset built from scratch; cached on disk after the first build."""
-    key = hashlib.sha256(json.dumps([preset, task_name, seed, vocab_size]).encode()).hexdigest()[:12]
+    corpus_levels = list(get_task(task_name).levels)  # a change of the task's default levels changes the tokenizer
+    key = hashlib.sha256(json.dumps([preset, task_name, seed, vocab_size, corpus_levels]).encode()).hexdigest()[:12]
     path = cache_dir() / "models" / f"{preset}-{task_name}-{key}"
     if (path / "config.json").is_file():
         return load_local(path)
@@ -287,7 +289,8 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
     if name == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise FileNotFoundError(f"the embedded default model is missing from {DEFAULT_MODEL_DIR}; rebuild it with "
-                                    "`poise sft --output-dir src/poise/assets/default` (see README)")
+                                    "`poise sft --task.levels '[t3d1, t4d1, t5d1, t6d1]' --output-dir "
+                                    "src/poise/assets/default` (see README)")
         return load_local(DEFAULT_MODEL_DIR, torch_dtype)
     if name in TINY_PRESETS:
         model, tok = build_tiny(name, task_name, seed)
