@@ -53,25 +53,27 @@ def test_sft_names_a_bad_model(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_embedded_default_is_what_its_documented_rebuild_command_makes(tmp_path):
-    """`poise sft --output-dir src/poise/assets/default` (README) rebuilt the shipped model: its saved config is the
-    command's, on the task's default levels, and the command's first steps (inside the learning-rate warm-up, so the
-    same at any step count) reproduce the shipped run's logged losses with the same tokenizer."""
+    """`poise sft --task.levels "[t3d1, t4d1, t5d1, t6d1]" --output-dir src/poise/assets/default` (README) rebuilt the
+    shipped model: its saved config is the command's, on those levels (a wider mixture than the RL task's default
+    t4d1, t5d1, which the model is scored on too), and the command's first steps (inside the learning-rate warm-up,
+    so the same at any step count) reproduce the shipped run's logged losses with the same tokenizer."""
     import yaml
 
     from poise.io.config import to_dict
     from poise.rollout.models import DEFAULT_MODEL_DIR
 
     shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "sft_config.yaml").read_text())
-    command = to_dict(build_config(SFTConfig, {"output_dir": "src/poise/assets/default"}))
+    warm_levels = ["t3d1", "t4d1", "t5d1", "t6d1"]
+    command = to_dict(build_config(SFTConfig, {"output_dir": "src/poise/assets/default", "task.levels": warm_levels}))
     assert shipped == command
     levels = json.loads((DEFAULT_MODEL_DIR / "eval_levels.json").read_text())["levels"]
-    assert list(levels) == list(get_task("chain_sum").levels)
+    assert list(levels) == warm_levels and set(get_task("chain_sum").levels) < set(warm_levels)
     logged = [json.loads(line) for line in open(DEFAULT_MODEL_DIR / "sft_metrics.jsonl")]
     assert len(logged) == shipped["steps"]
     n = 4
     assert n < shipped["warmup_steps"]
     cfg = build_config(SFTConfig, {"steps": n, "output_dir": str(tmp_path / "re"), "task.eval_size": 4,
-                                   "eval_samples": 1})  # the command's defaults; a short evaluation
+                                   "eval_samples": 1, "task.levels": warm_levels})  # the command's; a short evaluation
     run_sft(cfg)
     rebuilt = [json.loads(line) for line in open(tmp_path / "re" / "sft_metrics.jsonl")]
     for a, b in zip(rebuilt, logged[:n]):

@@ -333,8 +333,9 @@ class SFTConfig:
     """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     steps: int = 250
-    """Optimizer steps. 250 builds the embedded default (held-out Avg@8 about 0.46 on its four levels): far enough
-    from solved that RL has room, see docs/RESULTS.md."""
+    """Optimizer steps. 250 on chain_sum's t3d1-t6d1 builds the embedded default (held-out Avg@8 about 0.46 on those
+    four levels and on the RL task's default t4d1, t5d1): far enough from solved that RL has room, see
+    docs/RESULTS.md."""
     batch_size: int = 64
     """Sequences per optimizer step."""
     lr: float = 2e-3

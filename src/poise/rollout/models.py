@@ -289,7 +289,8 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
     if name == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise FileNotFoundError(f"the embedded default model is missing from {DEFAULT_MODEL_DIR}; rebuild it with "
-                                    "`poise sft --output-dir src/poise/assets/default` (see README)")
+                                    "`poise sft --task.levels '[t3d1, t4d1, t5d1, t6d1]' --output-dir "
+                                    "src/poise/assets/default` (see README)")
         return load_local(DEFAULT_MODEL_DIR, torch_dtype)
     if name in TINY_PRESETS:
         model, tok = build_tiny(name, task_name, seed)
