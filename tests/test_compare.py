@@ -368,3 +368,27 @@ def test_prompt_probe_auroc_predicts_each_problem_from_a_fit_that_did_not_see_it
     assert after[fold] == pytest.approx(before[fold], abs=1e-9)
     others = np.setdiff1d(np.arange(200), fold)
     assert np.abs(after[others] - before[others]).max() > 1e-3
+
+
+def test_buffer_ablation_over_seeds_pairs_each_setting_with_the_reference_per_seed_and_problem():
+    """benchmarks/buffer_ablation.py's over_seeds on hand-made eval rows (k = 4): a constant per-problem gap gives
+    that difference with a zero-width interval; a varying one an interval that holds the mean within the range of
+    the per-problem gaps; a setting run on other seeds than the reference is refused, naming it."""
+    mod = load_benchmark("buffer_ablation")
+
+    def rows(counts):
+        return [{"n_correct": c, "scores": [1.0] * c + [0.0] * (4 - c)} for c in counts]
+
+    evals = {"16": {0: rows([3, 3, 3]), 1: rows([3, 3, 3])}, "32": {0: rows([2, 2, 2]), 1: rows([2, 2, 2])}}
+    res = mod.over_seeds(evals, "32", n_boot=200)
+    assert res["16"]["mean"] == pytest.approx(0.75) and res["16"]["difference"] == pytest.approx(0.25)
+    assert res["16"]["difference_ci"] == pytest.approx([0.25, 0.25]) and res["16"]["seeds"] == [0, 1]
+    assert "difference" not in res["32"] and res["32"]["per_seed"] == [0.5, 0.5]
+    evals["16"] = {0: rows([4, 2, 3]), 1: rows([0, 0, 0])}   # per-seed gaps +0.25 and -0.5
+    r = mod.over_seeds(evals, "32", n_boot=500)["16"]
+    assert r["difference"] == pytest.approx(-0.125) and r["per_seed"] == pytest.approx([0.75, 0.0])
+    lo, hi = r["difference_ci"]
+    assert -0.5 <= lo < -0.125 < hi <= 0.5   # within the range of the per-seed, per-problem gaps
+    evals["16"] = {0: rows([3, 3, 3])}
+    with pytest.raises(SystemExit, match="setting 16 has seeds"):
+        mod.over_seeds(evals, "32")
