@@ -29,14 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_gain import poise, task_args  # noqa: E402
-from paired_eval import paired  # noqa: E402
+from paired_eval import correct_fractions, paired  # noqa: E402
 
 from poise.algo.stats import hierarchical_bootstrap  # noqa: E402
-
-
-def correct_fractions(rows: list[dict]) -> list[float]:
-    """Per-problem correct fraction n_correct / k of `poise eval` rows, in their order."""
-    return [r["n_correct"] / len(r["scores"]) for r in rows]
 
 
 def over_seeds(evals: dict[str, dict[int, list[dict]]], against: str, n_boot: int = 2000) -> dict:

@@ -15,15 +15,21 @@ import json
 from poise.algo.stats import paired_difference
 
 
+def correct_fractions(rows: list[dict]) -> list[float]:
+    """Per-problem correct fraction n_correct / k of `poise eval` rows, in their order."""
+    return [r["n_correct"] / len(r["scores"]) for r in rows]
+
+
 def paired(before: list[dict], after: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """{level or 'all': paired_difference(before fractions, after fractions)} from per-problem eval rows."""
     if [r["uid"] for r in before] != [r["uid"] for r in after]:
         raise SystemExit("the two files do not hold the same problems in the same order")
     out = {}
     for level in sorted({r["level"] for r in before}) + ["all"]:
-        pairs = [(b["n_correct"] / len(b["scores"]), a["n_correct"] / len(a["scores"]))
-                 for b, a in zip(before, after) if level in ("all", b["level"])]
-        out[level] = paired_difference([x for x, _ in pairs], [y for _, y in pairs], n_boot=n_boot, seed=seed)
+        keep = [level in ("all", r["level"]) for r in before]
+        x = [f for f, k in zip(correct_fractions(before), keep) if k]
+        y = [f for f, k in zip(correct_fractions(after), keep) if k]
+        out[level] = paired_difference(x, y, n_boot=n_boot, seed=seed)
     return out
 
 
