@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from poise.io.config import ProbeEvalConfig, build_config
+from poise.io.command_configs import ProbeEvalConfig
+from poise.io.config import build_config
 from poise.commands.probe_eval import run_probe_eval
 
 

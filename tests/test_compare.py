@@ -147,7 +147,8 @@ def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
     """configs/compare/gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it
     makes must exist and hold a valid value."""
     from poise.commands.compare import run_values
-    from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
+    from poise.io.command_configs import CompareConfig
+    from poise.io.config import TrainConfig, build_config, load_yaml
 
     cfg = build_config(CompareConfig, load_yaml("compare/gpu"))
     assert cfg.methods == ["poise", "dapo", "grpo", "rloo"] and cfg.eval_batch_prompts == 16
@@ -181,7 +182,8 @@ def test_compare_help_lists_the_bootstrap_options(capsys):
 def config_runs(name: str):
     """A packaged `poise compare` config and the TrainConfig of each of its methods' runs (seed 0)."""
     from poise.commands.compare import run_values
-    from poise.io.config import CompareConfig, TrainConfig, build_config, load_yaml
+    from poise.io.command_configs import CompareConfig
+    from poise.io.config import TrainConfig, build_config, load_yaml
 
     cfg = build_config(CompareConfig, load_yaml(name))
     return cfg, {method: build_config(TrainConfig, run_values(cfg, method, 0)) for method in cfg.methods}

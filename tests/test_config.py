@@ -1,7 +1,8 @@
 import pytest
 
 from poise.commands.cli import config_from_args, make_parser, main
-from poise.io.config import ConfigError, SFTConfig, TrainConfig, build_config, flat_fields, load_yaml
+from poise.io.command_configs import SFTConfig
+from poise.io.config import ConfigError, TrainConfig, build_config, flat_fields, load_yaml
 
 
 def parse(*argv):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from poise.commands.cli import main
-from poise.io.config import ConfigError, EvalConfig, build_config, flat_fields
+from poise.io.command_configs import EvalConfig
+from poise.io.config import ConfigError, build_config, flat_fields
 from poise.commands.evaluate import (aggregate, aggregate_levels, default_output, is_correct, pass_at_k, pass_ks,
                             select_problems, summary_table)
 from poise.data.tasks import ChainSumTask, get_task, register_task

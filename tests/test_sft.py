@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from poise.io.config import SFTConfig, build_config
+from poise.io.command_configs import SFTConfig
+from poise.io.config import build_config
 from poise.commands.evaluate import evaluate
 from poise.rollout.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
 from poise.commands.sft import run_sft

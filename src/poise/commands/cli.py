@@ -8,8 +8,8 @@ import os
 import sys
 import typing
 
-from poise.io.config import (CompareConfig, ConfigError, EvalConfig, ProbeEvalConfig, SFTConfig, TrainConfig,
-                             build_config, flat_fields, load_yaml, parse_cli_value)
+from poise.io.command_configs import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig
+from poise.io.config import ConfigError, TrainConfig, build_config, flat_fields, load_yaml, parse_cli_value
 
 COMMANDS = {
     "train": (TrainConfig, "RL training (POISE by default) on the embedded default task and model."),

@@ -132,8 +132,8 @@ def _load_run(run: Path):
 
 
 def run_probe_eval(cfg) -> dict:
-    """`poise probe-eval` (cfg: config.ProbeEvalConfig): the study above; writes the JSON and the plot, prints the
-    table, returns the results."""
+    """`poise probe-eval` (cfg: command_configs.ProbeEvalConfig): the study above; writes the JSON and the plot,
+    prints the table, returns the results."""
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

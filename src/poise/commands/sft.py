@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poise.io.config import ConfigError, SFTConfig, save_config
+from poise.io.command_configs import SFTConfig
+from poise.io.config import ConfigError, save_config
 from poise.commands.evaluate import evaluate, level_table
 from poise.rollout.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_policy, tokenizer_corpus
 from poise.data.tasks import build_messages

@@ -1,6 +1,6 @@
 """Validation of config values (types are already checked by configio): impossible values fail at start-up with
-a ConfigError that names the key. `poise.io.config.build_config` calls the one for the config class it builds
-(`VALIDATORS` there)."""
+a ConfigError that names the key. `poise.io.config.build_config` calls the one `VALIDATORS` (at the end) names for
+the config class it builds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from poise.io.configio import ConfigError
 
 if TYPE_CHECKING:  # annotations only: poise.io.config imports this module
-    from poise.io.config import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig, TaskConfig, TrainConfig
+    from poise.io.command_configs import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig
+    from poise.io.config import TaskConfig, TrainConfig
 
 
 
@@ -189,3 +190,8 @@ def _validate_budget(cfg: TrainConfig) -> None:
                value)
         _check(value <= most * cfg.max_steps, f"budget.{key}", f"cannot be reached within max_steps = "
                f"{cfg.max_steps} (at most {most * cfg.max_steps:,} {key}); raise --max-steps", value)
+
+
+# Each command's config class, by name (this module cannot import the classes), and the checks `build_config` runs.
+VALIDATORS = {"TrainConfig": validate_train, "EvalConfig": validate_eval, "SFTConfig": validate_sft,
+              "ProbeEvalConfig": validate_probe_eval, "CompareConfig": validate_compare}
