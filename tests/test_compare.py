@@ -81,6 +81,25 @@ def test_summary_target_is_dapos_final_accuracy_with_intervals_over_seeds():
         methods=["poise", "dapo"], seeds=[0], budget_key="generated_tokens", budget=200, eval_k=4, overrides=[]))
 
 
+def test_summary_with_another_reference_targets_its_final_accuracy_and_divides_by_its_costs():
+    """reference="poise": the target is POISE's final accuracy, every other method's cost is over POISE's, and DAPO
+    is just another method."""
+    curves = {"poise": {0: pts([0.2, 0.3, 0.4])}, "fast": {0: pts([0.3, 0.4, 0.5])}, "dapo": {0: pts([0.5, 0.6])}}
+    s = summarise(curves, initial=[0.1] * 4, n_boot=100, reference="poise")
+    assert s["reference"] == "poise" and s["target_rule"] == "reference_final"
+    assert s["target_accuracy"] == pytest.approx(0.4) and s["methods"]["poise"]["tokens_to_target"] == 300
+    assert s["methods"]["fast"]["tokens_to_target"] == pytest.approx(200)
+    assert set(s["over_reference"]) == {"fast", "dapo"} and "over_dapo" not in s and "poise_over_dapo" not in s
+    assert s["over_reference"]["fast"]["tokens"] == pytest.approx(2 / 3)
+    assert s["over_reference"]["dapo"]["tokens"] == pytest.approx(0.75 / 3)  # 0.4 is 3/4 of the way to 0.5
+    text = report(s, SimpleNamespace(methods=list(curves), seeds=[0], budget_key="generated_tokens", budget=300,
+                                     eval_k=4, overrides=[]))
+    assert "POISE's final seed-mean accuracy" in text and "fast / POISE cost to reach 0.400: 0.67x" in text
+    assert "Final accuracy minus POISE's" in text and "dapo +0.200" in text
+    missing = summarise({"a": {0: pts([0.2, 0.3])}}, initial=[0.1] * 4, n_boot=10, reference="poise")
+    assert missing["target_rule"] == "best_every_method_reaches" and "over_reference" not in missing
+
+
 def test_summary_refuses_runs_evaluated_on_other_problems():
     with pytest.raises(ValueError, match="other problems"):
         summarise({"a": {0: pts([0.2], n=3)}}, initial=[0.1] * 4)
@@ -171,6 +190,27 @@ def test_held_out_accuracy_uses_the_reward_the_runs_trained_on(micro_dir, tmp_pa
     assert res["summary"]["initial_accuracy"] == 1.0 and [p["accuracy"] for p in res["curves"]["rloo"]["0"]] == [1.0]
 
 
+def test_eval_levels_choose_the_held_out_problems_apart_from_the_training_levels(micro_dir, tmp_path):
+    """eval_levels: the held-out problems are the test split of those levels, not of the runs' task.levels."""
+    from poise.commands.evaluate import select_problems
+    from poise.data.tasks.dataset import build_task
+    from poise.io.config import TaskConfig
+
+    out = tmp_path / "cmp"
+    over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "task.levels=[t3d1]",
+            "rollout.prompts_per_step=8", "rollout.max_new_tokens=8", "optim.mini_batch_prompts=4"]
+    args = ["compare", "--methods", "[rloo]", "--seeds", "[0]", "--budget-key", "samples", "--budget", "16",
+            "--eval-every", "1", "--eval-problems", "6", "--eval-k", "2", "--eval-max-new-tokens", "8",
+            "--output-dir", str(out), "--threads", "1", "--overrides", json.dumps(over)]
+    assert main(args + ["--eval-levels", "[t2d1, t4d1]"]) == 0
+    uids = json.loads((out / "initial_eval.json").read_text())["key"]["uids"]
+    want, _ = select_problems(build_task(TaskConfig(name="parity_test", levels=["t2d1", "t4d1"])), "test", 6, 0)
+    trained, _ = select_problems(build_task(TaskConfig(name="parity_test", levels=["t3d1"])), "test", 6, 0)
+    assert uids == [p.uid for p in want] and {p.level for p in want} == {"t2d1", "t4d1"}
+    assert not set(uids) & {p.uid for p in trained}
+    assert json.loads((out / "rloo/seed0/eval.json").read_text())["key"]["uids"] == uids
+
+
 def test_compare_help_lists_the_bootstrap_options(capsys):
     """Every CompareConfig docstring becomes --help text (argparse %-formats it: a bare % would crash --help)."""
     with pytest.raises(SystemExit):
@@ -221,6 +261,19 @@ def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
         assert run.task.levels == ["t3d1", "t4d1", "t5d1", "t6d1", "t2d2", "t3d2"]
     assert {m: run.screen.mode for m, run in runs.items()} == {"poise": "none", "screening/poise_probe": "probe",
                                                                "dapo": "none"}
+
+def test_the_half_hopeless_screening_config_trains_on_the_mixture_and_evaluates_on_the_default_levels():
+    """configs/compare/screening_half.yaml: every run trains on the default levels plus two hopeless two-digit ones,
+    held-out problems come from the default levels, and only the screened preset screens (from 4 candidates)."""
+    cfg, runs = config_runs("compare/screening_half")
+    assert cfg.methods == ["poise", "screening/poise_probe4", "dapo", "rloo", "screening/rloo_probe4"]
+    assert cfg.eval_levels == ["t4d1", "t5d1"] and len(cfg.seeds) == 5
+    for run in runs.values():
+        assert run.task.levels == ["t4d1", "t5d1", "t2d2", "t3d2"]
+    assert {m: (run.algorithm.name, run.screen.mode, run.screen.candidates) for m, run in runs.items()} == {
+        "poise": ("poise", "none", 2), "screening/poise_probe4": ("poise", "probe", 4), "dapo": ("dapo", "none", 2),
+        "rloo": ("rloo", "none", 2), "screening/rloo_probe4": ("rloo", "probe", 4)}
+
 
 def load_benchmark(name: str):
     """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""

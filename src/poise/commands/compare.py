@@ -2,10 +2,11 @@
 
 Every run is `poise train` with its preset, the same task and model, and `budget.<budget_key> = budget`, so the
 methods differ only in the algorithm and stop at the same cost. Checkpoints every `eval_every` steps (and at the
-budget stop), and the initial model, are then evaluated with Avg@k on the same held-out problems (a paired design),
-keeping each problem's correct fraction. That gives held-out accuracy against three costs: generated tokens, wall
-time (the runs' summed step times, start-up excluded) and estimated FLOPs (`compute.estimated_flops`: 2 x parameters
-per forward token, 4 x per backward token, over the policy, the reference and the critic). Outputs in `output_dir`:
+budget stop), and the initial model, are then evaluated with Avg@k on the same held-out problems (a paired design;
+the test split of `eval_levels`, or of the runs' own task levels), keeping each problem's correct fraction. That
+gives held-out accuracy against three costs: generated tokens, wall time (the runs' summed step times, start-up
+excluded) and estimated FLOPs (`compute.estimated_flops`: 2 x parameters per forward token, 4 x per backward token,
+over the policy, the reference and the critic). Outputs in `output_dir`:
 
     <method>/seed<s>/          the runs (poise train's run directories) and their eval.json (per-problem accuracies)
     initial_eval.json          the initial model's per-problem accuracies
@@ -15,8 +16,10 @@ per forward token, 4 x per backward token, over the policy, the reference and th
     compare.md                 the report
     accuracy_vs_tokens.png, accuracy_vs_time.png, accuracy_vs_flops.png, reward_vs_tokens.png
 
-The target accuracy is DAPO's final seed-mean accuracy when 'dapo' is among the methods (the question: does POISE
-reach DAPO's final accuracy at less cost?), otherwise the best seed-mean accuracy every method reaches. The cost to
+The target accuracy is the reference method's final seed-mean accuracy when it is among the methods (the reference is
+DAPO unless `reference` names another; the question: does POISE reach DAPO's final accuracy at less cost?),
+otherwise the best seed-mean accuracy every method reaches. Every other method's costs to it are divided by the
+reference's. The cost to
 reach it is where the method's seed-mean accuracy curve first gets there, interpolated linearly between checkpoints
 (the initial model is the point at cost 0). Intervals come from one bootstrap that resamples every method's seeds
 and the held-out problems (the same problem draw for every method and checkpoint) and recomputes everything; a
@@ -29,6 +32,7 @@ recomputed), so the command can be run again after a kill.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -174,7 +178,8 @@ def run_compare(cfg) -> dict:
         build_config(TrainConfig, values)
     runs = {(m, s): train_run(v) for m, s, v in specs}
     first = build_config(TrainConfig, specs[0][2])
-    task = build_task(first.task, first.reward.function)  # held-out accuracy uses the reward the runs trained on
+    held_out = dataclasses.replace(first.task, levels=list(cfg.eval_levels)) if cfg.eval_levels else first.task
+    task = build_task(held_out, first.reward.function)  # held-out accuracy uses the reward the runs trained on
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained
@@ -186,7 +191,7 @@ def run_compare(cfg) -> dict:
         print(f"compare: evaluating {run}")
         curves[m][s] = evaluate_run(run, model, tokenizer, task, problems, cfg, n_params)
         rewards[m][s] = reward_curve(run)
-    summary = summarise(curves, initial["per_problem"], cfg.bootstrap, cfg.bootstrap_seed)
+    summary = summarise(curves, initial["per_problem"], cfg.bootstrap, cfg.bootstrap_seed, cfg.reference)
     summary["policy_params"] = n_params
     bands = reward_bands(rewards, cfg.bootstrap, cfg.bootstrap_seed)
     result = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "summary": summary,

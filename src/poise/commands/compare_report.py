@@ -6,9 +6,9 @@ A_m[s, c, n] on the same N problems for every run, and cumulative costs X_m[s, c
 seconds and estimated FLOPs. The initial model's per-problem accuracies a0[n] are the point at cost 0 of every
 curve. Seed-mean curve: y_m[c] = mean_s,n A_m[s, c, n], x_m[c] = mean_s X_m[s, c].
 
-Target: DAPO's final seed-mean accuracy y_dapo[C] when 'dapo' is among the methods (the question "does POISE reach
-DAPO's final accuracy at less cost?"); otherwise the best seed-mean accuracy every method reaches,
-min_m max(mean a0, max_c y_m[c]).
+Target: the reference method's final seed-mean accuracy y_ref[C] when it is among the methods (the reference is
+DAPO unless `reference` names another: the question "does POISE reach DAPO's final accuracy at less cost?");
+otherwise the best seed-mean accuracy every method reaches, min_m max(mean a0, max_c y_m[c]).
 
 Cost to target: where the seed-mean curve first reaches the target, linearly interpolated between the checkpoint
 below it and the first one at or above it (`first_crossing`); 0 when the initial model is already there, inf
@@ -16,7 +16,7 @@ below it and the first one at or above it (`first_crossing`); 0 when the initial
 
 Intervals (95%, percentile bootstrap, `poise.algo.stats`): each replicate resamples every method's seeds and the N
 problems, one problem draw shared by every method, checkpoint and the initial model so the design stays paired, and
-recomputes the curves, the target, every cost to target and the POISE/DAPO cost ratios. A replicate in which a
+recomputes the curves, the target, every cost to target and the cost ratios to the reference. A replicate in which a
 method never reaches the target counts inf; a ratio that is 0/0 or inf/inf in a replicate is left out of its
 interval (`undefined_replicates` counts them).
 """
@@ -69,10 +69,10 @@ def method_arrays(by_seed: dict, n_problems: int) -> tuple[np.ndarray, dict[str,
     return acc, {k: np.array([[p[k] for p in pts] for pts in padded], dtype=float) for k in COSTS}
 
 
-def replicate(arrays: dict, a0: np.ndarray, seed_w: dict, prob_w: np.ndarray) -> dict:
+def replicate(arrays: dict, a0: np.ndarray, seed_w: dict, prob_w: np.ndarray, reference: str = "dapo") -> dict:
     """Every statistic of the comparison under one set of resampling weights (B rows; uniform weights, B = 1, give
     the point estimates): initial (B,), target (B,), and per method curve (B, C+1), x {cost: (B, C+1)}, final (B,),
-    cost {cost: (B,)}."""
+    cost {cost: (B,)}. The target is the `reference` method's final accuracy when it ran."""
     init = prob_w @ a0
     out: dict = {"initial": init, "methods": {}}
     for m, (acc, costs) in arrays.items():
@@ -80,7 +80,7 @@ def replicate(arrays: dict, a0: np.ndarray, seed_w: dict, prob_w: np.ndarray) ->
         x = {k: np.concatenate([np.zeros((len(init), 1)), seed_w[m] @ v], axis=1) for k, v in costs.items()}
         out["methods"][m] = {"curve": y, "x": x, "final": y[:, -1]}
     ms = out["methods"]
-    out["target"] = ms["dapo"]["final"] if "dapo" in ms else np.min([r["curve"].max(1) for r in ms.values()], 0)
+    out["target"] = ms[reference]["final"] if reference in ms else np.min([r["curve"].max(1) for r in ms.values()], 0)
     for r in ms.values():
         r["cost"] = {k: first_crossing(r["x"][k], r["curve"], out["target"]) for k in COSTS}
     return out
@@ -96,9 +96,10 @@ def _finite(v: float):
 
 
 def summarise(curves: dict[str, dict[int, list[dict]]], initial: list[float], n_boot: int = 2000,
-              seed: int = 0) -> dict:
+              seed: int = 0, reference: str = "dapo") -> dict:
     """Final accuracy, target and cost to target (tokens, seconds, FLOPs) per method, each with its 95% bootstrap
-    interval, the POISE/DAPO cost ratios when both ran, and each method's seed-mean curve with its band.
+    interval, every other method's cost ratios to the `reference` method when it ran (`over_reference`; with DAPO
+    also `over_dapo` and `poise_over_dapo`), and each method's seed-mean curve with its band.
 
     curves[method][seed]: points in training order with "per_problem" (N accuracies), "generated_tokens", "seconds"
     and "flops"; initial: the initial model's N per-problem accuracies. Intervals are [lo, hi] lists; None in a
@@ -106,14 +107,15 @@ def summarise(curves: dict[str, dict[int, list[dict]]], initial: list[float], n_
     a0 = np.asarray(initial, dtype=float)
     arrays = {m: method_arrays(by_seed, len(a0)) for m, by_seed in curves.items()}
     point = replicate(arrays, a0, {m: np.full((1, a.shape[0]), 1 / a.shape[0]) for m, (a, _) in arrays.items()},
-                      np.full((1, len(a0)), 1 / len(a0)))
+                      np.full((1, len(a0)), 1 / len(a0)), reference)
     rng = np.random.default_rng(seed)
     prob_w = resample_weights(rng, len(a0), n_boot)  # shared by every method and checkpoint: the design stays paired
     boot = replicate(arrays, a0, {m: resample_weights(rng, a.shape[0], n_boot) for m, (a, _) in arrays.items()},
-                     prob_w)
+                     prob_w, reference)
     target = float(point["target"][0])
     out: dict = {"initial_accuracy": float(point["initial"][0]), "initial_accuracy_ci": _ci(boot["initial"]),
-                 "target_rule": "dapo_final" if "dapo" in curves else "best_every_method_reaches",
+                 "reference": reference, "target_rule": (("dapo_final" if reference == "dapo" else "reference_final")
+                                                         if reference in curves else "best_every_method_reaches"),
                  "target_accuracy": target, "target_accuracy_ci": _ci(boot["target"]),
                  "bootstrap": {"replicates": n_boot, "seed": seed, "level": LEVEL, "problems": len(a0)},
                  "methods": {}}
@@ -142,10 +144,12 @@ def summarise(curves: dict[str, dict[int, list[dict]]], initial: list[float], n_
         out["methods"][m]["final_minus"] = {
             o: [float(point["methods"][m]["final"][0] - point["methods"][o]["final"][0]),
                 *_ci(boot["methods"][m]["final"] - boot["methods"][o]["final"])] for o in curves if o != m}
-    if "dapo" in curves:  # every other method's cost over DAPO's, per replicate (`poise_over_dapo` kept by name)
-        out["over_dapo"] = {m: _cost_ratios(point, boot, m, "dapo", n_boot) for m in curves if m != "dapo"}
-        if "poise" in curves:
-            out["poise_over_dapo"] = out["over_dapo"]["poise"]
+    if reference in curves:  # every other method's cost over the reference's, per replicate
+        out["over_reference"] = {m: _cost_ratios(point, boot, m, reference, n_boot) for m in curves if m != reference}
+        if reference == "dapo":  # the names earlier results were written with
+            out["over_dapo"] = out["over_reference"]
+            if "poise" in curves:
+                out["poise_over_dapo"] = out["over_dapo"]["poise"]
     return out
 
 
@@ -185,9 +189,11 @@ def _with_ci(v, ci, kind: str) -> str:
 
 def report(summary: dict, cfg) -> str:
     """The Markdown report: one row per method (final accuracy, cost at the stop, cost to the target, each interval
-    in brackets), then the POISE/DAPO cost ratios."""
+    in brackets), then the cost ratios to the reference method (DAPO unless the config names another)."""
     s, boot = summary, summary["bootstrap"]
-    rule = ("DAPO's final seed-mean accuracy" if s["target_rule"] == "dapo_final"
+    ref = s.get("reference", "dapo")
+    ref_name = {"dapo": "DAPO", "poise": "POISE"}.get(ref, ref)
+    rule = (f"{ref_name}'s final seed-mean accuracy" if s["target_rule"] != "best_every_method_reaches"
             else "the best seed-mean accuracy every method reaches")
     t = _with_ci(s["target_accuracy"], s["target_accuracy_ci"], "acc")
     lines = [f"# poise compare: {', '.join(cfg.methods)} x seeds {cfg.seeds}", "",
@@ -211,11 +217,11 @@ def report(summary: dict, cfg) -> str:
                      f"{_fmt(m['final_tokens_mean'], 'tokens')} | {_fmt(m['final_seconds_mean'], 'seconds')} | "
                      f"{_fmt(m['final_flops_mean'], 'flops')} | {costs} | {m['seeds_reaching_target']}/{m['seeds']} |")
     diffs = [f"{m} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for m, m_ in s["methods"].items()
-             for d in [m_["final_minus"].get("dapo")] if d is not None]
+             for d in [m_["final_minus"].get(ref)] if d is not None]
     if diffs:
-        lines += ["", f"Final accuracy minus DAPO's (paired over problems, {boot['level']:.0%} interval): "
+        lines += ["", f"Final accuracy minus {ref_name}'s (paired over problems, {boot['level']:.0%} interval): "
                       + ", ".join(diffs) + "."]
-    for method, r in s.get("over_dapo", {}).items():
+    for method, r in s.get("over_reference", s.get("over_dapo", {})).items():
         reaches = s["methods"][method]["tokens_to_target"] is not None
         parts = [(_with_ci(r[n], r[f"{n}_ci"], "ratio") if r[n] is not None or not reaches
                   else f"undefined (both costs 0) [{_fmt(r[f'{n}_ci'][0], 'bound')}, {_fmt(r[f'{n}_ci'][1], 'bound')}]")
@@ -224,7 +230,7 @@ def report(summary: dict, cfg) -> str:
         undefined = max(r[f"{n}_undefined_replicates"] for n in COSTS.values())
         note = f" ({undefined} replicates with an undefined ratio left out)" if undefined else ""
         name = "POISE" if method == "poise" else method
-        lines += ["", f"{name} / DAPO cost to reach {s['target_accuracy']:.3f}: {', '.join(parts)}{note}."]
+        lines += ["", f"{name} / {ref_name} cost to reach {s['target_accuracy']:.3f}: {', '.join(parts)}{note}."]
     return "\n".join(lines) + "\n"
 
 

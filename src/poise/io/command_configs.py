@@ -142,12 +142,18 @@ class CompareConfig:
     """Response length limit at evaluation."""
     eval_batch_prompts: int = 64
     """Held-out prompts sampled together (each eval_k times); lower it when long responses fill GPU memory."""
+    eval_levels: list[str] = field(default_factory=list)
+    """Levels of the held-out problems; empty means the runs' own task.levels. Set it to measure what a training
+    mixture teaches on part of it (for example without levels that no method can solve)."""
     output_dir: str = "runs/compare"
     """Where the runs, the results JSON, the report and the plots go; finished runs found there are reused."""
     threads: int = 0
     """torch CPU threads per run; 0 keeps torch's default."""
     overrides: list[str] = field(default_factory=list)
     """'key=value' overrides applied to every run after its preset (e.g. task.name=basic_arithmetic)."""
+    reference: str = "dapo"
+    """The method whose final accuracy is the target, and whose cost to it every other method's is divided by; when
+    it is not among the methods, the target is the best accuracy every method reaches."""
     bootstrap: int = 2000
     """Bootstrap replicates behind every interval (each resamples every method's seeds and the held-out problems)."""
     bootstrap_seed: int = 0
