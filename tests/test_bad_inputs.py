@@ -3,7 +3,6 @@ status 2, no traceback, and leaves nothing in the run directory that a later cor
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +84,7 @@ CASES = [
     ("compare-unknown-method", "compare", ["--methods", "[poise, magic]"], "methods: 'magic'"),
     ("compare-zero-budget", "compare", ["--budget", "0"], "budget"),
     ("compare-bad-budget-key", "compare", ["--budget_key", "joules"], "budget_key"),
+    ("compare-bad-eval-level", "compare", ["--eval-levels", "[t99z9]"], "eval_levels: bad level 't99z9'"),
     ("probe-eval-missing-run", "probe-eval", ["--run", "FILES/no_such_run"], "no_such_run"),
     ("probe-eval-no-run", "probe-eval", [], "run"),
 ]

@@ -19,11 +19,11 @@ over the policy, the reference and the critic). Outputs in `output_dir`:
 The target accuracy is the reference method's final seed-mean accuracy when it is among the methods (the reference is
 DAPO unless `reference` names another; the question: does POISE reach DAPO's final accuracy at less cost?),
 otherwise the best seed-mean accuracy every method reaches. Every other method's costs to it are divided by the
-reference's. The cost to
-reach it is where the method's seed-mean accuracy curve first gets there, interpolated linearly between checkpoints
-(the initial model is the point at cost 0). Intervals come from one bootstrap that resamples every method's seeds
-and the held-out problems (the same problem draw for every method and checkpoint) and recomputes everything; a
-replicate that never reaches the target counts as not reached. The statistics are in `compare_report.py`.
+reference's. The cost to reach it is where the method's seed-mean accuracy curve first gets there, interpolated
+linearly between checkpoints (the initial model is the point at cost 0). Intervals come from one bootstrap that
+resamples every method's seeds and the held-out problems (the same problem draw for every method and checkpoint)
+and recomputes everything; a replicate that never reaches the target counts as not reached. The statistics are in
+`compare_report.py`.
 
 Finished runs found in `output_dir` are reused, interrupted ones resumed, and evaluations are cached (an eval.json
 written for other problems, k or response limit, or by an older version that kept only the scalar accuracy, is
@@ -164,6 +164,17 @@ def reward_curve(run: Path, window: int = 10) -> list[dict]:
     return out
 
 
+def held_out_task(first: TrainConfig, eval_levels: list[str]):
+    """The task the held-out problems come from: the runs' task (scored with the reward they trained on), at
+    `eval_levels` when set. A bad level is a ConfigError naming eval_levels."""
+    if not eval_levels:
+        return build_task(first.task, first.reward.function)
+    try:
+        return build_task(dataclasses.replace(first.task, levels=list(eval_levels)), first.reward.function)
+    except ConfigError as e:
+        raise ConfigError(f"eval_levels: {str(e).removeprefix('task.levels: ')}") from None
+
+
 def run_compare(cfg) -> dict:
     """`poise compare`: train (or reuse) every run, evaluate the initial model and every checkpoint, then write
     compare.json, compare.md and the plots (see the module docstring). Returns compare.json's content."""
@@ -176,10 +187,9 @@ def run_compare(cfg) -> dict:
     specs = [(m, s, run_values(cfg, m, s)) for s in cfg.seeds for m in cfg.methods]
     for _, _, values in specs:  # every config is checked before the first run starts
         build_config(TrainConfig, values)
-    runs = {(m, s): train_run(v) for m, s, v in specs}
     first = build_config(TrainConfig, specs[0][2])
-    held_out = dataclasses.replace(first.task, levels=list(cfg.eval_levels)) if cfg.eval_levels else first.task
-    task = build_task(held_out, first.reward.function)  # held-out accuracy uses the reward the runs trained on
+    task = held_out_task(first, cfg.eval_levels)  # checked before the first run starts too
+    runs = {(m, s): train_run(v) for m, s, v in specs}
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
     model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained

@@ -187,12 +187,17 @@ def _with_ci(v, ci, kind: str) -> str:
     return f"{_fmt(v, kind)} [{_fmt(ci[0], b)}, {_fmt(ci[1], b)}]"
 
 
+def _display(method: str) -> str:
+    """A method's name in the report's sentences: POISE and DAPO capitalised, presets and other methods as given."""
+    return {"dapo": "DAPO", "poise": "POISE"}.get(method, method)
+
+
 def report(summary: dict, cfg) -> str:
     """The Markdown report: one row per method (final accuracy, cost at the stop, cost to the target, each interval
     in brackets), then the cost ratios to the reference method (DAPO unless the config names another)."""
     s, boot = summary, summary["bootstrap"]
     ref = s.get("reference", "dapo")
-    ref_name = {"dapo": "DAPO", "poise": "POISE"}.get(ref, ref)
+    ref_name = _display(ref)
     rule = (f"{ref_name}'s final seed-mean accuracy" if s["target_rule"] != "best_every_method_reaches"
             else "the best seed-mean accuracy every method reaches")
     t = _with_ci(s["target_accuracy"], s["target_accuracy_ci"], "acc")
@@ -229,8 +234,8 @@ def report(summary: dict, cfg) -> str:
                  (("tokens", "generated tokens"), ("seconds", "wall time"), ("flops", "FLOPs"))]
         undefined = max(r[f"{n}_undefined_replicates"] for n in COSTS.values())
         note = f" ({undefined} replicates with an undefined ratio left out)" if undefined else ""
-        name = "POISE" if method == "poise" else method
-        lines += ["", f"{name} / {ref_name} cost to reach {s['target_accuracy']:.3f}: {', '.join(parts)}{note}."]
+        lines += ["", f"{_display(method)} / {ref_name} cost to reach {s['target_accuracy']:.3f}: "
+                      f"{', '.join(parts)}{note}."]
     return "\n".join(lines) + "\n"
 
 
