@@ -1,0 +1,180 @@
+"""The benchmark scripts' statistics (benchmarks/*.py, imported as modules) on hand-made run and eval directories:
+compare_gain, spread, screening_bound, prompt_probe_auroc and buffer_ablation."""
+
+import json
+
+import numpy as np
+import pytest
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(tmp_path):
+    """benchmarks/compare_gain.py on a hand-made compare directory: 2 seeds x 4 problems, k = 4. The gain is the
+    mean over seeds and problems of final - initial, inside its bootstrap interval; the step phases are averaged
+    over the whole run, and a run not yet evaluated is skipped."""
+    mod = load_benchmark("compare_gain")
+    initial = [0.0, 0.25, 0.5, 0.0]
+    (tmp_path / "initial_eval.json").write_text(json.dumps({"steps": {"0": {"per_problem": initial}}}))
+    finals = {0: [0.25, 0.25, 0.75, 0.0], 1: [0.0, 0.5, 0.5, 0.25]}  # gains 0.5 / 4 and 0.5 / 4 per problem
+    for s, final in finals.items():
+        run = tmp_path / "poise" / f"seed{s}"
+        run.mkdir(parents=True)
+        steps = {"10": {"per_problem": [0.0] * 4}, "12": {"per_problem": final}}  # the last step is the final
+        (run / "eval.json").write_text(json.dumps({"steps": steps}))
+        rows = [{"reward/mean": 0.1 * (i + 1), "reward/frac_zero_std_groups": 0.5, "time/step_s": 2.0,
+                 "time/generate_s": 0.5, "time_total/step_s": 2.0 * (i + 1), "time_total/generate_s": 0.5 * (i + 1),
+                 "time_total/update_s": 1.0 * (i + 1), "compute/generated_tokens": 300, "compute/samples": 2}
+                for i in range(12)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "poise" / "seed2").mkdir()  # trained, not evaluated
+    res = mod.main([str(tmp_path)])["methods"]["poise"]
+    assert res["seeds"] == 2 and res["gain"] == pytest.approx(0.125)
+    assert res["gain_ci"][0] <= 0.125 <= res["gain_ci"][1] and res["gain_ci"][0] < res["gain_ci"][1]
+    r = res["runs"]["seed0"]
+    assert r["final_step"] == 12 and r["final_accuracy"] == pytest.approx(0.3125)
+    assert r["reward_first"] == pytest.approx(0.45) and r["reward_last"] == pytest.approx(0.85)
+    assert r["generate_share"] == pytest.approx(0.25) and r["tokens_per_response"] == pytest.approx(150)
+    assert "rounds" not in r
+
+
+def test_default_gain_passes_the_task_options_of_the_training_arguments_to_the_evaluations():
+    """benchmarks/default_gain.py's task_args keeps each `--task.*` option with its value, in either spelling, and
+    drops the training-only ones, so that before and after are scored on the task that was trained on."""
+    mod = load_benchmark("default_gain")
+    extra = ["--task.levels", "[t4d1, t5d1]", "--seed", "1", "--task.name=chain_sum", "--threads", "1",
+             "--task.eval_size", "64"]
+    assert mod.task_args(extra) == ["--task.levels", "[t4d1, t5d1]", "--task.name=chain_sum", "--task.eval_size", "64"]
+    assert mod.task_args(["--max-steps", "20"]) == []
+
+
+def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractions():
+    """benchmarks/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap interval over
+    runs that holds the mean and lies within the runs' range; the other figures only a mean."""
+    mod = load_benchmark("spread")
+    spreads = [{"unequal_steps_1_20": u, "step_s": 2.0} for u in (0.30, 0.36, 0.40, 0.42, 0.52)]
+    m = mod.runs_mean(spreads)
+    assert m["unequal_steps_1_20"] == pytest.approx(0.40) and m["step_s"] == 2.0 and "step_s_ci" not in m
+    lo, hi = m["unequal_steps_1_20_ci"]
+    assert 0.30 <= lo < 0.40 < hi <= 0.52
+    same = mod.runs_mean([{"unequal_all": 0.25}] * 3)
+    assert same["unequal_all_ci"] == (0.25, 0.25)
+
+
+def test_screening_bound_estimates_unequal_pairs_without_bias_and_needs_two_samples():
+    """benchmarks/screening_bound.py: c of k correct gives 2c(k - c)/(k(k - 1)), the share of sample pairs that
+    differ (all pairs of 2 of 2 with one correct differ; 2 of 4 correct: 4 of 6 pairs)."""
+    mod = load_benchmark("screening_bound")
+    assert mod.unequal_prob([0, 1, 2], 2).tolist() == [0.0, 1.0, 0.0]
+    assert mod.unequal_prob([2, 4], 4) == pytest.approx([4 / 6, 0.0])
+    with pytest.raises(ValueError, match="k >= 2"):
+        mod.unequal_prob([1], 1)
+
+
+def test_screening_bound_auroc_weights_each_problem_by_its_chance_to_be_a_positive():
+    """Binary outcomes give the usual AUROC (positives 2, 4 against negatives 1, 3: 3 of 4 pairs ordered), a constant
+    score 1/2; fractional ones match the pairwise sum by hand, pairs of a problem with itself left out."""
+    mod = load_benchmark("screening_bound")
+    assert mod.weighted_auroc([1, 2, 3, 4], [0, 1, 0, 1]) == pytest.approx(0.75)
+    assert mod.weighted_auroc([5, 5, 5], [0.2, 0.9, 0.4]) == pytest.approx(0.5)
+    assert mod.weighted_auroc([1, 2], [0.5, 1.0]) == pytest.approx(1.0)
+    assert mod.weighted_auroc([1, 2], [1.0, 0.5]) == pytest.approx(0.0)
+    # i > j pairs: 0.5 * 0.8 + 0.8 * 0.8 + 0.8 * 0.5 = 1.44, over 1.5 * 1.5 - (0.16 + 0.25 + 0.16) = 1.68
+    assert mod.weighted_auroc([1, 2, 3], [0.2, 0.5, 0.8]) == pytest.approx(1.44 / 1.68)
+    assert mod.weighted_auroc([1, 1, 3], [0.2, 0.5, 0.8]) == pytest.approx((0.5 * 0.2 * 0.5 + 0.5 * 0.5 * 0.8
+                                                                            + 0.8 * 0.8 + 0.8 * 0.5) / 1.68)
+    import torch
+    from poise.algo.stats import auroc  # binary labels with ties: the project's Mann-Whitney AUROC
+    s, y = np.random.default_rng(3).integers(0, 5, 60), np.random.default_rng(4).random(60) < 0.4
+    assert mod.weighted_auroc(s, y.astype(float)) == pytest.approx(auroc(torch.from_numpy(s), torch.from_numpy(y)))
+
+
+def test_screening_bound_keeps_the_most_uncertain_prompts_greedily_and_near_uniformly_with_a_large_floor():
+    """A pool of every problem: greedy keeps the 2 largest p(1 - p) (p 0.5 and 0.4, q 0.9 and 0.7); the shipped
+    rule with a floor far above 1/4 keeps close to a uniform 2 of 4 (mean q 0.425); a pool larger than the problems
+    is refused."""
+    mod = load_benchmark("screening_bound")
+    p, q = np.array([0.5, 0.1, 0.4, 0.0]), np.array([0.9, 0.1, 0.7, 0.0])
+    rng = np.random.default_rng(0)
+    assert mod.kept_unequal(p, q, 2, 2, "greedy", 0.05, rng, 10) == pytest.approx(0.8)
+    assert mod.kept_unequal(p, q, 2, 2, "shipped", 1e6, rng, 4000) == pytest.approx(0.425, abs=0.01)
+    soft = mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000)
+    assert 0.425 < soft < 0.8
+    sharp = mod.kept_unequal(p, q, 2, 2, "shipped", 1e-6, rng, 4000, power=8.0)  # weights 0.25, 7e-5, 0.18, 0
+    assert soft < sharp == pytest.approx(0.8, abs=0.01)
+    assert mod.kept_unequal(p, q, 1, 4, "greedy", 0.05, rng, 3) == pytest.approx(0.425)
+    with pytest.raises(ValueError, match="2 x 3 candidates"):
+        mod.kept_unequal(p, q, 2, 3, "greedy", 0.05, rng, 1)
+
+
+def test_screening_bound_ranks_on_one_half_of_the_samples_and_judges_on_the_other(tmp_path):
+    """halves: the first half's pass rate ranks and the second half judges, then the other way round; the level
+    screener sees its level's mean. main writes every figure with a bootstrap interval around it."""
+    mod = load_benchmark("screening_bound")
+    rows = [{"level": "a", "scores": [1, 1, 1, 1, 1, 0, 0, 0]}, {"level": "a", "scores": [0, 0, 0, 0, 1, 1, 0, 0]},
+            {"level": "b", "scores": [1, 0, 0, 0, 1, 1, 1, 1]}]
+    (p1, lv1, q1), (p2, lv2, q2) = mod.halves(rows)
+    assert p1.tolist() == [1.0, 0.0, 0.25] and lv1.tolist() == [0.5, 0.5, 0.25]
+    assert q1 == pytest.approx([0.5, 4 / 6, 0.0])  # 1 of 4, 2 of 4, 4 of 4 correct in the second half
+    assert p2.tolist() == [0.25, 0.5, 1.0] and q2 == pytest.approx([0.0, 0.0, 0.5])
+    path = tmp_path / "eval.jsonl"
+    rng = np.random.default_rng(1)
+    path.write_text("".join(json.dumps({"level": f"l{i % 3}", "scores": (rng.random(8) < i / 40).astype(int).tolist()})
+                            + "\n" for i in range(40)))
+    res = mod.main([str(path), "--candidates", "1", "2", "--prompts", "8", "--pools", "20", "--bootstrap", "30",
+                    "--out", str(tmp_path / "b.json")])["results"][str(path)]
+    assert res["problems"] == 40 and res["k"] == 8
+    assert res["point"]["kept/oracle/greedy/1"] == pytest.approx(res["point"]["unequal"], abs=0.05)
+    for key, v in res["point"].items():
+        lo, hi = res["ci"][key]
+        assert lo <= hi and lo - 0.1 <= v <= hi + 0.1, key
+    assert json.loads((tmp_path / "b.json").read_text())["results"][str(path)]["point"] == res["point"]
+
+
+def test_prompt_probe_auroc_predicts_each_problem_from_a_fit_that_did_not_see_it():
+    """benchmarks/prompt_probe_auroc.py's cross_fitted: an exact linear target is recovered, and changing the
+    targets of one fold leaves that fold's own predictions unchanged while the other folds' move."""
+    mod = load_benchmark("prompt_probe_auroc")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) * [1.0, 10.0, 0.1]
+    y = X @ np.array([1.0, -0.2, 5.0]) + 3.0
+    assert mod.cross_fitted(X, y, 1e-9) == pytest.approx(y, abs=1e-6)
+    fold = np.random.default_rng(0).permutation(200)[0::5]
+    y2 = y.copy()
+    y2[fold] += rng.normal(size=len(fold)) * 100
+    before, after = mod.cross_fitted(X, y, 10.0), mod.cross_fitted(X, y2, 10.0)
+    assert after[fold] == pytest.approx(before[fold], abs=1e-9)
+    others = np.setdiff1d(np.arange(200), fold)
+    assert np.abs(after[others] - before[others]).max() > 1e-3
+
+
+def test_buffer_ablation_over_seeds_pairs_each_setting_with_the_reference_per_seed_and_problem():
+    """benchmarks/buffer_ablation.py's over_seeds on hand-made eval rows (k = 4): a constant per-problem gap gives
+    that difference with a zero-width interval; a varying one an interval that holds the mean within the range of
+    the per-problem gaps; a setting run on other seeds than the reference is refused, naming it."""
+    mod = load_benchmark("buffer_ablation")
+
+    def rows(counts):
+        return [{"n_correct": c, "scores": [1.0] * c + [0.0] * (4 - c)} for c in counts]
+
+    evals = {"16": {0: rows([3, 3, 3]), 1: rows([3, 3, 3])}, "32": {0: rows([2, 2, 2]), 1: rows([2, 2, 2])}}
+    res = mod.over_seeds(evals, "32", n_boot=200)
+    assert res["16"]["mean"] == pytest.approx(0.75) and res["16"]["difference"] == pytest.approx(0.25)
+    assert res["16"]["difference_ci"] == pytest.approx([0.25, 0.25]) and res["16"]["seeds"] == [0, 1]
+    assert "difference" not in res["32"] and res["32"]["per_seed"] == [0.5, 0.5]
+    evals["16"] = {0: rows([4, 2, 3]), 1: rows([0, 0, 0])}   # per-seed gaps +0.25 and -0.5
+    r = mod.over_seeds(evals, "32", n_boot=500)["16"]
+    assert r["difference"] == pytest.approx(-0.125) and r["per_seed"] == pytest.approx([0.75, 0.0])
+    lo, hi = r["difference_ci"]
+    assert -0.5 <= lo < -0.125 < hi <= 0.5   # within the range of the per-seed, per-problem gaps
+    evals["16"] = {0: rows([3, 3, 3])}
+    with pytest.raises(SystemExit, match="setting 16 has seeds"):
+        mod.over_seeds(evals, "32")
