@@ -84,6 +84,7 @@ CASES = [
     ("compare-unknown-method", "compare", ["--methods", "[poise, magic]"], "methods: 'magic'"),
     ("compare-zero-budget", "compare", ["--budget", "0"], "budget"),
     ("compare-bad-budget-key", "compare", ["--budget_key", "joules"], "budget_key"),
+    ("compare-negative-reference-budget", "compare", ["--reference-budget", "-1"], "reference_budget: must be >= 0"),
     ("compare-bad-eval-level", "compare", ["--eval-levels", "[t99z9]"], "eval_levels: bad level 't99z9'"),
     ("probe-eval-missing-run", "probe-eval", ["--run", "FILES/no_such_run"], "no_such_run"),
     ("probe-eval-no-run", "probe-eval", [], "run"),

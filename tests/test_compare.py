@@ -7,9 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from poise.commands.cli import main
-from poise.commands.compare import load_eval_cache
+from poise.commands.compare import load_eval_cache, run_values, train_run
 from poise.commands.compare_report import first_crossing, report, summarise
 from poise.train.compute import COUNTERS, estimated_flops
+from poise.io.command_configs import CompareConfig
+from poise.io.config import ConfigError
 from poise.io.tracking import read_metrics
 
 
@@ -115,6 +117,26 @@ def test_an_old_scalar_eval_cache_is_recomputed(tmp_path):
     assert load_eval_cache(path, key) == {10: {"accuracy": 0.5, "per_problem": [0.5, 0.5]}}
 
 
+def test_reference_budget_gives_the_reference_alone_its_own_budget_and_directory(tmp_path):
+    cfg = CompareConfig(methods=["poise", "dapo"], output_dir=str(tmp_path), reference_budget=1_200_000)
+    poise, dapo = run_values(cfg, "poise", 3), run_values(cfg, "dapo", 3)
+    assert (poise["budget.generated_tokens"], dapo["budget.generated_tokens"]) == (400_000, 1_200_000)
+    assert poise["output_dir"] == str(tmp_path / "poise/seed3")
+    assert dapo["output_dir"] == str(tmp_path / "dapo@1200000/seed3")
+    same = run_values(CompareConfig(output_dir=str(tmp_path)), "dapo", 3)  # 0: the reference at `budget` too
+    assert same["budget.generated_tokens"] == 400_000 and same["output_dir"] == str(tmp_path / "dapo/seed3")
+
+
+def test_a_finished_run_at_another_budget_is_refused_not_reused(tmp_path):
+    run = tmp_path / "dapo/seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("budget:\n  generated_tokens: 400000\n")
+    (run / "done.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"budget.generated_tokens: the finished run .* stopped at 400000.*1200000"):
+        train_run({"output_dir": str(run), "budget.generated_tokens": 1_200_000})
+    assert train_run({"output_dir": str(run), "budget.generated_tokens": 400_000}) == run  # the same budget: reused
+
+
 def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
     out = tmp_path / "cmp"
     over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "rollout.prompts_per_step=8",
@@ -159,6 +181,13 @@ def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):
     assert main(args) == 0  # the finished runs and their evaluations are reused, not redone; the old cache redone
     again = json.loads((out / "compare.json").read_text())
     assert again["curves"] == res["curves"] and again["summary"] == res["summary"]
+    longer = args + ["--reference", "rloo", "--reference-budget", "64"]  # the reference alone trains further
+    assert main(longer) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert res["curves"]["poise"] == again["curves"]["poise"]  # POISE's finished run at 48 samples is reused
+    assert [p["samples"] for p in res["curves"]["rloo"]["0"]] == [16, 32, 48, 64]  # rloo's new run, in its own dir
+    assert (out / "rloo@64/seed0/done.json").is_file() and res["summary"]["target_rule"] == "reference_final"
+    assert "(rloo's runs: 64)" in (out / "compare.md").read_text()
 
 
 def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():

@@ -50,6 +50,20 @@ from poise.data.tasks.dataset import build_task
 from poise.io.tracking import read_metrics
 
 
+def run_budget(cfg, method: str) -> float:
+    """The budget a method's runs stop at: `reference_budget` for the reference method when it is set, else
+    `budget`."""
+    return cfg.reference_budget if method == cfg.reference and cfg.reference_budget else cfg.budget
+
+
+def run_dir(cfg, method: str, seed: int) -> Path:
+    """A run's directory: output_dir/<method>/seed<s>, or output_dir/<method>@<budget>/seed<s> for a reference run at
+    its own budget, so runs at different budgets never share a directory."""
+    budget = run_budget(cfg, method)
+    name = method if budget == cfg.budget else f"{method}@{format(budget, 'f').rstrip('0').rstrip('.')}"
+    return Path(cfg.output_dir) / name / f"seed{seed}"
+
+
 def run_values(cfg, method: str, seed: int) -> dict:
     """The flat TrainConfig values of one run: preset, then the comparison's fixed settings, then overrides."""
     try:
@@ -57,8 +71,9 @@ def run_values(cfg, method: str, seed: int) -> dict:
     except ConfigError as e:  # name the comparison's own key
         raise ConfigError(f"methods: {method!r} is not a preset or config file ({str(e).removeprefix('config: ')})") \
             from None
-    values.update({"seed": seed, "output_dir": str(Path(cfg.output_dir) / method / f"seed{seed}"),
-                   f"budget.{cfg.budget_key}": cfg.budget if cfg.budget_key == "seconds" else int(cfg.budget),
+    budget = run_budget(cfg, method)
+    values.update({"seed": seed, "output_dir": str(run_dir(cfg, method, seed)),
+                   f"budget.{cfg.budget_key}": budget if cfg.budget_key == "seconds" else int(budget),
                    "max_steps": cfg.max_steps, "resume": True,
                    "checkpoint.every": cfg.eval_every, "checkpoint.keep_last": 1_000_000, "threads": cfg.threads})
     for o in cfg.overrides:
@@ -68,11 +83,17 @@ def run_values(cfg, method: str, seed: int) -> dict:
 
 
 def train_run(values: dict) -> Path:
-    """Train one run unless a finished one is there (marked by done.json); returns its directory."""
+    """Train one run unless a finished one is there (marked by done.json); returns its directory. A finished run
+    whose budget differs from `values`' is a ConfigError: reusing it would compare runs stopped at other costs."""
     from poise.train.loop import train
 
     run = Path(values["output_dir"])
     if (run / "done.json").is_file():
+        saved = load_yaml(run / "config.yaml")
+        for key in (k for k in values if k.startswith("budget.")):
+            if saved.get(key) != values[key]:
+                raise ConfigError(f"{key}: the finished run {run} stopped at {saved.get(key)!r}, this comparison asks "
+                                  f"for {values[key]!r}; choose another --output-dir or remove the run")
         print(f"compare: reusing the finished run {run}")
         return run
     last = train(build_config(TrainConfig, values))

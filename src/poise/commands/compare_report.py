@@ -202,7 +202,9 @@ def report(summary: dict, cfg) -> str:
             else "the best seed-mean accuracy every method reaches")
     t = _with_ci(s["target_accuracy"], s["target_accuracy_ci"], "acc")
     lines = [f"# poise compare: {', '.join(cfg.methods)} x seeds {cfg.seeds}", "",
-             f"Budget: {cfg.budget_key} = {cfg.budget:,.0f} per run. Held-out Avg@{cfg.eval_k} on "
+             f"Budget: {cfg.budget_key} = {cfg.budget:,.0f} per run"
+             + (f" ({ref_name}'s runs: {cfg.reference_budget:,.0f})" if getattr(cfg, "reference_budget", 0) else "")
+             + f". Held-out Avg@{cfg.eval_k} on "
              f"{boot['problems']} problems; initial model "
              f"{_with_ci(s['initial_accuracy'], s['initial_accuracy_ci'], 'acc')}. Overrides: "
              f"{cfg.overrides or 'none'}.", "",

@@ -154,6 +154,10 @@ class CompareConfig:
     reference: str = "dapo"
     """The method whose final accuracy is the target, and whose cost to it every other method's is divided by; when
     it is not among the methods, the target is the best accuracy every method reaches."""
+    reference_budget: float = 0.0
+    """Budget of the reference method's runs; 0 means `budget`. Raise it when the reference learns too little at
+    `budget` for its final accuracy to be a meaningful target (DAPO's dynamic sampling spends most of its tokens on
+    groups it drops, so at equal tokens it takes far fewer steps). Those runs go to <method>@<budget>/seed<s>."""
     bootstrap: int = 2000
     """Bootstrap replicates behind every interval (each resamples every method's seeds and the held-out problems)."""
     bootstrap_seed: int = 0

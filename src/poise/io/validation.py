@@ -90,7 +90,7 @@ def validate_compare(cfg: CompareConfig) -> None:
     _check(bool(cfg.seeds), "seeds", "must list at least one seed", cfg.seeds)
     _check_positive(cfg, "", ["budget", "max_steps", "eval_every", "eval_problems", "eval_k", "eval_max_new_tokens",
                             "eval_batch_prompts"])
-    _check_positive(cfg, "", ["threads"], allow_zero=True)
+    _check_positive(cfg, "", ["threads", "reference_budget"], allow_zero=True)
     for o in cfg.overrides:
         _check("=" in o, "overrides", "each must be 'key=value'", o)
 
