@@ -76,7 +76,8 @@ def main() -> None:
               "train_step_seconds_total": sum(r["time/step_s"] for r in steps), "cpu_flags": cpu_flags(),
               "extra_train_args": a.extra}
     (out / "default_gain.json").write_text(json.dumps(result, indent=2))
-    print("| level | problems | before | after | change ± SE | 95% bootstrap interval |\n|---|---:|---:|---:|---:|---:|")
+    print("| level | problems | before | after | change ± SE | 95% bootstrap interval |")
+    print("|---|---:|---:|---:|---:|---:|")
     for level, d in table.items():
         print(f"| {level} | {d['n']} | {d['mean_before']:.3f} | {d['mean_after']:.3f} | {d['mean']:+.3f} ± "
               f"{d['se']:.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] |")

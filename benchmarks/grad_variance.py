@@ -10,8 +10,8 @@ policy gradient of the run's loss at ratio 1 (the on-policy REINFORCE gradient w
 aggregation), and report the trace of its covariance across batches, sum_params Var(g), next to |E g|^2 (the
 squared norm of the mean gradient less Var / batches, which removes its noise inflation) and their ratio. The methods
 scale advantages differently (GRPO and DAPO divide by the group's std), so the ratio, which does not depend on
-that scale, is the comparable number; the raw variance is not. The Adam-moment proxy sum(v_hat - m_hat^2) over training is logged by `poise train` as
-`optim/grad_var_proxy`; `--runs` summarises it from run directories.
+that scale, is the comparable number; the raw variance is not. The Adam-moment proxy sum(v_hat - m_hat^2) over
+training is logged by `poise train` as `optim/grad_var_proxy`; `--runs` summarises it from run directories.
 """
 
 from __future__ import annotations

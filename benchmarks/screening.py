@@ -1,5 +1,6 @@
-"""Prompt screening on the default testbed: POISE without screening (mode none), with probe screening and with history skipping,
-each trained for the same number of steps from the embedded default, then evaluated on the same held-out problems.
+"""Prompt screening on the default testbed: POISE without screening (mode none), with probe screening and with history
+skipping, each trained for the same number of steps from the embedded default, then evaluated on the same held-out
+problems.
 
     python benchmarks/screening.py --out runs/screening --steps 150 [--modes none probe history] [-- train args]
 
@@ -71,8 +72,8 @@ def main() -> None:
             result["modes"][mode]["vs_none"] = {k: d[k] for k in ("mean", "se", "lo", "hi", "n")}
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     Path(a.results).write_text(json.dumps(result, indent=2))
-    print(f"| mode | varied groups | last 50 | AUROC(p(1-p)) | held-out Avg@8 | vs none [95% CI] | policy fwd tokens "
-          f"| prefill | steps s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| mode | varied groups | last 50 | AUROC(p(1-p)) | held-out Avg@8 | vs none [95% CI] | policy fwd tokens "
+          "| prefill | steps s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, s in result["modes"].items():
         vs = s.get("vs_none")
         print(f"| {mode} | {s['varied_fraction']:.3f} | {s['varied_fraction_last50']:.3f} | {s['auroc_varied']:.3f} | "

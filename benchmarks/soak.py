@@ -133,7 +133,8 @@ def main() -> None:
                     help="after the run, redo steps STEP+1.. in a fresh process from the checkpoint at STEP (0: no)")
     ap.add_argument("--control-only", action="store_true",
                     help="only the control, on the finished run in --keep DIR; adds it to --out")
-    ap.add_argument("--summary-only", action="store_true", help="recompute --out's summary (and --plot) from its samples")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="recompute --out's summary (and --plot) from its samples")
     a = ap.parse_args()
     if a.control_only or a.summary_only:
         result = json.loads(Path(a.out).read_text())

@@ -134,7 +134,8 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_and_leaves_all_state_uncha
     assert opt.state_dict()["state"] == {} and sched.last_epoch == 0
     assert all(p.grad is None for p in model.parameters())
     cfg.optim.max_consecutive_skips = 3
-    with pytest.raises(FloatingPointError, match=r"4 optimizer steps in a row had a non-finite .*max_consecutive_skips"):
+    with pytest.raises(FloatingPointError,
+                       match=r"4 optimizer steps in a row had a non-finite .*max_consecutive_skips"):
         policy_update(model, None, opt, sched, col.batch, adv, cfg, counters)
     monkeypatch.undo()
     policy_update(model, None, opt, sched, col.batch, adv, cfg, counters)  # a good step resets the streak

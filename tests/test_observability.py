@@ -4,7 +4,6 @@ import json
 import sys
 import types
 
-import pytest
 
 from poise.commands.cli import main
 from poise.io.tracking import read_metrics

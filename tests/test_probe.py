@@ -158,7 +158,8 @@ def test_feature_buffer_in_steps_keeps_only_the_newest_steps_and_their_moments()
     assert buf.tensors()[3].tolist() == list(range(3, 9)) and buf.num_steps == 2
     rows64 = torch.cat([*buf.tensors()[:3], buf.tensors()[3][:, None]], 1).double()
     m = buf.moments()  # the evicted rows left the running sums too
-    assert m.n == 6 and torch.allclose(m.mean, rows64.mean(0)) and torch.allclose(m.cov, torch.cov(rows64.T, correction=0))
+    assert m.n == 6 and torch.allclose(m.mean, rows64.mean(0))
+    assert torch.allclose(m.cov, torch.cov(rows64.T, correction=0))
     restored = FeatureBuffer.from_state(buf.state_dict(), buf.metadata())
     assert restored.max_steps == 2 and restored.tensors()[3].tolist() == list(range(3, 9))
     for b in (buf, restored):

@@ -1,5 +1,5 @@
-"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`, `poise probe-eval` (options generated
-from the config dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
+"""`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`, `poise probe-eval` (options
+generated from the config dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
 
 from __future__ import annotations
 

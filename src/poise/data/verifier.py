@@ -54,7 +54,9 @@ def _audit(event: str, args: tuple) -> None:
         raise SandboxViolation(f"verifier sandbox: {event} refused")
     if event == "open" and len(args) >= 3:
         mode, flags = args[1], args[2]
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS):
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (isinstance(flags, int) and flags & _WRITE_FLAGS)
+        if writes:
             raise SandboxViolation(f"verifier sandbox: open({args[0]!r}, {mode!r}) for writing refused")
 
 

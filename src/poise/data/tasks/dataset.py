@@ -276,7 +276,8 @@ def check_reward_function(task, problems: list[Problem], key: str = "reward.func
     task's sandboxed verifier, each with a well-formed response ending in the gold answer. A function that raises,
     hangs past the verifier's limit, returns the wrong number of scores or something that is not a number fails
     here, at start-up, as a ConfigError naming `key`; during training the verifier would score each such call 0
-    and the run would learn nothing. None (unscorable) is an allowed result. The task's own functions are not checked."""
+    and the run would learn nothing. None (unscorable) is an allowed result. The task's own functions are not
+    checked."""
 
     fn = getattr(task, "reward_function", None)
     if fn is None or not problems:
