@@ -178,3 +178,19 @@ def test_buffer_ablation_over_seeds_pairs_each_setting_with_the_reference_per_se
     evals["16"] = {0: rows([3, 3, 3])}
     with pytest.raises(SystemExit, match="setting 16 has seeds"):
         mod.over_seeds(evals, "32")
+
+
+def test_pool_seeds_concatenates_every_files_seeds_and_brackets_the_difference(tmp_path):
+    pool = load_benchmark("pool_seeds")
+    files = []
+    for i, (a, b) in enumerate([([0.50, 0.52], [0.56, 0.58]), ([0.54, 0.56, 0.58], [0.57, 0.59, 0.61])]):
+        f = tmp_path / f"c{i}.json"
+        f.write_text(json.dumps({"summary": {"methods": {"a": {"final_accuracies": a},
+                                                         "b": {"final_accuracies": b}}}}))
+        files.append(str(f))
+    r = pool.pooled_difference(files, "a", "b", n_boot=2000)
+    assert r["a"] == [0.50, 0.52, 0.54, 0.56, 0.58] and len(r["b"]) == 5
+    assert r["diff"] == pytest.approx(np.mean(r["b"]) - np.mean(r["a"])) == pytest.approx(0.042)
+    assert r["ci"][0] < r["diff"] < r["ci"][1] and r["ci"][1] - r["ci"][0] < 0.1
+    one = pool.pooled_difference(files[:1], "a", "b", n_boot=2000)  # the first file alone: its own two seeds
+    assert one["diff"] == pytest.approx(0.06)
