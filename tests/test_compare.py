@@ -132,9 +132,11 @@ def test_a_finished_run_at_another_budget_is_refused_not_reused(tmp_path):
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("budget:\n  generated_tokens: 400000\n")
     (run / "done.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"budget.generated_tokens: the finished run .* stopped at 400000.*1200000"):
+    with pytest.raises(ConfigError, match=r"budget.generated_tokens: the finished run .* differs .*400000 -> 1200000"):
         train_run({"output_dir": str(run), "budget.generated_tokens": 1_200_000})
     assert train_run({"output_dir": str(run), "budget.generated_tokens": 400_000}) == run  # the same budget: reused
+    with pytest.raises(ConfigError, match=r"optim.lr: the finished run .* differs"):  # so is a changed override
+        train_run({"output_dir": str(run), "budget.generated_tokens": 400_000, "optim.lr": 0.5})
 
 
 def test_compare_runs_evaluates_reports_and_reuses(micro_dir, tmp_path):

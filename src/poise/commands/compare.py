@@ -25,9 +25,9 @@ resamples every method's seeds and the held-out problems (the same problem draw 
 and recomputes everything; a replicate that never reaches the target counts as not reached. The statistics are in
 `compare_report.py`.
 
-Finished runs found in `output_dir` are reused, interrupted ones resumed, and evaluations are cached (an eval.json
-written for other problems, k or response limit, or by an older version that kept only the scalar accuracy, is
-recomputed), so the command can be run again after a kill.
+Finished runs found in `output_dir` are reused (one trained with another config is refused), interrupted ones
+resumed, and evaluations are cached (an eval.json written for other problems, k or response limit, or by an older
+version that kept only the scalar accuracy, is recomputed), so the command can be run again after a kill.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from poise.train.compute import COUNTERS, estimated_flops
 from poise.io.config import ConfigError, TrainConfig, build_config, load_yaml, parse_cli_value
 from poise.parallel.distributed import resolve_device
 from poise.commands.evaluate import evaluate, select_problems
+from poise.io.checkpoint import config_changes
 from poise.rollout.models import load_policy
 from poise.data.tasks.dataset import build_task
 from poise.io.tracking import read_metrics
@@ -84,19 +85,19 @@ def run_values(cfg, method: str, seed: int) -> dict:
 
 def train_run(values: dict) -> Path:
     """Train one run unless a finished one is there (marked by done.json); returns its directory. A finished run
-    whose budget differs from `values`' is a ConfigError: reusing it would compare runs stopped at other costs."""
+    trained with another config (a budget, an override; compared like a resume, budget.* included) is a
+    ConfigError: reusing it would compare runs that are not the ones asked for."""
     from poise.train.loop import train
 
-    run = Path(values["output_dir"])
+    run, cfg = Path(values["output_dir"]), build_config(TrainConfig, values)
     if (run / "done.json").is_file():
-        saved = load_yaml(run / "config.yaml")
-        for key in (k for k in values if k.startswith("budget.")):
-            if saved.get(key) != values[key]:
-                raise ConfigError(f"{key}: the finished run {run} stopped at {saved.get(key)!r}, this comparison asks "
-                                  f"for {values[key]!r}; choose another --output-dir or remove the run")
+        changed, diffs = config_changes(run / "config.yaml", cfg, ("checkpoint.",))
+        if changed:
+            raise ConfigError(f"{changed[0]}: the finished run {run} differs from this comparison's ({diffs}); choose "
+                              f"another --output-dir or remove the run")
         print(f"compare: reusing the finished run {run}")
         return run
-    last = train(build_config(TrainConfig, values))
+    last = train(cfg)
     (run / "done.json").write_text(json.dumps({"last_step": last.get("step")}))
     return run
 

@@ -234,6 +234,18 @@ def load_checkpoint(path: str | Path) -> dict:
 RESUMABLE_CHANGES = ("resume", "max_steps", "threads", "report_to", "log_samples_every", "log_samples", "output_dir")
 
 
+def config_changes(saved_path: Path, cfg, free_prefixes: tuple[str, ...] = ()) -> tuple[list[str], str]:
+    """The keys of `cfg` (flattened) whose value differs from the config.yaml at `saved_path`, leaving out
+    RESUMABLE_CHANGES and keys starting with `free_prefixes`; a field added since that file was written counts at
+    its default. Returns (sorted keys, "key: old -> new, ..." for a message)."""
+    saved = load_yaml(saved_path)
+    now, default = flatten_dict(to_dict(cfg)), flatten_dict(to_dict(type(cfg)()))
+    saved = {**{k: v for k, v in default.items() if k not in saved}, **saved}  # fields added since: at their default
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                     and k not in RESUMABLE_CHANGES and not k.startswith(free_prefixes))
+    return changed, ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+
+
 def resume(cfg, world: int = 1) -> dict | None:
     """Prepare `cfg.output_dir` for the loop: the state dictionary to go on from, or None for a fresh start.
 
@@ -251,13 +263,8 @@ def resume(cfg, world: int = 1) -> dict | None:
     if path is None:
         print(f"resume: no complete checkpoint in {checkpoint_dir(cfg.output_dir)}; starting from step 0")
         return None
-    saved = load_yaml(path / "config.yaml")
-    now, default = flatten_dict(to_dict(cfg)), flatten_dict(to_dict(type(cfg)()))
-    saved = {**{k: v for k, v in default.items() if k not in saved}, **saved}  # fields added since: at their default
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
-                     and k not in RESUMABLE_CHANGES and not k.startswith(("budget.", "checkpoint.")))
+    changed, diffs = config_changes(path / "config.yaml", cfg, ("budget.", "checkpoint."))
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"{changed[0]}: the config differs from the checkpoint {path} ({diffs}); only max_steps, "
                           f"threads, output_dir, budget.* and checkpoint.* may change on resume")
     saved_world = json.loads((path / "state.json").read_text()).get("world_size", 1)
