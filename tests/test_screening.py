@@ -21,6 +21,47 @@ def test_weights_peak_at_one_half_and_keep_the_floor():
     assert torch.allclose(w, torch.tensor([0.05, 0.1875 + 0.05, 0.3, 0.05], dtype=torch.float64))
 
 
+def test_sharper_weights_keep_the_peak_the_maximum_and_the_floor():
+    """power 1 is exactly p(1 - p) + epsilon; power 4 keeps the weight at p = 1/2 (1/4 + epsilon) and at p = 0 or 1
+    (epsilon, the floor) and pushes everything between towards the floor."""
+    p = torch.tensor([0.0, 0.05, 0.25, 0.5, 0.9, 1.0])
+    base = p.double() * (1 - p.double()) + 0.01
+    assert torch.equal(screening_weights(p, 0.01, 1.0), base)
+    w = screening_weights(p, 0.01, 4.0)
+    assert w[3] == 0.25 + 0.01 and w[0] == w[5] == 0.01
+    assert torch.allclose(w, (4 * (base - 0.01)) ** 4 / 4 + 0.01)
+    assert (w[[1, 2, 4]] < base[[1, 2, 4]]).all() and w[1] < 0.01 + 0.002
+    with pytest.raises(ValueError, match="power must be >= 1"):
+        choose(p, 2, 0.01, torch.Generator(), power=0.5)
+
+
+def test_sharp_choice_keeps_the_floor_and_drops_sure_prompts_far_more_often():
+    """With power 4 a prompt the probe is sure about is still a first draw at least at the documented floor rate
+    epsilon / (m (1/4 + epsilon)), and is kept from a pool of half sure, half uncertain prompts far less often than
+    with power 1."""
+    p = torch.tensor([0.0, 1.0, 0.02, 0.5, 0.5, 0.45])
+    g = torch.Generator().manual_seed(0)
+    n_draws = 6000
+    counts = torch.zeros(len(p))
+    for _ in range(n_draws):
+        counts[choose(p, 1, 0.05, g, power=4.0)] += 1
+    freq = counts / n_draws
+    floor = 0.05 / (len(p) * (0.25 + 0.05))
+    sd = math.sqrt(floor * (1 - floor) / n_draws)
+    assert freq[0] > floor - 4 * sd and freq[1] > floor - 4 * sd and freq[2] > floor - 4 * sd
+    expected = screening_weights(p, 0.05, 4.0) / screening_weights(p, 0.05, 4.0).sum()
+    assert torch.allclose(freq.double(), expected, atol=0.03)
+
+    pool = torch.tensor([0.0] * 32 + [0.5] * 32)  # keep 32 of 64: how many sure ones get in
+    sure = {power: sum(int((choose(pool, 32, 0.01, torch.Generator().manual_seed(s), power) < 32).sum())
+                       for s in range(50)) / 50 for power in (1.0, 4.0)}
+    assert 0 < sure[4.0] < 4 and sure[1.0] == sure[4.0]  # at p in {0, 1/2} the power changes no weight
+    pool = torch.tensor([0.05] * 32 + [0.5] * 32)  # at p = 0.05 it does: about 2.7 kept against 8.4
+    sure = {power: sum(int((choose(pool, 32, 0.01, torch.Generator().manual_seed(s), power) < 32).sum())
+                       for s in range(50)) / 50 for power in (1.0, 4.0)}
+    assert sure[4.0] < 4 < 6 < sure[1.0]
+
+
 def test_choice_keeps_every_candidate_possible_and_prefers_uncertain_ones():
     """A candidate the probe is sure about (p = 0 or 1) is still drawn at least at the floor's rate; p = 1/2 most."""
     p = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.1, 0.9])
@@ -78,6 +119,7 @@ def test_prompt_probe_from_buffer_moments_recovers_a_prompt_value():
 def test_screen_options_are_checked(tiny_run, tmp_path):
     for over, key in [({"screen.mode": "probe", "screen.candidates": 1}, "screen.candidates"),
                       ({"screen.epsilon": 0.0}, "screen.epsilon"), ({"screen.explore": 1.5}, "screen.explore"),
+                      ({"screen.power": 0.5}, "screen.power"),
                       ({"screen.mode": "sometimes"}, "screen.mode")]:
         with pytest.raises(ConfigError, match=rf"^{key}"):
             tiny_run(tmp_path, **over)
@@ -132,7 +174,8 @@ def test_every_mode_survives_the_command_line(mode):
 
 @pytest.mark.parametrize("preset, advantage, mode", [("screening/poise_probe", "poise", "probe"),
                                                      ("screening/poise_history", "poise", "history"),
-                                                     ("screening/rloo_probe", "rloo", "probe")])
+                                                     ("screening/rloo_probe", "rloo", "probe"),
+                                                     ("screening/poise_probe4_sharp", "poise", "probe")])
 def test_screening_presets_load_as_poise_compare_methods(preset, advantage, mode):
     from poise.io.config import TrainConfig, build_config, load_yaml
 

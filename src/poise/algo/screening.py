@@ -3,11 +3,13 @@
 Probe screening: of m candidate prompts with predicted pass rates p (m,) from the prompt-only probe, keep n by
 sampling without replacement with weights
 
-    w_i = p_i (1 - p_i) + epsilon
+    w_i = (4 p_i (1 - p_i))^power / 4 + epsilon        (power = 1: w_i = p_i (1 - p_i) + epsilon)
 
 p (1 - p) is largest at p = 1/2, where a group of G rollouts is most likely to have unequal rewards
 (P(unequal) = 1 - p^G - (1 - p)^G, also largest at 1/2), and a group with equal rewards gives a group baseline no
-signal. epsilon is the floor: since p (1 - p) <= 1/4, every candidate's chance to be the first one drawn is at least
+signal. power > 1 sharpens the preference (at power 4 a prompt predicted at p = 0.05 weighs 0.0003 + epsilon
+against 1/4 + epsilon at p = 1/2) without moving the peak or the maximum 1/4. epsilon is the floor: since the first
+term is at most 1/4 for any power, every candidate's chance to be the first one drawn is at least
 epsilon / (m (1/4 + epsilon)), so no prompt is starved, however sure the probe is. Before the probe is fitted every
 p is 1/2: a uniform choice.
 
@@ -22,21 +24,25 @@ import torch
 from torch import Tensor
 
 
-def screening_weights(p: Tensor, epsilon: float) -> Tensor:
-    """(m,) float64 weights p (1 - p) + epsilon of predicted pass rates p (m,) in [0, 1]."""
+def screening_weights(p: Tensor, epsilon: float, power: float = 1.0) -> Tensor:
+    """(m,) float64 weights (4 p (1 - p))^power / 4 + epsilon of predicted pass rates p (m,) in [0, 1]; at power 1
+    exactly p (1 - p) + epsilon."""
     p = p.detach().to(torch.float64).clamp(0.0, 1.0)
-    return p * (1.0 - p) + epsilon
+    u = p * (1.0 - p)
+    return (u if power == 1 else (4.0 * u) ** power / 4.0) + epsilon
 
 
-def choose(p: Tensor, n: int, epsilon: float, generator: torch.Generator) -> Tensor:
+def choose(p: Tensor, n: int, epsilon: float, generator: torch.Generator, power: float = 1.0) -> Tensor:
     """Indices (n,) of the candidates kept, ascending (candidates keep their drawn order): n of the m = len(p)
-    drawn without replacement with probabilities proportional to `screening_weights(p, epsilon)`. Needs epsilon > 0
-    and n <= m; the same `generator` state gives the same choice on every rank."""
+    drawn without replacement with probabilities proportional to `screening_weights(p, epsilon, power)`. Needs
+    epsilon > 0, power >= 1 and n <= m; the same `generator` state gives the same choice on every rank."""
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0 (the floor that keeps every candidate possible), got {epsilon}")
+    if not power >= 1:
+        raise ValueError(f"power must be >= 1 (below 1 flattens the preference for p = 1/2), got {power}")
     if not 0 < n <= len(p):
         raise ValueError(f"need 0 < n <= {len(p)} candidates, got n = {n}")
-    w = screening_weights(p, epsilon)
+    w = screening_weights(p, epsilon, power)
     return torch.multinomial(w, n, replacement=False, generator=generator).sort().values
 
 

@@ -136,13 +136,17 @@ class ScreenConfig:
 
     mode: Literal["none", "probe", "history"] = "none"
     """none: every drawn prompt is used. probe: draw candidates x prompts_per_step prompts, prefill them, and keep
-    prompts_per_step by the prompt-only probe's predicted pass rate p, sampling in proportion to p(1 - p) + epsilon
-    (the probe is fitted from the feature buffer, on earlier steps only). history: GRESO-style, skip a drawn prompt
-    whose last `patience` groups all had equal rewards, except with probability `explore`."""
+    prompts_per_step by the prompt-only probe's predicted pass rate p, sampling in proportion to (4 p(1 - p))^power
+    / 4 + epsilon, which is p(1 - p) + epsilon at power 1 (the probe is fitted from the feature buffer, on earlier
+    steps only). history: GRESO-style, skip a drawn prompt whose last `patience` groups all had equal rewards, except
+    with probability `explore`."""
     candidates: int = 2
     """probe: candidate prompts prefilled per prompt kept (k; the prefill's tokens count as policy forward tokens)."""
     epsilon: float = 0.05
-    """probe: the floor added to every candidate's weight p(1 - p), so no prompt is starved."""
+    """probe: the floor added to every candidate's weight (p(1 - p) at power 1), so no prompt is starved."""
+    power: float = 1.0
+    """probe: sharpness of the preference for p = 1/2, weights (4 p(1 - p))^power / 4 + epsilon; 1 is p(1 - p) +
+    epsilon, 4 all but drops prompts predicted near 0 or 1 (the floor epsilon still keeps them possible)."""
     patience: int = 2
     """history: consecutive equal-reward groups after which a prompt is skipped."""
     explore: float = 0.2

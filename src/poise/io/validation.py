@@ -162,6 +162,7 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(s.candidates >= 2 or s.mode != "probe", "screen.candidates", "must be >= 2 with screen.mode probe "
            "(one candidate per prompt is no choice)", s.candidates)
     _check(s.epsilon > 0, "screen.epsilon", "must be > 0 (the floor that keeps every prompt possible)", s.epsilon)
+    _check(s.power >= 1, "screen.power", "must be >= 1 (below 1 flattens the preference for p = 1/2)", s.power)
     _check(s.patience >= 1, "screen.patience", "must be >= 1", s.patience)
     _check(0.0 <= s.explore <= 1.0, "screen.explore", "must be in [0, 1]", s.explore)
     _check(s.mode == "none" or r.group_size >= 2, "rollout.group_size", "must be >= 2 with screen.mode "

@@ -59,7 +59,7 @@ class ScreenedStream:
                 self.sampler.prefill = prefill
         else:  # nothing fitted yet: a uniform choice, and no prefill to pay for
             p, tokens = torch.full((len(cands),), 0.5), 0
-        keep = choose(p, n, self.screen.epsilon, self.generator)
+        keep = choose(p, n, self.screen.epsilon, self.generator, self.screen.power)
         kept = p[keep]
         self.kept = {cands[i].uid: float(p[i]) for i in keep.tolist()} if self.probe.fitted else {}
         self.metrics = {"screen/pred_mean": float(p.mean()), "screen/pred_kept_mean": float(kept.mean()),
