@@ -292,6 +292,7 @@ def test_the_screening_mixture_config_builds_a_valid_run_for_every_method():
     assert {m: run.screen.mode for m, run in runs.items()} == {"poise": "none", "screening/poise_probe": "probe",
                                                                "dapo": "none"}
 
+
 def test_the_half_hopeless_screening_config_trains_on_the_mixture_and_evaluates_on_the_default_levels():
     """configs/compare/screening_half.yaml: every run trains on the default levels plus two hopeless two-digit ones,
     held-out problems come from the default levels, and only the screened preset screens (from 4 candidates)."""
@@ -303,3 +304,20 @@ def test_the_half_hopeless_screening_config_trains_on_the_mixture_and_evaluates_
     assert {m: (run.algorithm.name, run.screen.mode, run.screen.candidates) for m, run in runs.items()} == {
         "poise": ("poise", "none", 2), "screening/poise_probe4": ("poise", "probe", 4), "dapo": ("dapo", "none", 2),
         "rloo": ("rloo", "none", 2), "screening/rloo_probe4": ("rloo", "probe", 4)}
+
+
+def test_the_two_thirds_hopeless_config_screens_sharply_and_runs_dapo_to_three_times_the_tokens():
+    """configs/compare/screening_hopeless.yaml: the default levels plus four hopeless multi-digit ones, held-out
+    problems from the default levels, 10 seeds; only the screened preset screens (4 candidates, power 4, floor
+    0.01), and DAPO, the reference, runs to 1,200,000 generated tokens in its own directory."""
+    cfg, runs = config_runs("compare/screening_hopeless")
+    assert cfg.methods == ["poise", "screening/poise_probe4_sharp", "dapo"] and cfg.seeds == list(range(10))
+    assert cfg.eval_levels == ["t4d1", "t5d1"] and cfg.reference == "dapo"
+    for run in runs.values():
+        assert run.task.levels == ["t4d1", "t5d1", "t2d2", "t3d2", "t4d2", "t5d2"]
+    assert {m: (run.screen.mode, run.screen.candidates, run.screen.power, run.screen.epsilon)
+            for m, run in runs.items()} == {"poise": ("none", 2, 1.0, 0.05), "dapo": ("none", 2, 1.0, 0.05),
+                                            "screening/poise_probe4_sharp": ("probe", 4, 4.0, 0.01)}
+    assert {m: run.budget.generated_tokens for m, run in runs.items()} == {
+        "poise": 400_000, "screening/poise_probe4_sharp": 400_000, "dapo": 1_200_000}
+    assert runs["dapo"].output_dir == "runs/compare_hopeless/dapo@1200000/seed0"
