@@ -27,8 +27,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from poise.algo.screening import screening_weights  # noqa: E402
 from poise.commands.evaluate import is_correct  # noqa: E402
 
 
@@ -67,13 +69,13 @@ def kept_unequal(p: np.ndarray, q: np.ndarray, m: int, prompts: int, rule: str, 
                  rng: np.random.Generator, pools: int, power: float = 1.0) -> float:
     """Mean q (n,) of the prompts a screener keeps: `pools` times, draw m x `prompts` of the n problems without
     replacement, keep `prompts` of them by `rule` on the pass rates p (n,) it sees ('shipped': without replacement
-    with probabilities proportional to (4 p (1 - p))^power / 4 + epsilon, through Gumbel top-k, which at power 1 is
-    the shipped p (1 - p) + epsilon; 'greedy': the largest p (1 - p), ties broken at random; m = 1 keeps the pool),
+    with probabilities proportional to `poise.algo.screening.screening_weights(p, epsilon, power)` through Gumbel
+    top-k, the distribution of `screen.power`'s rule; 'greedy': the largest p (1 - p), ties broken at random; m = 1 keeps the pool),
     and average q over everything kept."""
     n = len(p)
     if m * prompts > n:
         raise ValueError(f"a pool of {m} x {prompts} candidates needs that many problems, got {n}")
-    w = p * (1.0 - p) if power == 1 else (4.0 * p * (1.0 - p)) ** power / 4.0
+    w = screening_weights(torch.from_numpy(np.asarray(p, dtype=np.float64)), 0.0, power).numpy()  # epsilon below
     total = 0.0
     for _ in range(pools):
         pool = rng.choice(n, size=m * prompts, replace=False)
