@@ -5,8 +5,9 @@ rewards would differ, and per `poise train` run, the same fraction over its firs
 
 Eval files: a problem with c correct of k samples gives unequal pairs with probability estimated without bias as
 2c(k - c) / (k (k - 1)); reported with Avg@k and the fractions of problems never and always solved.
-Run dirs: the mean of 1 - reward/frac_zero_std_groups over steps 1-10, 1-20, the last 20 and all steps, DAPO's mean
-kept fraction and rounds when present, screening's mean screen/auroc_varied when present, the mean generation and
+Run dirs: the number of steps, the mean of 1 - reward/frac_zero_std_groups over steps 1-10, 1-20, the last 20 and
+all steps, DAPO's mean kept fraction and rounds when present, probe screening's mean screen/auroc_varied and its
+prefill's prompt tokens against the generated tokens (totals over the run) when present, the mean generation and
 step seconds, and the share of total step time spent generating and updating; with several runs (the seeds of one
 method), also the mean of each over them, and for the unequal fractions a 95% percentile-bootstrap interval over the
 runs (each run's mean is one value; `poise.algo.stats.bootstrap_mean_ci`).
@@ -45,7 +46,7 @@ def eval_spread(rows: list[dict]) -> dict:
 def run_spread(rows: list[dict]) -> dict:
     unequal = [1 - r["reward/frac_zero_std_groups"] for r in rows]
     last = rows[-1]
-    out = {"unequal_steps_1_10": st.mean(unequal[:10]), "unequal_steps_1_20": st.mean(unequal[:20]),
+    out = {"steps": len(rows), "unequal_steps_1_10": st.mean(unequal[:10]), "unequal_steps_1_20": st.mean(unequal[:20]),
            "unequal_last_20": st.mean(unequal[-20:]), "unequal_all": st.mean(unequal),
            "generate_s": st.mean(r["time/generate_s"] for r in rows), "step_s": st.mean(r["time/step_s"] for r in rows),
            "generate_share": last["time_total/generate_s"] / last["time_total/step_s"],
@@ -53,6 +54,9 @@ def run_spread(rows: list[dict]) -> dict:
     if "dynamic_sampling/kept_fraction" in last:
         out["kept_fraction"] = st.mean(r["dynamic_sampling/kept_fraction"] for r in rows)
         out["rounds"] = st.mean(r["dynamic_sampling/rounds"] for r in rows)
+    if "screen/prefill_tokens" in last:  # the screening prefill's prompt tokens against the tokens generated
+        out["prefill_tokens"] = sum(r["screen/prefill_tokens"] for r in rows)
+        out["generated_tokens"] = sum(r["tokens/generated"] for r in rows)
     auroc = [r["screen/auroc_varied"] for r in rows if "screen/auroc_varied" in r]
     auroc = [v for v in auroc if v == v]  # NaN: a step whose groups all varied, or none did
     if auroc:

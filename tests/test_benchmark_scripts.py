@@ -69,6 +69,23 @@ def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractio
     assert same["unequal_all_ci"] == (0.25, 0.25)
 
 
+def test_spread_of_a_run_counts_its_steps_and_a_screening_prefill_against_the_tokens_generated():
+    """benchmarks/spread.py's run_spread on hand-made metrics rows: steps, unequal fractions, and for a screened run
+    the prefill's prompt tokens and the generated tokens summed over the run (absent without screening)."""
+    mod = load_benchmark("spread")
+
+    def row(i, **extra):
+        return {"reward/frac_zero_std_groups": 0.5 if i % 2 else 0.7, "time/generate_s": 1.0, "time/step_s": 2.0,
+                "time_total/generate_s": 3.0, "time_total/step_s": 6.0, "time_total/update_s": 1.5,
+                "tokens/generated": 100 + i, **extra}
+
+    plain = mod.run_spread([row(i) for i in range(4)])
+    assert plain["steps"] == 4 and plain["unequal_all"] == pytest.approx(0.4) and "prefill_tokens" not in plain
+    screened = mod.run_spread([row(i, **{"screen/prefill_tokens": 0 if i == 0 else 250}) for i in range(4)])
+    assert (screened["prefill_tokens"], screened["generated_tokens"]) == (750, 406)
+    assert screened["generate_share"] == 0.5 and screened["update_share"] == 0.25
+
+
 def test_screening_bound_estimates_unequal_pairs_without_bias_and_needs_two_samples():
     """benchmarks/screening_bound.py: c of k correct gives 2c(k - c)/(k(k - 1)), the share of sample pairs that
     differ (all pairs of 2 of 2 with one correct differ; 2 of 4 correct: 4 of 6 pairs)."""
