@@ -213,7 +213,8 @@ def run_compare(cfg) -> dict:
     task = held_out_task(first, cfg.eval_levels)  # checked before the first run starts too
     runs = {(m, s): train_run(v) for m, s, v in specs}
     problems, _ = select_problems(task, "test", cfg.eval_problems, 0)
-    model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype)
+    model, tokenizer = load_policy(first.model.name, first.task.name, first.seed, first.model.dtype,
+                                   first.model.trust_remote_code)
     model.to(resolve_device(first.device))  # checkpoints are evaluated where the runs trained
     n_params = count_parameters(model)
     initial = evaluate_initial(out, model, tokenizer, task, problems, cfg, first.model.name)  # before any checkpoint

@@ -120,7 +120,7 @@ def _load_run(run: Path):
         if not need.exists():
             raise FileNotFoundError(f"run: {need} does not exist (a finished `poise train` output directory is needed)")
     cfg = build_config(TrainConfig, load_yaml(run / "config.yaml"))
-    model, tok = load_local(run / "policy")
+    model, tok = load_local(run / "policy", trust_remote_code=cfg.model.trust_remote_code)
     model.eval()
     return cfg, model, tok, resolve_layer(cfg.probe.layer, len(decoder_layers(model))), \
         marker_token_id(tok, cfg.probe.marker)

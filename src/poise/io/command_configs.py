@@ -22,7 +22,10 @@ class SFTConfig:
     """Random seed (tokenizer corpus, initialisation, data order, evaluation sampling)."""
     model: str = "tiny"
     """Start from a tiny preset built from scratch ('tiny', 'micro'), 'default' (the embedded model), a GGUF such as
-    'smollm2-135m', or a local Hugging Face model directory."""
+    'smollm2-135m', a local Hugging Face model directory, or a Hugging Face Hub model ID (org/name or
+    org/name@revision; downloaded into the Hub cache on first use, read from it alone when HF_HUB_OFFLINE=1)."""
+    trust_remote_code: bool = False
+    """Let a model whose config.json maps it to its own Python code (auto_map) run that code; off refuses it."""
     vocab_size: int = 512
     """BPE vocabulary size of the tokenizer trained for a tiny preset (<= 1024)."""
     task: TaskConfig = field(default_factory=TaskConfig)

