@@ -1,5 +1,6 @@
 """`poise` command line: `poise train`, `poise sft`, `poise eval`, `poise compare`, `poise probe-eval` (options
-generated from the config dataclasses) and `poise plot RUN_DIR...` (curves from metrics.jsonl)."""
+generated from the config dataclasses), `poise plot RUN_DIR...` (curves from metrics.jsonl) and `poise data download
+DIR` (the named datasets from the Hub, as an offline mirror)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def make_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                            allow_abbrev=False)  # `--max-step 4` is an error naming --max_steps, not a silent match
         p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                       help="YAML config file or packaged preset name (e.g. poise, rloo)")
+                       help="YAML config file or packaged preset name (e.g. poise, rloo, paper/qwen3_4b_poise)")
+        p.add_argument("--print-config", "--print_config", dest="print_config", action="store_true",
+                       default=argparse.SUPPRESS, help="print the resolved configuration as YAML and exit")
         defaults = _defaults(cls)
         for key, tp, fdoc in flat_fields(cls):
             flags = [f"--{key}"]
@@ -54,6 +57,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="`poise train` output directories")
     p.add_argument("--out", default=None, help="where the PNGs go (default: <first RUN_DIR>/plots)")
     p.add_argument("--window", type=int, default=10, help="steps in the moving mean drawn over each curve")
+    p = sub.add_parser("data", help="Download the named datasets from the Hub into a folder (an offline mirror).",
+                       description="`poise data download DIR`: gsm8k, math, math500, aime24, aime25, amc23, "
+                       "dapo_math and deepscaler from the Hugging Face Hub, written to DIR as <name>_<split>.jsonl "
+                       "with a manifest.json; a machine without a network reads them with POISE_BENCHMARKS_DIR=DIR.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("action", choices=["download"], help="what to do")
+    p.add_argument("dir", metavar="DIR", help="the mirror folder (created if needed)")
+    p.add_argument("--names", default="", help="comma-separated dataset names (default: all of them)")
     return parser
 
 
@@ -69,6 +80,18 @@ def run_plot(args: argparse.Namespace) -> int:
         print(f"poise plot: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(str(w) for w in written))
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from poise.commands.data import run_data_download
+    from poise.data.tasks import DatasetError
+
+    try:
+        run_data_download(args.dir, [n.strip() for n in args.names.split(",") if n.strip()])
+    except (DatasetError, FileNotFoundError) as e:  # an unknown name, no network, no such dataset
+        print(f"poise data: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -89,6 +112,7 @@ def config_from_args(cls, args: argparse.Namespace):
     """Resolved config: defaults < --config file < explicit command-line options."""
     values = dict(vars(args))
     values.pop("command", None)
+    values.pop("print_config", None)
     overrides = load_yaml(values.pop("config")) if "config" in values else {}
     overrides.update(values)
     return build_config(cls, overrides)
@@ -123,12 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "plot":
         return run_plot(args)
+    if args.command == "data":
+        return run_data(args)
     cls = COMMANDS[args.command][0]
     try:
         cfg = config_from_args(cls, args)
     except ConfigError as e:
         print(f"poise {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "print_config", False):  # the config a run would save as config.yaml, then nothing else
+        import yaml
+
+        from poise.io.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     from poise.io.checkpoint import CheckpointError
     from poise.train.preemption import Preempted, exit_status
     from poise.data.tasks import DatasetError

@@ -2,7 +2,7 @@
 
     from poise.integrations.trl import POISEConfig, POISETrainer   # instead of GRPOConfig, GRPOTrainer
 
-What changes (POISE, arXiv 2605.07579, ../shared/POISE.md; the same pure functions as `poise train`):
+What changes (POISE, arXiv 2605.07579; the same pure functions as `poise train`):
   After TRL has generated and scored a round of completions (`_generate_and_score_completions`), one extra no-grad
   forward pass of the policy over the (prompt, completion) rows (each prompt once per group, its KV cache shared by
   the group's completions, as in `poise train`), with a hook on the probe layer, gives each rollout's

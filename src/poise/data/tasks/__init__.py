@@ -12,14 +12,15 @@ from .base import (
     extract_answer,
 )
 from .countdown import CountdownTask
-from .dataset import BENCHMARKS, DatasetError, DatasetTask, benchmark_task, drop_long_prompts
+from .dataset import DatasetError, DatasetTask, benchmark_task, drop_long_prompts
+from .hubdata import HUB_DATASETS
 from .registry import available_tasks, get_task, register_task
 
 register_task("chain_sum", ChainSumTask)
 register_task("basic_arithmetic", BasicArithmeticTask)
 register_task("countdown", CountdownTask)
 register_task("dataset", DatasetTask)
-for _name in BENCHMARKS:
+for _name in HUB_DATASETS:
     register_task(_name, benchmark_task(_name))
 
 __all__ = [

@@ -1,20 +1,18 @@
 """Reading data sources for `DatasetTask`: JSON Lines (decoded line by line, so a bad byte or a bad line names its
-line number), Parquet, `datasets.save_to_disk` folders, and the named math benchmarks. Readers never drop a row
-silently: undecodable rows become issues that `DatasetTask` reports together with the row-level ones.
+line number), Parquet and `datasets.save_to_disk` folders. Readers never drop a row silently: undecodable rows become
+issues that `DatasetTask` reports together with the row-level ones. Hub datasets and the named benchmarks are read by
+`hubdata.py` into the same parts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .base import SPLITS
 
-BENCHMARKS_ENV = "POISE_BENCHMARKS_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[4]
 SHOWN_ROWS = 5  # row numbers quoted per problem in an error message
 
 
@@ -24,7 +22,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Fields:
-    """Which column holds each part of a problem; "" for solution/level means none."""
+    """Which column holds each part of a problem; "" for solution/level means none.
+
+    A name may be a dotted path into a nested column (`reward_model.ground_truth`, verl's layout), and may list
+    alternatives separated by '|' (`question|problem`: the first one a row has). A prompt column holding chat
+    messages (a list of {"role", "content"}) gives the content of its last user message."""
 
     prompt: str = "prompt"
     answer: str = "answer"
@@ -32,16 +34,8 @@ class Fields:
     level: str = ""
     gsm8k: bool = False
     """The answer column is a GSM8K solution ending in `#### <number>`; the gold answer is that number."""
-
-
-# name -> ({split or "all": file}, fields). "all" files are split by a hash of the question.
-BENCHMARKS: dict[str, tuple[dict[str, str], Fields]] = {
-    "gsm8k": ({"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"}, Fields("question", "answer", gsm8k=True)),
-    "math500": ({"all": "math500_test.jsonl"}, Fields("problem", "answer", "solution", "level")),
-    "aime24": ({"all": "aime24_test.jsonl"}, Fields("problem", "answer", "solution")),
-    "aime25": ({"all": "aime25_test.jsonl"}, Fields("problem", "answer")),
-    "amc23": ({"all": "amc23_test.jsonl"}, Fields("problem", "answer")),
-}
+    boxed: bool = False
+    """The answer column is a worked solution (MATH); the gold answer is the content of its last `\\boxed{}`."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,8 +150,8 @@ def read_source(path: str | Path) -> list[_Part]:
     """Raw parts of a user data source: `.jsonl`, `.parquet`, or a `save_to_disk` folder."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise DatasetError(f"{p}: no such file or folder (task.path must be a .jsonl or .parquet file or a folder "
-                           f"written by datasets' save_to_disk)")
+        raise DatasetError(f"{p}: no such file or folder (task.path must be a .jsonl or .parquet file, a folder "
+                           f"written by datasets' save_to_disk, or a Hub dataset ID such as org/name)")
     if p.is_dir():
         return read_saved(p)
     if p.suffix == ".jsonl":
@@ -165,34 +159,3 @@ def read_source(path: str | Path) -> list[_Part]:
     if p.suffix == ".parquet":
         return [read_parquet(p)]
     raise DatasetError(f"{p}: unsupported file type {p.suffix!r}; expected .jsonl, .parquet or a save_to_disk folder")
-
-
-def benchmarks_dir() -> Path:
-    """The benchmarks folder: `$POISE_BENCHMARKS_DIR`, else `../shared/data/benchmarks` from the repository root
-    or from the current directory. Raises DatasetError saying where it looked."""
-    env = os.environ.get(BENCHMARKS_ENV)
-    if env:
-        if Path(env).expanduser().is_dir():
-            return Path(env).expanduser()
-        raise DatasetError(f"{BENCHMARKS_ENV}={env!r} is not a folder")
-    candidates = [REPO_ROOT.parent / "shared/data/benchmarks", Path.cwd().parent / "shared/data/benchmarks"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    looked = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"benchmarks folder not found (looked in {looked}); set {BENCHMARKS_ENV} to the folder "
-                       f"holding {', '.join(sorted(f for files, _ in BENCHMARKS.values() for f in files.values()))}")
-
-
-def read_benchmark(name: str) -> tuple[list[_Part], Fields]:
-    """Raw parts and field mapping of a named benchmark."""
-    if name not in BENCHMARKS:
-        raise DatasetError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
-    files, fields = BENCHMARKS[name]
-    folder = benchmarks_dir()
-    parts = []
-    for split, file in files.items():
-        if not (folder / file).is_file():
-            raise DatasetError(f"{folder / file}: benchmark file missing (set {BENCHMARKS_ENV} to another folder)")
-        parts.append(read_jsonl(folder / file, split))
-    return parts, fields

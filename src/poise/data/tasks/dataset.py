@@ -1,14 +1,17 @@
-"""Dataset-backed tasks: user files (JSON Lines, Parquet, `datasets.save_to_disk`) and the math benchmarks.
+"""Dataset-backed tasks: user files (JSON Lines, Parquet, `datasets.save_to_disk`), Hub datasets and the named
+math sets.
 
-`--task.name dataset --task.path FILE` trains on a user file; `--task.name gsm8k|math500|aime24|aime25|amc23`
-reads the benchmark files in `$POISE_BENCHMARKS_DIR` (default `../shared/data/benchmarks`). Every row is checked
-when the task is built, before any training: all problems in all rows are collected and raised as one
+`--task.name dataset --task.path FILE` trains on a user file, and `--task.path org/name` (with `--task.subset`,
+`--task.split`) on a Hub dataset; `--task.name gsm8k|math|math500|aime24|aime25|amc23|dapo_math|deepscaler` loads a
+named set from the Hub, or from the mirror in `$POISE_BENCHMARKS_DIR` when that is set (`hubdata.py`). Every row is
+checked when the task is built, before any training: all problems in all rows are collected and raised as one
 :class:`DatasetError` naming the file, the field, how many rows are affected and the first row numbers (1-based
 lines for JSON Lines, 1-based row indices for Parquet and `datasets`). No row is ever dropped or truncated.
 
 Rewards come from `poise.data.tasks.rewards.math_reward` (math-verify on the text after the last `</think>`). A
-benchmark with explicit train/test files (GSM8K, or a saved `DatasetDict` with "train"/"test") keeps them; any other
-source is split by a hash of the prompt (:func:`split_of`), so train and test never share a question.
+source with explicit train/test splits (GSM8K, MATH, a saved `DatasetDict` with "train"/"test") keeps them; an
+evaluation set (MATH-500, AIME, AMC) holds every row out; any other source is split by a hash of the prompt
+(:func:`split_of`), so train and test never share a question.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.data.tasks.rewards import TRLReward, math_reward
+from poise.data.tasks.rewards import TRLReward, last_boxed, math_reward
+from poise.io import hub
 from poise.io.configio import ConfigError
 
 from .base import SPLITS, THINK_CLOSE, THINK_OPEN, Problem, Task, encode_prompts, split_of, text_hash
-from .datafiles import BENCHMARKS, SHOWN_ROWS, DatasetError, Fields, _Issues, _Part, read_benchmark, read_source  # noqa: F401
+from .datafiles import SHOWN_ROWS, DatasetError, Fields, _Issues, _Part, read_source  # noqa: F401
+from .hubdata import HUB_DATASETS, read_hub, read_named
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Row validation
@@ -83,9 +88,35 @@ class Record:
     number: int
 
 
-def _text_field(row: dict, name: str, number: int, issues: _Issues, numeric_ok: bool) -> str | None:
-    """The stripped, non-empty text of `row[name]`, or None after recording why not."""
-    value = row[name]
+_MISSING = object()
+
+
+def field_value(row: dict, name: str) -> Any:
+    """`row[name]`, where `name` may be a dotted path into nested objects (`reward_model.ground_truth`) and may list
+    alternatives separated by '|' (the first one present); `_MISSING` when the row has none of them."""
+    for alt in name.split("|"):
+        value: Any = row
+        for part in alt.split("."):
+            if not isinstance(value, dict) or part not in value:
+                value = _MISSING
+                break
+            value = value[part]
+        if value is not _MISSING:
+            return value
+    return _MISSING
+
+
+def chat_prompt(value: Any) -> Any:
+    """The content of the last user message of a chat-message list (verl's and TRL's conversational prompt column);
+    any other value unchanged."""
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        users = [m for m in value if m.get("role") == "user"] or value
+        return users[-1]["content"]
+    return value
+
+
+def _text_field(value: Any, name: str, number: int, issues: _Issues, numeric_ok: bool) -> str | None:
+    """The stripped, non-empty text of a field's value, or None after recording why not."""
     text = scalar_text(value) if numeric_ok else (value.strip() if isinstance(value, str) else None)
     if text is None:
         expected = "a string or a finite number" if numeric_ok else "a string"
@@ -100,22 +131,29 @@ def parse_row(row: Any, number: int, fields: Fields, issues: _Issues) -> Record 
     if not isinstance(row, dict):
         issues.add("value is not a JSON object", number, f"got {_kind(row)}")
         return None
-    missing = [f for f in (fields.prompt, fields.answer, fields.solution, fields.level) if f and f not in row]
+    values = {f: field_value(row, f) for f in (fields.prompt, fields.answer, fields.solution, fields.level) if f}
+    missing = [f for f, v in values.items() if v is _MISSING]
     for f in missing:
         issues.add(f"field {f!r} is missing", number, "fields present: " + (", ".join(sorted(row)) or "none"))
 
     def text(name: str, numeric_ok: bool) -> str | None:
-        return _text_field(row, name, number, issues, numeric_ok) if name in row else None
+        return _text_field(values[name], name, number, issues, numeric_ok) if values[name] is not _MISSING else None
 
-    prompt = text(fields.prompt, False) and row[fields.prompt]  # kept exactly as written
-    answer, solution = text(fields.answer, not fields.gsm8k), None
+    if values[fields.prompt] is not _MISSING:
+        values[fields.prompt] = chat_prompt(values[fields.prompt])
+    prompt = text(fields.prompt, False) and values[fields.prompt]  # kept exactly as written
+    answer, solution = text(fields.answer, not (fields.gsm8k or fields.boxed)), None
     if answer and fields.gsm8k:
         answer, solution = gsm8k_answer(answer) or (None, None)
         if answer is None:
             issues.add(f"field {fields.answer!r} has no '#### <answer>' final line", number)
+    elif answer and fields.boxed:
+        answer = (last_boxed(answer) or "").strip() or None
+        if answer is None:
+            issues.add(f"field {fields.answer!r} has no non-empty \\boxed{{}} answer", number)
     level = text(fields.level, True) if fields.level else "all"
-    if fields.solution in row and fields.solution:
-        value = row[fields.solution]
+    if fields.solution and values[fields.solution] is not _MISSING:
+        value = values[fields.solution]
         if value is not None and not isinstance(value, str):
             issues.add(f"field {fields.solution!r} is not a string or null", number, f"got {_kind(value)}")
         solution = value if isinstance(value, str) and value.strip() else None
@@ -175,16 +213,23 @@ class DatasetTask(Task):
 
     def __init__(self, path: str | Path = "", *, prompt_field: str = "prompt", answer_field: str = "answer",
                  solution_field: str = "", level_field: str = "", levels: list[str] | None = None,
-                 test_fraction: float = 0.2, benchmark: str = "") -> None:
+                 test_fraction: float = 0.2, benchmark: str = "", subset: str = "", split: str = "") -> None:
+        self.eval_only = False
         if benchmark:
             self.name = benchmark
-            parts, fields = read_benchmark(benchmark)
+            parts, fields, self.source, self.eval_only = read_named(benchmark)
         else:
             if not str(path):
-                raise DatasetError("task.path: the dataset task needs a .jsonl or .parquet file or a save_to_disk "
-                                   "folder")
-            parts, fields = read_source(path), Fields(prompt_field, answer_field, solution_field, level_field)
-        self.source = benchmark or str(path)
+                raise DatasetError("task.path: the dataset task needs a .jsonl or .parquet file, a save_to_disk "
+                                   "folder or a Hub dataset ID")
+            fields = Fields(prompt_field, answer_field, solution_field, level_field)
+            if hub.is_hub_id(str(path)):
+                parts, self.source = read_hub(str(path), subset, split)
+            else:
+                if subset or split:
+                    raise DatasetError(f"task.{'subset' if subset else 'split'}: is only read with a Hub dataset "
+                                       f"(task.path org/name); {path} is a local file or folder")
+                parts, self.source = read_source(path), str(path)
         by_key = load_records(parts, fields)
         self._present = sorted({r.level for rs in by_key.values() for r in rs}, key=_level_key)
         super().__init__(levels or self._present, test_fraction)
@@ -210,7 +255,7 @@ class DatasetTask(Task):
             raise DatasetError(f"{self.source}: {len(shared)} test prompts also appear in the train split "
                                f"(first: {', '.join(f'{s} {n}' for s, n in rows[:SHOWN_ROWS])})")
         for split, problems in splits.items():
-            if not problems:
+            if not problems and not (split == "train" and self.eval_only):
                 n = sum(len(rs) for rs in by_key.values())
                 raise DatasetError(f"{self.source}: the {split!r} split is empty ({n} rows, levels "
                                    f"{', '.join(self.levels)}, test_fraction {self.test_fraction}); "
@@ -233,7 +278,11 @@ class DatasetTask(Task):
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
         pool, out = self._splits[split], []
-        for epoch in range(-(-n // len(pool))):
+        if not pool and n:  # an evaluation set's train split
+            raise DatasetError(f"task.name: {self.name} is an evaluation set ({self.source}): its "
+                               f"{self.split_size('test')} rows are all held out, none to train on; train on "
+                               f"{', '.join(k for k, v in HUB_DATASETS.items() if not v.eval_only)} or a dataset")
+        for epoch in range(-(-n // len(pool)) if pool else 0):
             order = list(pool)
             random.Random(int(text_hash(f"{self.name}/{split}/{seed}/{epoch}")[:16], 16)).shuffle(order)
             out += order
@@ -241,7 +290,8 @@ class DatasetTask(Task):
 
 
 def benchmark_task(name: str):
-    """Registry factory for a named benchmark: `get_task(name, levels=..., test_fraction=...)`."""
+    """Registry factory for a named dataset (`hubdata.HUB_DATASETS`): `get_task(name, levels=...,
+    test_fraction=...)`."""
     def make(levels: list[str] | None = None, test_fraction: float = 0.2) -> DatasetTask:
         return DatasetTask(benchmark=name, levels=levels, test_fraction=test_fraction)
     return make
@@ -300,7 +350,8 @@ def task_kwargs(task_cfg: Any) -> dict[str, Any]:
         kwargs["levels"] = list(task_cfg.levels)
     if task_cfg.name == "dataset":
         kwargs.update(path=task_cfg.path, prompt_field=task_cfg.prompt_field, answer_field=task_cfg.answer_field,
-                      solution_field=task_cfg.solution_field, level_field=task_cfg.level_field)
+                      solution_field=task_cfg.solution_field, level_field=task_cfg.level_field,
+                      subset=task_cfg.subset, split=task_cfg.split)
     return kwargs
 
 
