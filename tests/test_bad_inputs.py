@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub_standin import HubServer, custom_code_files, folder_files, no_template_files, prefill, use_cache
 from poise.commands.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -38,6 +39,19 @@ def files(tmp_path_factory, micro_dir):
     return d
 
 
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, micro_dir):
+    """Stand-ins for the Hugging Face Hub: (a cache holding org/micro, org/custom (its own code, auto_map) and org/base
+    (no chat template), the URL of a server holding org/micro)."""
+    cache = tmp_path_factory.mktemp("hub")
+    micro = folder_files(micro_dir)
+    for repo, files in (("org/micro", micro), ("org/custom", custom_code_files(micro)),
+                        ("org/base", no_template_files(micro))):
+        prefill(cache, repo, files)
+    with HubServer({("model", "org/micro"): micro}) as server:
+        yield cache, server.url
+
+
 def reward(name: str) -> str:
     return f"{REWARDS}:{name}"
 
@@ -59,11 +73,21 @@ CASES = [
     ("train-missing-column", "train", ["--task.name", "dataset", "--task.path", "FILES/rows.jsonl",
                                        "--task.answer_field", "solution_text"], "solution_text"),
     ("train-unknown-task", "train", ["--task.name", "no_such_task"], "task.name"),
+    ("train-hub-dataset-not-cached", "train", ["--task.name", "dataset", "--task.path", "nobody/no-such-dataset"],
+     "task.path: the dataset nobody/no-such-dataset is not in the Hugging Face cache"),
+    ("train-subset-without-hub-dataset", "train", ["--task.subset", "main"], "task.subset"),
     ("train-bad-level", "train", ["--task.levels", "[t99z9]"], "task.levels"),
     ("train-model-without-weights", "train", ["--model.name", "FILES/noweights"], "noweights"),
     ("train-missing-model", "train", ["--model.name", "FILES/no_such_model"], "no_such_model"),
     ("train-fake-gguf", "train", ["--model.name", "FILES/fake.gguf"], "fake.gguf is not a GGUF file"),
     ("train-model-not-a-model", "train", ["--model.name", "FILES/notes.txt"], "notes.txt"),
+    ("train-hub-model-not-cached", "train", ["--model.name", "org/absent"], "`hf download org/absent`"),
+    ("train-hub-revision-not-cached", "train", ["--model.name", "org/micro@v2"],
+     "`hf download org/micro --revision v2`"),
+    ("train-hub-unknown-repo", "train", ["--model.name", "HUB/org/absent"], "no model 'org/absent' on the Hub"),
+    ("train-hub-bad-revision", "train", ["--model.name", "HUB/org/micro@v2"], "has no revision 'v2' on the Hub"),
+    ("train-hub-remote-code", "train", ["--model.name", "org/custom"], "model.trust_remote_code: org/custom"),
+    ("train-hub-no-chat-template", "train", ["--model.name", "org/base"], "org/base has no chat template"),
     ("train-layer-out-of-range", "train", ["--probe.layer", "99"], "probe.layer"),
     ("train-reward-raises", "train", ["--reward.function", reward("raises")], "reward.function"),
     ("train-reward-wrong-length", "train", ["--reward.function", reward("wrong_length")], "reward.function"),
@@ -72,15 +96,28 @@ CASES = [
      "reward.function"),
     ("train-reward-missing", "train", ["--reward.function", reward("no_such_function")], "reward.function"),
     ("train-budget-below-a-step", "train", ["--budget.samples", "3"], "budget.samples"),
+    ("train-eval-negative-every", "train", ["--eval.every", "-1"], "eval.every"),
+    ("train-eval-zero-k", "train", ["--eval.k", "0"], "eval.k"),
+    ("train-eval-zero-problems", "train", ["--eval.num_problems", "0"], "eval.num_problems"),
+    ("train-eval-zero-temperature", "train", ["--eval.temperature", "0"], "eval.temperature"),
+    ("train-eval-bad-top-p", "train", ["--eval.top_p", "1.5"], "eval.top_p"),
+    ("train-eval-negative-length", "train", ["--eval.max_new_tokens", "-1"], "eval.max_new_tokens"),
+    ("train-eval-zero-batch", "train", ["--eval.batch_size", "0"], "eval.batch_size"),
+    ("train-eval-repeated-task", "train", ["--eval.tasks", "[chain_sum, chain_sum]"], "eval.tasks"),
+    ("train-eval-unknown-task", "train", ["--eval.every", "1", "--eval.tasks", "[no_such_task]"], "eval.tasks"),
     ("train-resume-changed-config", "train", ["--output_dir", "FILES/finished", "--resume", "--optim.lr", "0.5"],
      "optim.lr"),
     ("eval-missing-model", "eval", ["--model.name", "FILES/no_such_model"], "no_such_model"),
+    ("eval-hub-model-not-cached", "eval", ["--model.name", "org/absent"], "`hf download org/absent`"),
     ("eval-reward-raises", "eval", ["--reward_function", reward("raises"), "--num_problems", "4", "--k", "1"],
      "reward_function"),
     ("eval-bad-split", "eval", ["--split", "validation"], "split"),
+    ("eval-named-dataset-not-cached", "eval", ["--task.name", "gsm8k"], "openai/gsm8k"),
     ("sft-bad-level", "sft", ["--task.levels", "[t99z9]"], "task.levels"),
     ("sft-zero-steps", "sft", ["--steps", "0"], "steps"),
     ("sft-missing-data", "sft", ["--task.name", "dataset", "--task.path", "FILES/missing.jsonl"], "missing.jsonl"),
+    ("sft-hub-model-not-cached", "sft", ["--model", "org/absent"], "model: the model org/absent is not in"),
+    ("sft-hub-remote-code", "sft", ["--model", "org/custom"], "trust_remote_code: org/custom"),
     ("compare-unknown-method", "compare", ["--methods", "[poise, magic]"], "methods: 'magic'"),
     ("compare-zero-budget", "compare", ["--budget", "0"], "budget"),
     ("compare-bad-budget-key", "compare", ["--budget_key", "joules"], "budget_key"),
@@ -92,9 +129,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("command,args,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_bad_input_ends_in_one_line_naming_it(command, args, needle, files, micro_dir, tmp_path, capsys):
+def test_a_bad_input_ends_in_one_line_naming_it(command, args, needle, files, micro_dir, hub, tmp_path, capsys,
+                                                monkeypatch):
     run = tmp_path / "run"
-    args = [a.replace("FILES/", f"{files}/") for a in args]
+    online = any(a.startswith("HUB/") for a in args)  # HUB/: the Hub server is reachable; else offline, cache only
+    use_cache(monkeypatch, hub[0], hub[1] if online else None, offline=not online)
+    args = [a.replace("FILES/", f"{files}/").removeprefix("HUB/") for a in args]
     out_flag = {"train": "--output_dir", "sft": "--output_dir", "compare": "--output_dir", "eval": "--output",
                 "probe-eval": "--output"}[command]
     target = run if command != "eval" and command != "probe-eval" else run / "result.json"

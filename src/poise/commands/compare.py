@@ -177,7 +177,7 @@ def count_parameters(model) -> int:
 def reward_curve(run: Path, window: int = 10) -> list[dict]:
     """Training reward of a run: the mean of `reward/mean` over windows of `window` steps (half-overlapping), at
     the generated tokens of each window's last step."""
-    rows = read_metrics(run)
+    rows = [r for r in read_metrics(run) if r["step"] > 0]  # step 0: the held-out evaluation's row (eval.every)
     out = []
     for i in range(0, len(rows) - window + 1, max(1, window // 2)):
         chunk = rows[i:i + window]

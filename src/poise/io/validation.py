@@ -37,6 +37,9 @@ def _validate_task(t: TaskConfig, prefix: str) -> None:
         _check(bool(t.answer_field), prefix + "answer_field", "must not be empty", t.answer_field)
     else:
         _check(not t.path, prefix + "path", f"is only read with task.name dataset (task.name is {t.name!r})", t.path)
+        for key in ("subset", "split"):
+            _check(not getattr(t, key), prefix + key, f"is only read with task.name dataset and a Hub dataset in "
+                   f"task.path (task.name is {t.name!r})", getattr(t, key))
 
 
 REPORT_TARGETS = ("tensorboard", "wandb")
@@ -139,6 +142,7 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_positive(cfg.budget, "budget.", ["prompts", "samples", "generated_tokens", "forward_tokens",
                                             "backward_tokens", "seconds"], allow_zero=True)
     _validate_budget(cfg)
+    _validate_heldout(cfg)
     lo = cfg.loss
     _check(0.0 <= lo.clip_low < 1.0, "loss.clip_low", "must be in [0, 1)", lo.clip_low)
     _check(lo.clip_high >= 0.0, "loss.clip_high", "must be >= 0", lo.clip_high)
@@ -171,6 +175,17 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(p.buffer_size >= rows_per_step * max(1, p.min_fit_steps), "probe.buffer_size",
            f"must hold min_fit_steps x rows per step = {max(1, p.min_fit_steps)} x {rows_per_step} rows",
            p.buffer_size)
+
+
+def _validate_heldout(cfg: TrainConfig) -> None:
+    """eval.*: the held-out evaluation during training. Task names are checked when the run builds them."""
+    e = cfg.eval
+    _check_positive(e, "eval.", ["every", "max_new_tokens"], allow_zero=True)
+    _check(e.k >= 1, "eval.k", "must be >= 1 (samples per problem)", e.k)
+    _check_positive(e, "eval.", ["num_problems", "batch_size", "temperature"])
+    _check(0.0 < e.top_p <= 1.0, "eval.top_p", "must be in (0, 1]", e.top_p)
+    _check(all(t.strip() for t in e.tasks), "eval.tasks", "must not hold an empty name", e.tasks)
+    _check(len(set(e.tasks)) == len(e.tasks), "eval.tasks", "names a task twice", e.tasks)
 
 
 def _validate_budget(cfg: TrainConfig) -> None:

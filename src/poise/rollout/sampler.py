@@ -1,10 +1,11 @@
 """One sampling interface: problems in, a `RolloutBatch` out, and one generate -> decode -> reward path on it.
 
-Every command samples through it: training (`sampling.collect`), `poise eval` and the evaluations of compare and
-sft (`commands.evaluate.sample_batches`), and probe-eval (`commands.probe_eval.rollouts`). An engine is any object
-with `sample(problems, group_size, params, generator) -> RolloutBatch`, a `tokenizer`, and for training
-`load_policy(model)` / `release()`; `KVCacheSampler` (the transformers model itself, generating with its KV cache:
-`engine.generate`) is the built-in one, `poise.rollout.vllm_engine.VLLMSampler` (a colocated vLLM engine) the other.
+Every command samples through it: training (`sampling.collect`), `poise eval`, the evaluations of compare and
+sft and the held-out evaluation during training (`rollout.evaluation.sample_batches`), and probe-eval
+(`commands.probe_eval.rollouts`). An engine is any object with `sample(problems, group_size, params, generator) ->
+RolloutBatch`, a `tokenizer`, and for training `load_policy(model)` / `release()`; `KVCacheSampler` (the
+transformers model itself, generating with its KV cache: `engine.generate`) is the built-in one,
+`poise.rollout.vllm_engine.VLLMSampler` (a colocated vLLM engine) the other.
 
 A RolloutBatch from `sample` holds B = len(problems) * group_size rows, problem p's rows p*G .. p*G+G-1: the chat-
 formatted, left-padded prompt ids (B, L) and mask, the response ids (B, T) with their mask (EOS-inclusive; padding

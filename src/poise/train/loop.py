@@ -6,14 +6,15 @@ Each step, in order:
   sample prompts -> generate G rollouts each -> rewards (DAPO: more rounds until enough groups have reward
   variance) -> score (one forward: old log-probs, entropies, hidden states of the probe layer, the first
   mini-batch's kept for the update's first step; the critic's values for PPO) -> baseline / advantages -> PPO
-  update -> critic update -> probe update -> log -> budget check.
-POISE (arXiv 2605.07579, ../shared/POISE.md): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
+  update -> critic update -> probe update -> budget check -> held-out evaluation when due -> log -> checkpoint.
+POISE (arXiv 2605.07579): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
 internal-state features, fitted only on earlier steps; RLOO advantages for the first `probe.warmup_steps` steps.
 Departures from the reference implementation are listed in the config docstrings (sizes, learning rate).
 The loop reads top to bottom as named phases over a `TrainState` (state.py: everything a step depends on, saved
 and restored as one dictionary). Their modules: building the state `state.py`; the PPO update with its numerical
 guard `update.py`; the critic `critic.py`; the probe `probe_phase.py`; logging `report.py`; checkpoints
-`checkpointing.py`; compute accounting and budgets `compute.py`; per-step metrics over all ranks `metrics.py`.
+`checkpointing.py`; compute accounting and budgets `compute.py`; per-step metrics over all ranks `metrics.py`;
+the held-out evaluation (`--eval.every`, apart from the training's RNG streams, compute and budgets) `heldout.py`.
 Distributed and FSDP details live behind the phases (poise.parallel).
 """
 
@@ -34,6 +35,7 @@ from poise.train import probe_phase
 from poise.train.checkpointing import checkpoint_due, restore, save_outputs, write_checkpoint
 from poise.train.compute import budget_reached, n_tokens
 from poise.train.critic import critic_phase, critic_values
+from poise.train.heldout import HeldOut
 from poise.train.metrics import batch_metrics, mean_over_ranks, sampling_metrics
 from poise.train.preemption import Preempted, StopRequest
 from poise.train.report import RunLog
@@ -94,8 +96,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
     dist = start_run(cfg)  # threads, processes, FSDP, seeds; output_dir/config.yaml
     state = build_state(cfg, dist)  # task, models, optimizers, probe, prompt stream, sampling generator
+    heldout = HeldOut(state)  # eval.*: each task's held-out problems, fixed for the run (none with eval.every 0)
     restore(state)  # --resume: every part of the state from the newest complete checkpoint
     log = RunLog(state, progress)
+    log.write(0, heldout.maybe_evaluate(0) if state.step == 0 else {})  # the initial policy (resumed: logged before)
     G, metrics = cfg.rollout.group_size, {}
     for step in range(state.step + 1, cfg.max_steps + 1):
         log.begin_step()
@@ -158,10 +162,13 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
             metrics.update(batch_metrics(batch, advantages, dist))
             log.samples(step, col, advantages)
 
-        # ---- log, then checkpoint and stop on a budget or a signal ----
+        # ---- close the step; held-out evaluation when due (not in the step's time, compute or budget); log;
+        # then checkpoint and stop on a budget or a signal ----
         state.step = step
         metrics = log.end_step(step, metrics)
         reason = budget_reached(log.budget, state.meter.totals_for_budget())
+        metrics.update(heldout.maybe_evaluate(step, last=bool(reason) or step == cfg.max_steps))
+        log.write(step, metrics)
         preempted = not reason and step < cfg.max_steps and stop.requested(dist)  # SIGTERM / SIGINT on any rank
         if checkpoint_due(cfg, step, bool(reason) or preempted):
             write_checkpoint(state)

@@ -1,7 +1,7 @@
 """The loop's log phase: the run's start line, each step's closing metrics (learning rate, the numerical guard's
 counters, the gradient-variance proxy, phase times and compute totals over every rank), `metrics.jsonl` /
-TensorBoard / wandb and sample logs on rank 0, the memory line after the first step, and the progress bar (counting
-towards the budget when one is set)."""
+TensorBoard / wandb and sample logs on rank 0 (with the row of step 0 when the policy is evaluated before training),
+the memory line after the first step, and the progress bar (counting towards the budget when one is set)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class RunLog:
             self.writer.log_samples(step, sample_rows(self.state.tokenizer, col, advantages, cfg.log_samples))
 
     def end_step(self, step: int, metrics: dict) -> dict:
-        """Close the step's metrics (every rank: the collectives), log them on rank 0, update the bar; returns them."""
+        """Close the step's metrics (every rank: the collectives): learning rate, guard counters, phase times (the
+        step's time ends here) and compute totals; returns them for `write`."""
         state, dist = self.state, self.state.dist
         metrics["lr"] = state.scheduler.get_last_lr()[0]
         metrics["optim/skipped_total"] = state.counters["skipped_total"]
@@ -77,6 +78,16 @@ class RunLog:
             state.meter.step.update({k: dist.sum(v) for k, v in state.meter.step.items()})
         metrics.update(times)
         metrics.update(state.meter.end_step(times))
+        return metrics
+
+    def write(self, step: int, metrics: dict) -> None:
+        """Log a step's row on rank 0 (metrics.jsonl, TensorBoard, wandb) and move the bar. Step 0 is the row of the
+        held-out evaluation before the first update (`heldout.py`), written only when there is one."""
+        state, dist = self.state, self.state.dist
+        if step == 0:
+            if metrics and self.writer is not None:
+                self.writer.log({"step": 0, **metrics})
+            return
         if self.writer is not None:
             self.writer.log(metrics)
         if step == self.start + 1 and dist.main:  # the training state this rank holds (a half of it per rank: FSDP)
@@ -86,7 +97,6 @@ class RunLog:
         self.bar.update(self._progress(step) - self.bar.n)
         self.bar.set_postfix({**({"step": step} if self.counted else {}), "reward": f"{metrics['reward/mean']:.3f}",
                               **({"probe_r": f"{metrics['probe/pearson']:.2f}"} if "probe/pearson" in metrics else {})})
-        return metrics
 
     def close(self) -> None:
         self.bar.close()
