@@ -43,3 +43,9 @@ def trl_parity(completions, **kwargs):
 def partial_credit_reward(response, problem):
     """1 for an even-length response, 0.5 (partial credit) for an odd one."""
     return 1.0 if len(response) % 2 == 0 else 0.5
+
+
+def trl_parity(completions, **kwargs):
+    """A TRL-style parity reward (1 for an even-length completion): half the samples of any task earn it, so a
+    2-step run of a real-data preset on a micro model gets non-zero advantages."""
+    return [float(len(c) % 2 == 0) for c in completions]

@@ -136,7 +136,8 @@ class VLLMSampler:
     """The `Sampler` on a colocated vLLM engine; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, max_model_len: int, dtype: str = "auto", seed: int = 0,
-                 world: int = 1, gpu_memory_utilization: float = 0.3, sleep: bool = True, max_seqs: int = 128):
+                 world: int = 1, gpu_memory_utilization: float = 0.3, sleep: bool = True, max_seqs: int = 128,
+                 trust_remote_code: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
         from vllm import LLM
 
@@ -164,7 +165,8 @@ class VLLMSampler:
         self.llm = LLM(model=self._dir.name, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=True, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
                        tensor_parallel_size=1, enable_chunked_prefill=False,
-                       max_num_batched_tokens=max(8192, max_model_len), **kwargs)
+                       max_num_batched_tokens=max(8192, max_model_len), trust_remote_code=trust_remote_code,
+                       **kwargs)
         self.asleep = False
 
     # ---- weights and memory ----

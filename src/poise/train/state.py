@@ -269,7 +269,7 @@ def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer) -> Sampler:
     return VLLMSampler(model, tokenizer, max_model_len=min(positions, prompt + r.max_new_tokens),
                        dtype=r.engine_dtype, seed=cfg.seed + 1_000_003 * dist.rank, world=dist.world,
                        gpu_memory_utilization=r.gpu_memory_utilization, sleep=r.sleep,
-                       max_seqs=r.prompts_per_step * r.group_size)
+                       max_seqs=r.prompts_per_step * r.group_size, trust_remote_code=cfg.model.trust_remote_code)
 
 
 def _weights(module: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
