@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import poise.train.update as update_mod
+import poise.train.microbatch as update_mod  # where the update calls ppo_clip_loss
 from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
 from poise.io.config import ConfigError
 from poise.rollout.models import load_local

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from poise.algo.features import entropy_from_log_probs
+from poise.rollout.logprobs import HeadInput, chunked_logprobs, logprobs_and_entropy, token_logprobs  # noqa: F401
 from poise.rollout.models import HiddenCapture
 
 
@@ -180,11 +180,22 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     return response.masked_fill(~mask, pad_id), mask
 
 
-def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer: int | None = None):
-    """Forward over prompt + response -> (logits (B, T, V) for the positions that predict response tokens,
-    hidden (B, L + T, H) output of decoder `layer` or None).
+def shares_prompts(model, batch: RolloutBatch) -> bool:
+    """Whether `response_forward` runs each group's prompt once: the rows are whole groups of identical prompts
+    (`prompts_shared`), and the model does not checkpoint its layers in this forward (a checkpointed layer in training
+    mode drops the KV cache that the responses continue from, so the full forward is taken instead)."""
+    checkpointed = model.training and getattr(model, "is_gradient_checkpointing", False)
+    return not checkpointed and prompts_shared(batch.prompt_ids, batch.prompt_mask, batch.group_size)
 
-    When the batch's rows are whole groups of identical prompts (`prompts_shared`), the prompt runs once per group
+
+def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer: int | None = None,
+                     head_input: bool = False):
+    """Forward over prompt + response -> (logits (B, T, V) for the positions that predict response tokens,
+    hidden (B, L + T, H) output of decoder `layer` or None). With `head_input` the first is instead the final hidden
+    states (B, T, H) at those positions, the LM head's input, and no logits are made (`logprobs.HeadInput`); the
+    temperature is then applied by `logprobs.chunked_logprobs`.
+
+    When the batch's rows are whole groups of identical prompts (`shares_prompts`), the prompt runs once per group
     and the G responses continue from its shared KV cache: the same logits and gradients (up to float rounding)
     for (L + G T) / (G (L + T)) of the compute.
     """
@@ -192,21 +203,25 @@ def response_forward(model, batch: RolloutBatch, temperature: float = 1.0, layer
     L, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
     pos = position_ids(mask)
-    with HiddenCapture(model, layer) if layer is not None else contextlib.nullcontext() as cap:
-        if prompts_shared(batch.prompt_ids, batch.prompt_mask, batch.group_size):
+    with (HiddenCapture(model, layer) if layer is not None else contextlib.nullcontext()) as cap, \
+            (HeadInput(model) if head_input else contextlib.nullcontext()) as head:
+        if shares_prompts(model, batch):
             cache = DynamicCache()
             first = _shared_prefill(model, batch.prompt_ids, batch.prompt_mask, batch.group_size, cache)
             rest = model(input_ids=batch.response_ids, attention_mask=mask.long(), position_ids=pos[:, L:],
                          **cache_kwargs(model, cache), use_cache=True).logits
+            if head is not None:
+                first, rest = head.inputs[0].repeat_interleave(batch.group_size, dim=0), head.inputs[1]
             logits = torch.cat([first, rest[:, :-1]], dim=1)
             hidden = None if cap is None else torch.cat(
                 [cap.outputs[0].repeat_interleave(batch.group_size, dim=0), cap.outputs[1]], dim=1)
         else:
             ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
-            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, logits_to_keep=T + 1).logits
-            logits = logits[:, :-1]
+            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, logits_to_keep=T + 1,
+                           use_cache=False).logits
+            logits = (logits if head is None else head.inputs[0])[:, :-1]
             hidden = None if cap is None else cap.outputs[0]
-    return logits.float() / temperature, hidden
+    return (logits if head is not None else logits.float() / temperature), hidden
 
 
 def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
@@ -214,23 +229,31 @@ def response_logits(model, batch: RolloutBatch, temperature: float = 1.0):
     return response_forward(model, batch, temperature)[0]
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log pi(ids_t | ...) from logits (B, T, V) and ids (B, T) -> (B, T)."""
-    return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+def response_logprobs(model, batch: RolloutBatch, temperature: float = 1.0, layer: int | None = None,
+                      chunk: int = 0, entropy: bool = True):
+    """One forward -> (log pi of the response tokens (B, T), their entropies (B, T) (no gradient) or None, the
+    probe-layer states (B, L + T, H) or None). `chunk` 0: from the full (B, T, V) logits, as before; `chunk` > 0:
+    from the final hidden states `chunk` positions at a time (`logprobs.chunked_logprobs`), so the full logits never
+    exist. The same values either way up to float rounding."""
+    if chunk > 0:
+        final, hidden = response_forward(model, batch, temperature, layer, head_input=True)
+        logp, ent = chunked_logprobs(model.get_output_embeddings(), final, batch.response_ids, temperature, chunk,
+                                     entropy)
+        return logp, ent, hidden
+    logits, hidden = response_forward(model, batch, temperature, layer)
+    if entropy:
+        return *logprobs_and_entropy(logits, batch.response_ids), hidden
+    return token_logprobs(logits, batch.response_ids), None, hidden
 
 
-def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 8):
-    """`token_logprobs` and the token entropies from one log-softmax: logits (B, T, V), ids (B, T) ->
-    (log pi(ids_t) (B, T), differentiable; H_t (B, T), no gradient). The entropy's temporaries are made `chunk` rows
-    at a time, so beyond the logits and their log-softmax only a chunk's worth of (T, V) tensors is alive. The same
-    values as `token_logprobs` and `features.token_entropy` on the same logits."""
-    lsm = logits.log_softmax(-1)
-    logp = lsm.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():
-        d = lsm.detach()
-        ent = torch.cat([entropy_from_log_probs(d[s:s + chunk]) for s in range(0, d.shape[0], chunk)]) \
-            if d.shape[0] else d.new_zeros(d.shape[:-1])
-    return logp, ent
+def rows_per_micro_batch(width: int, tokens: int, group_size: int) -> int:
+    """Rows per forward under a budget of `tokens` positions, each row running `width` (prompt + response, padding
+    included): floor(tokens / width), at least 1, rounded down to whole groups of `group_size` when it holds one (so
+    prompts can be shared), else single rows. `tokens` 0: no budget (a huge number)."""
+    if tokens <= 0:
+        return 1 << 62
+    rows = max(1, tokens // max(1, width))
+    return rows // group_size * group_size if rows >= group_size else rows
 
 
 def minibatch_rows(n_prompts: int, mb_prompts: int, group_size: int) -> list[torch.Tensor]:
@@ -257,38 +280,41 @@ def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, ent: torc
 
 
 def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int | None,
-                     temperature: float = 1.0) -> torch.Tensor:
+                     temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:
     """The scoring pass for `rows` (the first mini-batch) as the policy update's own forward: fills the batch like
     `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(first_logp=...)`.
 
     Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
     ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two.
-    It runs in training mode, so with dropout (e.g. model.lora_dropout > 0) these rows' log-probs, entropies and
-    states carry the update's dropout mask; without dropout (the default) nothing differs."""
+    It runs in training mode, the update's; the caller uses it only for a model without active dropout
+    (`poise.rollout.dropout`), where training and eval mode compute the same function. `chunk`: log-probs and
+    entropies `chunk` positions at a time (`response_logprobs`)."""
     model.train()
     mb = batch.rows(rows)
-    logits, hidden = response_forward(model, mb, temperature, layer)
-    logp, ent = logprobs_and_entropy(logits, mb.response_ids)
+    logp, ent, hidden = response_logprobs(model, mb, temperature, layer, chunk)
     _fill(batch, rows, logp, ent, hidden)
     return logp
 
 
 @torch.no_grad()
 def score(model, batch: RolloutBatch, layer: int | None, temperature: float = 1.0, micro_batch: int = 256,
-          skip: torch.Tensor | None = None):
+          skip: torch.Tensor | None = None, micro_batch_tokens: int = 0, chunk: int = 0):
     """The scoring pass: fills batch.old_logp, .entropy (B, T) and, when `layer` is given, the hidden states of
-    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch.
+    that decoder layer over the prompt (B, L, H) and the response (B, T, H). One forward pass per micro-batch of
+    `micro_batch` rows (whole groups), or with `micro_batch_tokens` > 0 of at most that many positions
+    (`rows_per_micro_batch`); `chunk` > 0 computes log-probs and entropies in chunks (`response_logprobs`).
     Rows in `skip` are left alone (scored by `score_with_graph`)."""
     B, G = batch.prompt_ids.shape[0], batch.group_size
     todo = torch.arange(B)
     if skip is not None:
         todo = todo[~torch.isin(todo, skip)]
     step = max(G, micro_batch // G * G)  # whole groups per micro-batch, so prompts can be shared
+    if micro_batch_tokens > 0:
+        step = rows_per_micro_batch(batch.prompt_ids.shape[1] + batch.response_ids.shape[1], micro_batch_tokens, G)
     for s in range(0, len(todo), step):
         rows = todo[s:s + step]
-        mb = batch.rows(rows)
-        logits, hidden = response_forward(model, mb, temperature, layer)
-        _fill(batch, rows, *logprobs_and_entropy(logits, mb.response_ids), hidden)
+        logp, ent, hidden = response_logprobs(model, batch.rows(rows), temperature, layer, chunk)
+        _fill(batch, rows, logp, ent, hidden)
     return batch
 
 

@@ -19,8 +19,10 @@ from torch import Tensor, nn
 from poise.algo.losses import value_loss
 from poise.parallel.fsdp import clip_grad_norm_
 from poise.rollout.engine import RolloutBatch, minibatch_rows, position_ids
+from poise.rollout.logprobs import gradient_checkpointing
 from poise.train.compute import n_tokens
 from poise.train.metrics import mean_over_ranks
+from poise.train.microbatch import micro_parts, width
 from poise.train.update import local_minibatch_prompts
 
 
@@ -42,7 +44,8 @@ class ValueModel(nn.Module):
         ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
         mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
         L, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-        hidden = self.body(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask)).last_hidden_state
+        hidden = self.body(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask),
+                           use_cache=False).last_hidden_state
         return self.head(hidden[:, L - 1: L + T - 1].float()).squeeze(-1)
 
 
@@ -59,39 +62,56 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     return float(1.0 - (r - v).var(correction=0) / var_r)
 
 
+def _value_loss(critic: ValueModel, mb: RolloutBatch, old: Tensor, ret: Tensor, outcome: bool, clip: float):
+    """The clipped value loss of rows `mb` (old values and returns (n, T), or (n,) when `outcome`) -> (loss, the
+    number of values it averages over)."""
+    values = critic(mb)
+    mask = mb.response_mask
+    if outcome:
+        values, mask = values[:, :1], torch.ones_like(mask[:, :1])
+    loss = value_loss(values, old.reshape(values.shape), ret.reshape(values.shape), mask, clip or None)
+    return loss, float(mask.sum())
+
+
 def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch, old_values: Tensor,
                   returns: Tensor, outcome: bool, mini_batch_rows: int, epochs: int, clip: float,
-                  grad_clip: float, dist=None) -> dict:
+                  grad_clip: float, dist=None, micro_batch_tokens: int = 0, checkpointing: bool = False) -> dict:
     """Clipped value-loss steps over mini-batches of rows; one optimizer step per mini-batch.
 
     `old_values`, `returns`: (B, T) token level, or (B,) sequence level when `outcome` (the value at t = 0 only).
     `dist` (`poise.parallel.distributed.Dist`, several processes): each rank's token-mean loss is weighted by its share
     of the mini-batch's tokens and gradients are averaged over ranks, which gives the single-process update.
+    `micro_batch_tokens` > 0: each mini-batch's forward and backward run in micro-batches of rows of at most that many
+    positions, each loss weighted by its share of the mini-batch's tokens (`poise.train.microbatch`), the same step.
+    `checkpointing`: activation checkpointing of the critic's layers during the update (model.gradient_checkpointing).
     Returns mean `critic/value_loss`, `critic/grad_norm` and the explained variance of the old values (this rank's
     rows; the trainer recomputes it over all ranks).
     """
     B = batch.prompt_ids.shape[0]
     losses, norms = [], []
     critic.train()
-    for _ in range(epochs):
-        for s in range(0, B, mini_batch_rows):
-            rows = torch.arange(s, min(s + mini_batch_rows, B))
-            mb = batch.rows(rows)
-            values = critic(mb)
-            mask = mb.response_mask
-            if outcome:
-                values, mask = values[:, :1], torch.ones_like(mask[:, :1])
-            old, ret = old_values[rows].reshape(values.shape), returns[rows].reshape(values.shape)
-            loss = value_loss(values, old, ret, mask, clip or None)
-            optimizer.zero_grad(set_to_none=True)
-            weight = 1.0 if dist is None else dist.loss_weight(float(mask.sum()))
-            (loss * weight).backward()  # x * 1.0 is exact: one process is unchanged
-            if dist is not None:
-                dist.average_grads(critic.parameters())
-            norms.append(clip_grad_norm_(critic.parameters(), grad_clip if grad_clip > 0 else float("inf")).item())
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+    with gradient_checkpointing(critic.body, checkpointing):
+        for _ in range(epochs):
+            for s in range(0, B, mini_batch_rows):
+                rows = torch.arange(s, min(s + mini_batch_rows, B))
+                parts = micro_parts(len(rows), width(batch), micro_batch_tokens, 1, dist)
+                n_local = len(rows) if outcome else float(batch.response_mask[rows].sum())  # what the loss averages
+                weight = 1.0 if dist is None else dist.loss_weight(float(n_local))
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for part in parts:
+                    sub = rows if len(parts) == 1 else rows[part]
+                    loss, n = _value_loss(critic, batch.rows(sub), old_values[sub], returns[sub], outcome, clip)
+                    share = 1.0 if len(parts) == 1 else (n / n_local if n_local else 0.0)
+                    (loss * (weight * share)).backward()  # x * 1.0 is exact: one process, one part is unchanged
+                    loss_sum += loss.item() * share
+                if dist is not None:
+                    dist.average_grads(critic.parameters())
+                clip_norm = grad_clip if grad_clip > 0 else float("inf")
+                norms.append(clip_grad_norm_(critic.parameters(), clip_norm).item())
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss_sum)
     mask = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
     return {"critic/value_loss": sum(losses) / len(losses), "critic/grad_norm": sum(norms) / len(norms),
             "critic/explained_variance": explained_variance(old_values, returns, mask),
@@ -104,13 +124,14 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
 
 
 def critic_values(state, batch: RolloutBatch, n_local: int) -> Tensor:
-    """The critic's (B, T) values of this step's rows, a mini-batch at a time, without a graph (eval mode); counted
-    as critic forward tokens. `state` is the run's `TrainState`."""
+    """The critic's (B, T) values of this step's rows, a mini-batch (or with optim.micro_batch_tokens a micro-batch)
+    at a time, without a graph (eval mode); counted as critic forward tokens. `state` is the run's `TrainState`."""
     cfg, dist = state.cfg, state.dist
+    mbs = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)
     with torch.no_grad():
         state.critic.eval()
-        values = torch.cat([state.critic(batch.rows(rows)) for rows in minibatch_rows(
-            n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)])
+        values = torch.cat([state.critic(batch.rows(rows[part])) for rows in mbs for part in micro_parts(
+            len(rows), width(batch), cfg.optim.micro_batch_tokens, 1, dist)])
     state.meter.add(forward_tokens_critic=n_tokens(batch, shared_prompts=False))
     return values
 
@@ -125,7 +146,7 @@ def critic_phase(state, batch: RolloutBatch, values: Tensor, returns: Tensor, n_
     metrics = mean_over_ranks(critic_update(
         state.critic, state.critic_optimizer, state.critic_scheduler, batch, old, returns, outcome,
         local_minibatch_prompts(cfg, n_local, dist) * G, cfg.optim.epochs, cfg.critic.value_clip,
-        cfg.optim.grad_clip, dist), dist)
+        cfg.optim.grad_clip, dist, cfg.optim.micro_batch_tokens, cfg.model.gradient_checkpointing), dist)
     if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
         m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask
         v, r = (torch.cat(dist.gather_objects(x[m].cpu())) for x in (old, returns))
