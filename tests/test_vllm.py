@@ -70,6 +70,7 @@ def test_engine_correction_is_a_no_op_when_the_two_engines_agree(micro_dir):
     corrected, metrics = engine_correction(batch, adv, cfg, Dist())
     assert torch.equal(corrected, adv)
     assert metrics == {"rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0,
+                       "rollout/log_ratio_token_mean": 0.0, "rollout/log_ratio_seq_abs_mean": 0.0,
                        "rollout/tis_weight_mean": 1.0, "rollout/tis_clipped_frac": 0.0}
     updated = []
     for a in (adv, corrected):
@@ -93,11 +94,13 @@ def test_engine_correction_weights_each_response_and_logs_the_mismatch(micro_dir
     assert corrected[:2].tolist() == pytest.approx([math.exp(0.3), 1.5]) and torch.equal(corrected[2:], adv[2:])
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.3) and m["rollout/tis_clipped_frac"] == 1 / 8
     off, m0 = engine_correction(batch, adv, build_config(TrainConfig, {"rollout.tis_cap": 0.0}), Dist())
-    assert torch.equal(off, adv) and set(m0) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max"}
+    assert torch.equal(off, adv) and set(m0) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max",
+                                                 "rollout/log_ratio_token_mean", "rollout/log_ratio_seq_abs_mean"}
 
 
 def test_auto_keeps_the_tiny_models_on_the_built_in_sampler(monkeypatch):
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "vllm_problem", lambda: None)  # as if it imported (tests/test_gpu_readiness.py)
     assert vllm_engine.resolve_engine("auto", 1_030_016) == "hf"  # the embedded default
     assert vllm_engine.resolve_engine("auto", 134_515_008) == "vllm"  # SmolLM2-135M
     assert vllm_engine.resolve_engine("hf", 134_515_008) == "hf"

@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    from poise.io.environment import install_problem
+
+    problem = install_problem()  # a torchvision that cannot load: named before transformers' misleading message
+    if problem:
+        print(f"poise {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     from poise.io.checkpoint import CheckpointError
     from poise.train.preemption import Preempted, exit_status
     from poise.data.tasks import DatasetError

@@ -25,6 +25,7 @@ from poise.io.configio import ConfigError
 from poise.parallel.distributed import resolve_device
 from poise.rollout.evaluation import (aggregate, aggregate_levels, evaluate, is_correct, pass_at_k,  # noqa: F401
                                       pass_ks, sample_batches, select_problems)
+from poise.rollout.limits import check_fits
 from poise.rollout.models import load_policy
 
 # =====================================================================================================================
@@ -84,6 +85,7 @@ def _build(cfg):
     if not problems:
         raise ConfigError(f"task.max_prompt_tokens: every selected prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
+    check_fits(model, tokenizer, problems, cfg.max_new_tokens, "max_new_tokens")  # prompt + response within positions
     task.verifier = SafeVerifier(timeout=cfg.reward_timeout)  # answer checking in a sandboxed worker process
     check_reward_function(task, problems, "reward_function")
     return task, problems, info, model.to(device), tokenizer

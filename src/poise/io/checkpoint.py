@@ -7,15 +7,19 @@ A checkpoint is a directory `<run>/checkpoints/step-000123/` holding everything 
                                              an FSDP run's optimizer states are keyed by parameter name)
     probe.safetensors                        the fitted probe and the feature buffer's rows (prefixed keys)
     screen.safetensors                       with screen.mode on: the choice generator and the prompt-only probe
-    rng.safetensors                          torch's global RNG state and the sampling generator's state
+    rng.safetensors                          torch's global RNG state and the sampling generator's state (and
+                                             every CUDA device's RNG state when the run initialised CUDA)
     state.json                               step, data position, Python / NumPy RNG states, compute totals,
                                              counters, probe/buffer metadata, package versions
     config.yaml                              the resolved config
     manifest.json                            sha256 of every file above; written last
 It is written into a temporary sibling directory, the manifest last, then renamed into place, so a run killed at
-any moment leaves either a complete checkpoint or a `.tmp-*` directory that is ignored. Older checkpoints beyond
-`keep_last` are deleted only after the new one is complete. A checkpoint whose manifest is missing or whose files
-do not match it is skipped with a warning. Nothing is unpickled except with `weights_only=True`.
+any moment leaves either a complete checkpoint or a `.tmp-*` directory that is ignored (and removed, with a log line,
+when a run starts in that directory: `remove_stale_temporaries`). Before the rename every file and the directory are
+fsynced, and the parent directory after it, so a power loss cannot leave a renamed but incomplete checkpoint; older
+checkpoints beyond `keep_last` are deleted only after that, once the new one is complete on disk. A checkpoint whose
+manifest is missing or whose files do not match it is skipped with a warning. Nothing is unpickled except with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -122,12 +126,38 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep_last: int = 2) -> Pat
             f"{_megabytes(shutil.disk_usage(root).free)} free and a checkpoint needs about {_megabytes(need)}; "
             + (f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint")) \
             from e
+    for f in sorted(tmp.iterdir()):  # durable before it becomes visible: the files, then the directory's entries
+        _fsync(f)
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(root)  # the rename itself, before any older checkpoint goes
     for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (for a directory: its entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[str]:
+    """Remove the `.tmp-*` directories an interrupted checkpoint write left in <run_dir>/checkpoints, saying so in one
+    line; returns their names. Called at the start of a run, by the one process that writes checkpoints."""
+    root = checkpoint_dir(run_dir)
+    stale = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if stale:
+        print(f"checkpoint: removed {len(stale)} incomplete checkpoint director{'y' if len(stale) == 1 else 'ies'} "
+              f"left by an interrupted write in {root}: {', '.join(p.name for p in stale)}")
+    return [p.name for p in stale]
 
 
 OPTIM_KEYS = ("optimizer", "scheduler", "critic_optimizer", "critic_scheduler")
@@ -148,6 +178,8 @@ def _write(tmp: Path, state: dict) -> None:
         rng = {"torch": pairs[0][0], "generator": pairs[0][1]}
     else:
         rng = {f"{name}.rank{r}": t for r, pair in enumerate(pairs) for name, t in zip(("torch", "generator"), pair)}
+    for r, states in enumerate(state.get("cuda_rng") or []):  # each rank's CUDA devices, when it used CUDA
+        rng.update({f"cuda.rank{r}.device{d}": t.cpu() for d, t in enumerate(states)})
     save_file(rng, str(tmp / "rng.safetensors"))
     meta = {k: state[k] for k in JSON_KEYS}
     meta.update(probe=state["probe_meta"], buffer=state["buffer_meta"], versions=_versions(), world_size=len(pairs))
@@ -222,6 +254,9 @@ def load_checkpoint(path: str | Path) -> dict:
         state["rng"] = [(rng["torch"], rng["generator"])]
     else:
         state["rng"] = [(rng[f"torch.rank{r}"], rng[f"generator.rank{r}"]) for r in range(state["world_size"])]
+    cuda = [[rng[f"cuda.rank{r}.device{d}"] for d in range(len(rng)) if f"cuda.rank{r}.device{d}" in rng]
+            for r in range(state["world_size"])]
+    state["cuda_rng"] = cuda if any(cuda) else None
     state["screen"] = None
     if "screen" in meta:
         tensors = load_file(str(path / "screen.safetensors"))

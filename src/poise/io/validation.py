@@ -108,6 +108,9 @@ def validate_train(cfg: TrainConfig) -> None:
     if m.lora_r:
         _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0", m.lora_alpha)
         _check(0.0 <= m.lora_dropout < 1.0, "model.lora_dropout", "must be in [0, 1)", m.lora_dropout)
+        _check(m.lora_dropout == 0.0 or not m.disable_dropout, "model.lora_dropout", "is switched off by "
+               "model.disable_dropout (true); pass --model.disable_dropout false to train with LoRA dropout",
+               m.lora_dropout)
         _check(bool(m.lora_targets), "model.lora_targets", "must name at least one module", m.lora_targets)
         _check(cfg.algorithm.advantage != "critic", "model.lora_r", "LoRA is not supported with the PPO critic "
                "(algorithm.advantage critic copies the policy's body); use 0", m.lora_r)
@@ -151,6 +154,7 @@ def validate_train(cfg: TrainConfig) -> None:
     o = cfg.optim
     _check_positive(o, "optim.", ["lr", "mini_batch_prompts", "epochs", "max_consecutive_skips"])
     _check_positive(o, "optim.", ["weight_decay", "warmup_steps", "grad_clip"], allow_zero=True)
+    _check_positive(o, "optim.", ["micro_batch_tokens", "logit_chunk_tokens"], allow_zero=True)  # 0: off
     p = cfg.probe
     _check(p.layer == int(p.layer) or 0.0 < p.layer < 1.0, "probe.layer",
            "must be a fraction in (0, 1) or an integer layer index", p.layer)

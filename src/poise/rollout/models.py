@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from poise.data.tasks import THINK_CLOSE, THINK_OPEN, build_messages, get_task
 from poise.io.errors import ConfigError, HubError, MissingModelError
 from poise.io.hub import is_hub_id
+from poise.rollout.dropout import disable_dropout
 from poise.rollout.hub_models import hub_model_dir, remote_code_refusal
 from poise.rollout.lora import apply_lora, is_lora, merged_copy
 
@@ -113,10 +114,11 @@ def build_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     return fast
 
 
-def tokenizer_corpus(task_name: str, n: int = 4000, seed: int = 0, levels: list[str] | None = None) -> list[str]:
-    """Chat-formatted worked examples of a task's training split (its default levels unless `levels` is given), to
-    train a tokenizer on."""
-    task = get_task(task_name, levels=levels or None)
+def tokenizer_corpus(task_name: str, n: int = 4000, seed: int = 0, levels: list[str] | None = None,
+                     options: list[str] | None = None) -> list[str]:
+    """Chat-formatted worked examples of a task's training split (its default levels unless `levels` is given; a
+    reasoning-gym task's `options`, as task.options gives them), to train a tokenizer on."""
+    task = get_task(task_name, levels=levels or None, **({"options": list(options)} if options else {}))
     texts = []
     for p in task.problems("train", n, seed=seed):
         msgs = build_messages(p) + [{"role": "assistant", "content": p.solution or p.answer}]
@@ -336,9 +338,11 @@ def load_policy(name: str, task_name: str = "chain_sum", seed: int = 0, dtype: s
 
 
 def load_model(m: ModelConfig, task_name: str = "chain_sum", seed: int = 0):
-    """The policy as `model.*` configures it: `load_policy`, then LoRA adapters when m.lora_r > 0 (peft is imported
-    only then)."""
+    """The policy as `model.*` configures it: `load_policy`, its dropout zeroed with m.disable_dropout (`dropout.py`;
+    before LoRA, whose own dropout is m.lora_dropout), then LoRA adapters when m.lora_r > 0 (peft only then)."""
     model, tokenizer = load_policy(m.name, task_name, seed, m.dtype, m.trust_remote_code)
+    if m.disable_dropout:
+        disable_dropout(model)
     if m.lora_r > 0:
         model = apply_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_targets)
     return model, tokenizer

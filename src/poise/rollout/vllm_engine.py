@@ -16,7 +16,7 @@
   discards the token of a partly prefilled prompt, which a CPU generator cannot do.
   `logprobs_mode="processed_logprobs"` returns the sampled tokens' log-probs after temperature, the quantity our
   scoring pass recomputes; the mismatch between the two is logged and corrected by truncated importance sampling
-  (`poise.algo.losses.truncated_is_weights`).
+  (`rollout.tis_mode`: `poise.algo.correction.importance_weights`).
 - **GPU memory**: `gpu_memory_utilization` caps vLLM's share; with `rollout.sleep` the engine sleeps (weights and
   KV cache freed) while the policy updates and wakes before the next push (`enable_sleep_mode`, CUDA only).
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from poise.data.tasks import Problem, encode_prompts
+from poise.io.environment import vllm_problem
 from poise.io.errors import ConfigError
 from poise.rollout.engine import RolloutBatch, stop_token_ids
 from poise.rollout.sampler import SamplingParams
@@ -51,11 +52,18 @@ AUTO_MIN_PARAMS = 50_000_000  # auto: vLLM from this size up; below it our sampl
 
 def resolve_engine(engine: str, n_params: int) -> str:
     """'hf' or 'vllm' for `rollout.engine`: auto is vllm for a policy of at least AUTO_MIN_PARAMS parameters when
-    vllm is installed, else hf (the embedded default and the tiny presets have about 1 M)."""
+    vllm is installed, else hf (the embedded default and the tiny presets have about 1 M). Where the answer is vllm,
+    an installed vllm that cannot be imported (a broken torchvision beside it, `poise.io.environment`) stops the run
+    with one line naming the package and the fix."""
     if engine == "vllm" and not vllm_available():
         raise ConfigError(f"rollout.engine: 'vllm' needs vllm, which is not installed; {INSTALL}")
     if engine == "auto":
-        return "vllm" if n_params >= AUTO_MIN_PARAMS and vllm_available() else "hf"
+        engine = "vllm" if n_params >= AUTO_MIN_PARAMS and vllm_available() else "hf"
+    if engine == "vllm":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as VLLMSampler runs it: the core in-process
+        problem = vllm_problem()
+        if problem:
+            raise ConfigError(f"rollout.engine: {problem}")
     return engine
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from poise.algo.probe import save_probe
-from poise.io.checkpoint import resume, save_checkpoint
+from poise.io.checkpoint import remove_stale_temporaries, resume, save_checkpoint
 from poise.parallel import fsdp
 from poise.rollout.models import save_policy
 
@@ -22,7 +22,10 @@ def checkpoint_due(cfg, step: int, stopping: bool) -> bool:
 
 def restore(state) -> None:
     """With `resume`, load the newest complete checkpoint of `output_dir` into `state` (a fresh run is left at step
-    0; a fresh run into a directory holding checkpoints is refused: `poise.io.checkpoint.resume`)."""
+    0; a fresh run into a directory holding checkpoints is refused: `poise.io.checkpoint.resume`). First, rank 0 removes
+    the `.tmp-*` directories an interrupted checkpoint write left, with a log line."""
+    if state.dist.main:
+        remove_stale_temporaries(state.cfg.output_dir)
     saved = resume(state.cfg, state.dist.world)
     if saved is None:
         return

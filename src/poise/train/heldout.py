@@ -42,6 +42,7 @@ from poise.data.tasks.dataset import DatasetError
 from poise.io.configio import ConfigError
 from poise.parallel import fsdp
 from poise.rollout.evaluation import aggregate, sample_batches, select_problems
+from poise.rollout.limits import check_fits
 
 
 def eval_seed(seed: int, step: int, task: int, batch: int) -> int:
@@ -88,7 +89,8 @@ def _task(state, name: str) -> Task:
 
 def build_sets(state) -> list[HeldOutSet]:
     """The held-out problems of every task in `eval.tasks` (none when `eval.every` is 0): `select_problems` on the test
-    split with the run's seed, prompts longer than task.max_prompt_tokens dropped as in training."""
+    split with the run's seed, prompts longer than task.max_prompt_tokens dropped as in training, and each prompt plus
+    the evaluation's max_new_tokens checked against the model's positions (`poise.rollout.limits`)."""
     cfg = state.cfg
     if not cfg.eval.every:
         return []
@@ -100,6 +102,8 @@ def build_sets(state) -> list[HeldOutSet]:
         if not problems:
             raise ConfigError(f"eval.tasks: {name} has no held-out problem (within task.max_prompt_tokens) to "
                               "evaluate on")
+        key = "eval.max_new_tokens" if cfg.eval.max_new_tokens else "rollout.max_new_tokens"
+        check_fits(state.model, state.tokenizer, problems, cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, key)
         sets.append(HeldOutSet(name, task, problems))
     return sets
 

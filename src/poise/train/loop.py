@@ -126,7 +126,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
         else:
             # ---- the rest of scoring: the critic's values (PPO), the probe's features (POISE) ----
             with log.timed("score"):
-                state.meter.add(forward_tokens_policy=n_tokens(batch) - n_tokens(batch.rows(first)))
+                shared = n_tokens(batch.rows(first)) if first_logp is not None else 0  # the update's own forward
+                state.meter.add(forward_tokens_policy=n_tokens(batch) - shared)
                 values = critic_values(state, batch, n_local) if state.critic is not None else None
                 feats = probe_phase.features(state, batch)
 

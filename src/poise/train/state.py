@@ -27,6 +27,8 @@ from poise.io.config import TrainConfig, save_config, to_dict
 from poise.io.configio import ConfigError
 from poise.parallel import fsdp
 from poise.parallel.distributed import Dist, check_layout
+from poise.rollout.limits import check_fits
+from poise.rollout.logprobs import check_plain_head
 from poise.rollout.models import decoder_layers, load_model, resolve_layer
 from poise.rollout.sampler import KVCacheSampler, Sampler
 from poise.train.compute import ComputeMeter
@@ -117,7 +119,8 @@ class TrainState:
         rank's (torch, sampling generator) states. Tied weights appear once (`fsdp.tied_names`).
 
         Keys: step; model, critic (weights); optimizer, scheduler, critic_optimizer, critic_scheduler; probe,
-        probe_meta, buffer, buffer_meta; rng; stream; python_random; numpy_random; meter; counters; config."""
+        probe_meta, buffer, buffer_meta; rng; cuda_rng; stream; python_random; numpy_random; meter; counters;
+        config."""
         sharded = self.dist.sharded
         sd = {"step": self.step, "model": _weights(self.model, sharded),
               "optimizer": fsdp.optimizer_state(self.model, self.optimizer) if sharded else self.optimizer.state_dict(),
@@ -133,6 +136,7 @@ class TrainState:
             probe=self.probe.state_dict(), probe_meta=self.probe.metadata(),
             buffer=self.buffer.state_dict(), buffer_meta=self.buffer.metadata(),
             rng=self.dist.gather_objects((torch.get_rng_state(), self.generator.get_state())),  # one pair per rank
+            cuda_rng=self.dist.gather_objects(cuda_rng_states()),  # per rank: every CUDA device's, [] on the CPU
             stream={"order": self.stream.order, "rng": _jsonable(self.stream.rng.getstate())},
             python_random=_jsonable(random.getstate()),
             numpy_random=[np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -159,6 +163,8 @@ class TrainState:
         except RuntimeError as e:  # a CPU generator's state does not fit a CUDA one, and the reverse
             raise ValueError(f"the sampling generator was saved on another kind of device than "
                              f"{self.generator.device} ({e}); resume with the run's own `device`") from None
+        cuda = sd.get("cuda_rng") or []
+        set_cuda_rng_states(cuda[self.dist.rank] if len(cuda) > 1 else (cuda[0] if cuda else []))
         self.stream.order = list(sd["stream"]["order"])
         self.stream.rng.setstate(_tuplify(sd["stream"]["rng"]))
         random.setstate(_tuplify(sd["python_random"]))
@@ -170,6 +176,21 @@ class TrainState:
         self.counters.update(sd.get("counters", {}))
         if self.screen is not None and sd.get("screen") is not None:
             self.screen.load_state_dict(sd["screen"])
+
+
+def cuda_rng_states() -> list[torch.Tensor]:
+    """Every CUDA device's RNG state when this process has initialised CUDA (dropout and sampling draw from it on a
+    GPU), else [] (a CPU run saves nothing more)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return [t.cpu() for t in torch.cuda.get_rng_state_all()]
+    return []
+
+
+def set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    """Restore `cuda_rng_states` (device i gets states[i]), for the devices this machine has; nothing without CUDA."""
+    if states and torch.cuda.is_available():
+        for i, t in enumerate(states[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(t, i)
 
 
 def start_run(cfg: TrainConfig) -> Dist:
@@ -203,6 +224,11 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     task = build_task(cfg.task, cfg.reward.function)  # data file and reward function checked before anything else
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     model.to(dist.device)
+    if cfg.optim.logit_chunk_tokens:  # chunks need logits that are the LM head's output alone (no cap or scale)
+        try:
+            check_plain_head(model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
     critic = ValueModel(model) if cfg.algorithm.advantage == "critic" else None  # PPO: a policy-sized value model
     if dist.sharded:  # each of them in units of one decoder layer, before the optimizers see their parameters
@@ -220,6 +246,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
         raise ConfigError(f"task.max_prompt_tokens: every training prompt is longer than {cfg.task.max_prompt_tokens} "
                           "tokens; raise the limit")
     check_reward_function(task, pool)  # a user's reward function that raises or hangs fails now, not as all-0 rewards
+    longest = check_fits(model, tokenizer, pool, cfg.rollout.max_new_tokens, "rollout.max_new_tokens")  # limits.py
     stream = PromptStream(pool, cfg.seed)  # the same on every rank; each keeps its share of every draw
     screen = ScreenedStream(stream, cfg, cfg.seed) if cfg.screen.mode != "none" else None  # the same on every rank
     source = screen or stream
@@ -242,7 +269,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
                        critic_sched, RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
                        FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream, prompts, gen, layer,
                        marker)
-    state.sampler = build_sampler(cfg, dist, model, tokenizer)
+    state.sampler = build_sampler(cfg, dist, model, tokenizer, longest)
     if screen is not None:
         state.screen = screen
         screen.attach(model, tokenizer, layer, state.meter, state.sampler)
@@ -251,9 +278,11 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     return state
 
 
-def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer) -> Sampler:
+def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer, longest_prompt: int) -> Sampler:
     """The rollout engine `rollout.engine` resolves to (`vllm_engine.resolve_engine`): the built-in KV-cache sampler,
-    or a vLLM engine colocated in this process, created once from the policy, seeded per rank."""
+    or a vLLM engine colocated in this process, created once from the policy, seeded per rank, whose max_model_len is
+    the longest training prompt plus rollout.max_new_tokens (checked against the model's positions: `limits.py`), so
+    it cuts no response before the built-in sampler would."""
     from poise.rollout.vllm_engine import resolve_engine
 
     if resolve_engine(cfg.rollout.engine, sum(p.numel() for p in model.parameters())) == "hf":
@@ -263,10 +292,8 @@ def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer) -> Sampler:
                           "rollout.engine hf")
     from poise.rollout.vllm_engine import VLLMSampler
 
-    positions = getattr(model.config, "max_position_embeddings", None) or 4096
-    prompt = cfg.task.max_prompt_tokens or 1024  # vLLM refuses a longer prompt; task.max_prompt_tokens raises it
     r = cfg.rollout
-    return VLLMSampler(model, tokenizer, max_model_len=min(positions, prompt + r.max_new_tokens),
+    return VLLMSampler(model, tokenizer, max_model_len=longest_prompt + r.max_new_tokens,
                        dtype=r.engine_dtype, seed=cfg.seed + 1_000_003 * dist.rank, world=dist.world,
                        gpu_memory_utilization=r.gpu_memory_utilization, sleep=r.sleep,
                        max_seqs=r.prompts_per_step * r.group_size, trust_remote_code=cfg.model.trust_remote_code)
