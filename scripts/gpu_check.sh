@@ -1,48 +1,37 @@
 #!/usr/bin/env bash
-# The first check of the GPU path on a CUDA machine (docs/RESULTS.md, section "GPUs"); nothing here runs in CI.
-# Every method for a few steps on the embedded default model with --device cuda, an evaluation on the GPU, a resume,
-# and, with two or more GPUs, two ranks over NCCL (DDP, then FSDP). Each run writes
-# runs/gpu_check/<name>/metrics.jsonl, whose reward/*, probe/* and time/* show whether it trains and how fast.
+# The first check of the GPU path, for one CUDA GPU on a node without a network (docs/RESULTS.md, "GPU").
+#   bash scripts/gpu_wheels.sh gpu_wheels          # beforehand, on a machine with a network: the wheels it lacks
+#   bash scripts/gpu_check.sh [--wheels gpu_wheels] [--out runs/gpu_check]     # on the GPU node, from the checkout
+#   bash scripts/gpu_check.sh --dry-run            # the same stages on the CPU with tiny sizes (CI runs this)
+# It uses the node's own PyTorch and transformers: the wheels are installed with --no-index --no-deps into a folder
+# of their own, and poise is put on the path from this checkout (no build, no download). A torch or transformers
+# too old for poise is named in one line with the version it needs. Then benchmarks/gpu_check.py runs the stages
+# (held-out gain of 100 POISE steps, every preset, a resume, phase times of a Qwen3-0.6B-sized model) and writes
+# gpu_check.json and gpu_check.md into --out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; print(torch.cuda.get_device_name(0))"
+wheels=gpu_wheels
 out=runs/gpu_check
-rm -rf "$out"
-poise train --max-steps 20 --device cuda --output-dir "$out/poise" --checkpoint.every 10
-poise train --max-steps 30 --device cuda --output-dir "$out/poise" --resume      # resumes on the GPU
-for m in grpo dapo rloo ppo; do
-  poise train --config "$m" --max-steps 5 --device cuda --output-dir "$out/$m"
+dry=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) wheels=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --dry-run) dry=(--dry-run); shift ;;
+    *) echo "gpu_check: unknown argument $1 (use --wheels DIR, --out DIR, --dry-run)" >&2; exit 2 ;;
+  esac
 done
-poise eval --model.name "$out/poise/policy" --device cuda --num-problems 100 --k 4 --output "$out/eval.jsonl"
-if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --max-steps 10 --output-dir "$out/ddp"
-  accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --config dapo --max-steps 5 \
-    --output-dir "$out/ddp_dapo"
-  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train --max-steps 10 \
-    --output-dir "$out/fsdp"                                                       # FSDP2 over NCCL
-  accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train --config ppo \
-    --max-steps 5 --output-dir "$out/fsdp_ppo"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+site=""
+if [ -d "$wheels" ]; then
+  site=$(mktemp -d /tmp/poise-site-XXXX)
+  whl=("$wheels"/*.whl)
+  python -m pip install -q --no-index --no-deps --no-compile --target "$site" "${whl[@]}"
+  for sdist in "$wheels"/*.tar.gz; do  # a compiled package with no wheel for this Python: built here, offline
+    [ -e "$sdist" ] && python -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" "$sdist"
+  done
+  echo "gpu_check: installed ${#whl[@]} wheels from $wheels into $site"
 fi
-if python -c "import vllm" 2>/dev/null; then  # the vLLM engine (scripts/install_vllm.sh; on a GPU: vllm==0.32.0)
-  # bf16 sampling, fp32 training, sleep mode during the update; rollout/logprob_diff_* and rollout/tis_* show the
-  # mismatch and its correction
-  poise train --rollout.engine vllm --rollout.engine_dtype bfloat16 --max-steps 10 --device cuda \
-    --checkpoint.every 5 --output-dir "$out/vllm"
-  poise train --rollout.engine vllm --rollout.engine_dtype bfloat16 --max-steps 12 --device cuda \
-    --output-dir "$out/vllm" --resume
-  poise train --config dapo --rollout.engine vllm --max-steps 5 --device cuda --output-dir "$out/vllm_dapo"
-  if python -c "import trl" 2>/dev/null; then  # POISETrainer with TRL's colocated vLLM against TRL's generate
-    python benchmarks/trl_vllm.py --models default --shapes 16x8 --steps 4 --reps 1 --from-step 2 \
-      --out "$out/trl_vllm.json"
-  fi
-  if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then  # one engine per rank
-    accelerate launch --multi_gpu --num_processes 2 -m poise.commands.cli train --rollout.engine vllm \
-      --max-steps 5 --output-dir "$out/vllm_ddp"
-    accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2 -m poise.commands.cli train \
-      --rollout.engine vllm --max-steps 5 --output-dir "$out/vllm_fsdp"              # full weights gathered to push
-  fi
-else
-  echo "gpu_check: vllm is not installed; the vLLM engine was not checked"
-fi
-echo "gpu_check: every run finished; see $out/*/metrics.jsonl"
+export PYTHONPATH="$PWD/src${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
+python scripts/gpu_requirements.py
+python benchmarks/gpu_check.py "${dry[@]}" --out "$out"
