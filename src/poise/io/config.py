@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from poise.algo import Aggregation
+from poise.algo import Aggregation, TisMode
 from poise.io import configio, validation
 from poise.io.configio import ConfigError, flat_fields, load_yaml, parse_cli_value, save_config, to_dict  # noqa: F401 (re-exported)
 
@@ -45,6 +45,12 @@ class ModelConfig:
     run that code, downloading it from the Hub with the model. Off: such a model is refused at start-up."""
     dtype: DType = "float32"
     """Parameter dtype: float32 (CPU default), bfloat16 or float16."""
+    disable_dropout: bool = True
+    """Zero every dropout probability of the policy at load (torch Dropout modules, and the attention/hidden dropout
+    rates models read from their config or store on their modules; the reference and critic copies inherit it), as
+    TRL's disable_dropout: old log-probs, entropies and probe features are then free of dropout noise and the PPO
+    ratio of the first mini-batch is exactly 1. The saved policy's config.json records the zeros. false keeps the
+    model's dropout in the update; LoRA dropout (model.lora_dropout > 0) needs false."""
     lora_r: int = 0
     """LoRA rank; 0 (default) trains every weight. Above 0 the policy is wrapped with peft (pip install -c
     constraints.txt -e '.[real]') and only the low-rank adapters train; policy/ is saved with them merged in."""
@@ -56,6 +62,11 @@ class ModelConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"])
     """Names of the linear modules that get adapters (default: the attention and MLP projections of Llama/Qwen)."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing of the policy (and critic) during the update: transformers'
+    gradient_checkpointing_enable (non-reentrant), each decoder layer keeping only its input and recomputing the rest
+    in the backward (about a third more compute). Off while sampling, which needs the KV cache. The update's forwards
+    then run every row's prompt, as a checkpointed layer cannot keep the cache that shares it within a group."""
 
 
 @dataclass
@@ -64,9 +75,22 @@ class TaskConfig:
     """Task from the registry: chain_sum, basic_arithmetic, countdown; dataset (a file or a Hub dataset, see
     task.path); or a named math set loaded from the Hugging Face Hub (or, when $POISE_BENCHMARKS_DIR is set, from the
     mirror there that `poise data download DIR` writes): gsm8k and math (train and test splits), dapo_math and
-    deepscaler (training sets), math500, aime24, aime25 and amc23 (evaluation sets: every row held out)."""
+    deepscaler (training sets), math500, aime24, aime25 and amc23 (evaluation sets: every row held out). Also any
+    other reasoning-gym dataset by its name (gcd, lcm, letter_counting, ... about 100: `poise.data.tasks.
+    available_tasks()`), scored by its own score_answer; and procedural tasks joined by '+' (chain_sum+gcd), a
+    mixture whose levels are named task/level (gcd/l1)."""
     levels: list[str] = field(default_factory=list)
-    """Difficulty levels mixed in one dataset; empty means the task's own default levels."""
+    """Difficulty levels mixed in one dataset; empty means the task's own default levels. chain_sum and
+    basic_arithmetic: t{terms}d{digits} (default t4d1, t5d1 and t2d1, t3d1, t3d2, t4d2); countdown: n{numbers}
+    (default n3, n4); other reasoning-gym tasks: l0, l1, ... (every attribute of the dataset's reasoning-gym curriculum
+    at that level, capped at the attribute's last; a range attribute takes its own band, so levels do not overlap)
+    or 'default' (the dataset's own default config). Their default is l0, or 'default' for a dataset without a
+    curriculum (acre, arc_agi, gsm_symbolic, list_functions)."""
+    options: list[str] = field(default_factory=list)
+    """reasoning-gym tasks other than chain_sum, basic_arithmetic and countdown: 'key=value' items that set keys of
+    the dataset's own config class (values read as YAML), over the level's values of the same keys, e.g.
+    --task.options 'min_value=1,max_value=100'. An unknown key stops the run listing the valid ones; seed and size
+    are poise's. Empty: the level's config alone."""
     test_fraction: float = 0.2
     """Fraction of the question space reserved for the held-out split (assigned by a hash of the question)."""
     train_size: int = 20000
@@ -124,8 +148,15 @@ class RolloutConfig:
     native bf16 instructions (avx512_bf16 or amx_bf16); without them it is slower than float32, and a warning says
     so."""
     tis_cap: float = 2.0
-    """With the vLLM engine: sequence-level truncated importance sampling, each response's advantage multiplied by
-    min(exp(sum_t log pi_old - log pi_vllm), tis_cap), as in TRL and verl; 0 turns it off. Unused with hf."""
+    """With the vLLM engine: the cap C of the importance-sampling correction for its log-prob mismatch
+    (rollout.tis_mode); 0 turns the correction off (the mismatch is still logged). Unused with hf."""
+    tis_mode: TisMode = "sequence_truncate"
+    """With the vLLM engine, how the ratio pi_old / pi_vllm weights the loss, as TRL's vllm_importance_sampling_mode:
+    sequence_truncate (each response's advantage times min(exp(sum_t log pi_old - log pi_vllm), tis_cap), verl's
+    sequence-level TIS), sequence_mask (that ratio, or 0 for a response above the cap), token_truncate (each token's
+    advantage times min(pi_old / pi_vllm, tis_cap), verl's token-level TIS) or token_mask (0 for a token above the
+    cap). A per-token mismatch sums over a response, so sequence weights drift with length; token weights do not
+    (docs/RESULTS.md)."""
     gpu_memory_utilization: float = 0.3
     """With the vLLM engine on a GPU: the fraction of its memory vLLM may take (weights and KV cache), the rest
     staying for training. Unused on the CPU."""
@@ -258,6 +289,18 @@ class OptimConfig:
     max_consecutive_skips: int = 5
     """An optimizer step whose loss or gradient is NaN/inf is skipped (parameters and optimizer state untouched,
     counted in optim/skipped_steps); this many skipped in a row stop the run with a diagnostic."""
+    micro_batch_tokens: int = 0
+    """Token budget of one forward (and backward) in the update and the scoring pass, like verl's
+    ppo_max_token_len_per_gpu: each mini-batch runs in micro-batches of at most this many positions (rows x (prompt +
+    response width), padding included; whole groups together while a group fits, so prompts stay shared), their
+    gradients accumulated with each loss weighted by its share of the mini-batch's tokens (token-mean) or sequences
+    (seq-mean-*), so the optimizer step is the same. The reference model and the critic forward the same way. A
+    mini-batch split in several no longer reuses the scoring forward for the update. 0 (default): one forward per
+    mini-batch, as before."""
+    logit_chunk_tokens: int = 0
+    """Compute log-probs and entropies from the final hidden states this many positions at a time (the LM head, log-
+    softmax and entropy per chunk; the backward recomputes each chunk), so the full (rows, T, vocabulary) logits never
+    exist, in scoring or the update. Same values up to float rounding. 0 (default): full logits, as before."""
 
 
 @dataclass
