@@ -8,6 +8,7 @@ too, so that before and after are scored on the task that was trained on.
 
 Runs, in order (each skipped when its output is already there):
     poise eval --model.name default --output OUT/before.jsonl            (500 held-out problems, k = 8)
+                                        (the extra arguments' --model.name instead of default, when they name one)
     poise train --output-dir OUT/run [extra]                             (the default config: 300 steps)
     poise eval --model.name OUT/run/policy --output OUT/after.jsonl      (the same problems and seed)
 then pairs the two evaluations (`paired_eval.paired`) and writes OUT/default_gain.json with the per-level table,
@@ -48,6 +49,17 @@ def task_args(extra: list[str]) -> list[str]:
     return out
 
 
+def model_name(extra: list[str]) -> str:
+    """The `--model.name` among `poise train` arguments (the model that is trained, so the one evaluated before),
+    else 'default'."""
+    for i, arg in enumerate(extra):
+        if arg.startswith("--model.name="):
+            return arg.split("=", 1)[1]
+        if arg == "--model.name" and i + 1 < len(extra):
+            return extra[i + 1]
+    return "default"
+
+
 def poise(*args: str) -> float:
     t = time.time()
     subprocess.run([sys.executable, "-m", "poise.commands.cli", *args], check=True)
@@ -63,7 +75,7 @@ def main() -> None:
     out = Path(a.out)
     ev = ["--k", "8", "--num-problems", str(a.num_problems), "--seed", "0", *task_args(a.extra)]
     if not (out / "before.jsonl").is_file():
-        poise("eval", "--model.name", "default", "--output", str(out / "before.jsonl"), *ev)
+        poise("eval", "--model.name", model_name(a.extra), "--output", str(out / "before.jsonl"), *ev)
     train_s = None
     if not (out / "run" / "policy").is_dir():
         train_s = poise("train", "--output-dir", str(out / "run"), *a.extra)

@@ -1,8 +1,11 @@
 """`poise sft`: warm-start a policy on programmatic worked solutions so RL starts from "right sometimes".
 
 Each example is the chat-formatted prompt followed by the task's worked solution `<think>steps</think>answer` and
-EOS; the loss is the mean next-token cross-entropy over response tokens only. After training, the held-out split is
-evaluated at temperature 1 (Avg@k per difficulty level) and everything is written to `output_dir`.
+EOS; the loss is the mean next-token cross-entropy over response tokens only. A task none of whose problems has a
+worked solution (the reasoning-gym tasks of `poise.data.tasks.gym`, a data file without a solution column; in a
+mixture, each part on its own) is trained on its answers alone, `<think></think>ANSWER`: an empty thought, so the
+reward, which reads the text after the last `</think>`, reads exactly the answer. After training, the held-out split
+is evaluated at temperature 1 (Avg@k per difficulty level) and everything is written to `output_dir`.
 """
 
 from __future__ import annotations
@@ -20,19 +23,34 @@ from poise.io.command_configs import SFTConfig
 from poise.io.config import ConfigError, save_config
 from poise.commands.evaluate import evaluate, level_table
 from poise.rollout.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_policy, tokenizer_corpus
-from poise.data.tasks import build_messages
+from poise.data.tasks import THINK_CLOSE, THINK_OPEN, build_messages
 from poise.data.tasks.dataset import build_task
 
 
-def encode_examples(tokenizer, problems) -> list[tuple[list[int], int]]:
-    """(token ids of prompt + solution + EOS, prompt length) for every problem that has a worked solution."""
+def answer_only_tasks(problems) -> set[str]:
+    """Names of the tasks among `problems` (`Problem.task`) none of whose problems has a worked solution."""
+    return {p.task for p in problems} - {p.task for p in problems if p.solution is not None}
+
+
+def sft_target(problem, answer_only: bool = False) -> str | None:
+    """The response a problem is fine-tuned on: its worked solution; with `answer_only`, `<think></think>ANSWER`
+    (the reward reads the text after the last `</think>`); None when it has neither."""
+    if answer_only:
+        return f"{THINK_OPEN}{THINK_CLOSE}{problem.answer}"
+    return problem.solution
+
+
+def encode_examples(tokenizer, problems, answer_only: set[str] = frozenset()) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + target + EOS, prompt length) for every problem with a worked solution, and every problem
+    of the tasks named in `answer_only` with the answer alone (`sft_target`)."""
     out = []
     for p in problems:
-        if p.solution is None:
+        target = sft_target(p, p.task in answer_only)
+        if target is None:
             continue
         prompt = tokenizer.apply_chat_template(build_messages(p), tokenize=False, add_generation_prompt=True)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        r_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((p_ids + r_ids, len(p_ids)))
     return out
 
@@ -71,7 +89,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     task = build_task(cfg.task)
     torch.manual_seed(cfg.seed)
     if cfg.model in TINY_PRESETS:
-        tokenizer = build_tokenizer(tokenizer_corpus(cfg.task.name, seed=cfg.seed, levels=task.levels), cfg.vocab_size)
+        corpus = tokenizer_corpus(cfg.task.name, seed=cfg.seed, levels=task.levels, options=cfg.task.options)
+        tokenizer = build_tokenizer(corpus, cfg.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
     else:  # 'default', a GGUF such as 'smollm2-135m', a local Hugging Face directory or a Hub model ID
         try:
@@ -85,9 +104,13 @@ def run_sft(cfg: SFTConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sft: {cfg.model} ({n_params / 1e6:.2f} M parameters, vocabulary {len(tokenizer)}) on {task.name}")
 
-    pool = encode_examples(tokenizer, task.problems("train", cfg.task.train_size, seed=cfg.seed))
+    problems = task.problems("train", cfg.task.train_size, seed=cfg.seed)
+    answer_only = answer_only_tasks(problems)
+    if answer_only:
+        print(f"sft: no worked solutions for {', '.join(sorted(answer_only))}: training on <think></think>ANSWER")
+    pool = encode_examples(tokenizer, problems, answer_only)
     if not pool:
-        raise ValueError(f"task.name: {task.name} has no worked solutions to fine-tune on")
+        raise ValueError(f"task.name: {task.name} has no problems to fine-tune on")
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg.steps, cfg.warmup_steps))

@@ -13,6 +13,7 @@ from .base import (
 )
 from .countdown import CountdownTask
 from .dataset import DatasetError, DatasetTask, benchmark_task, drop_long_prompts
+from .gym import GymTask, gym_names, gym_task_class
 from .hubdata import HUB_DATASETS
 from .registry import available_tasks, get_task, register_task
 
@@ -22,6 +23,9 @@ register_task("countdown", CountdownTask)
 register_task("dataset", DatasetTask)
 for _name in HUB_DATASETS:
     register_task(_name, benchmark_task(_name))
+for _name in gym_names():  # every other reasoning-gym dataset (gym.py); the names above keep their own classes
+    if _name not in available_tasks():
+        register_task(_name, gym_task_class(_name))
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -32,6 +36,7 @@ __all__ = [
     "CountdownTask",
     "DatasetError",
     "DatasetTask",
+    "GymTask",
     "Problem",
     "Task",
     "available_tasks",

@@ -348,6 +348,8 @@ def task_kwargs(task_cfg: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"test_fraction": task_cfg.test_fraction}
     if task_cfg.levels:
         kwargs["levels"] = list(task_cfg.levels)
+    if getattr(task_cfg, "options", None):  # reasoning-gym config keys (gym.py); other tasks refuse them by name
+        kwargs["options"] = list(task_cfg.options)
     if task_cfg.name == "dataset":
         kwargs.update(path=task_cfg.path, prompt_field=task_cfg.prompt_field, answer_field=task_cfg.answer_field,
                       solution_field=task_cfg.solution_field, level_field=task_cfg.level_field,

@@ -27,8 +27,8 @@ def register_task(name: str, factory: Callable[..., Task]) -> None:
 
 
 def available_tasks() -> list[str]:
-    """Sorted names of registered tasks."""
-    return sorted(_REGISTRY)
+    """Sorted names of registered tasks (without the reasoning-gym names poise refuses, `gym.REFUSED`)."""
+    return sorted(n for n, f in _REGISTRY.items() if not getattr(f, "refused", None))
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -39,10 +39,16 @@ def get_task(name: str, **kwargs: Any) -> Task:
         unknown = [p for p in parts if p not in _REGISTRY]
         if unknown:
             raise KeyError(f"unknown task {unknown[0]!r} in {name!r}; available: {', '.join(available_tasks())}")
+        if kwargs.pop("options", None):
+            raise ValueError(f"task.options: options set one reasoning-gym task's config, not a mixture's ({name!r})")
         return MixtureTask(parts, **kwargs)
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    if not getattr(factory, "takes_options", False) and kwargs.pop("options", None):
+        raise ValueError(f"task.options: {name} takes no options; they set the config of a reasoning-gym task other "
+                         "than chain_sum, basic_arithmetic and countdown (those three are set by task.levels)")
+    return factory(**kwargs)
 
 
 def mixture_reward(response: str, problem: Problem) -> float | None:
