@@ -72,10 +72,12 @@ def metrics(run: Path) -> list[dict]:
 
 def stage_default(out: Path, s: dict) -> dict:
     """Before/after held-out Avg@k of `steps` POISE steps of the embedded default, paired, on the device."""
-    ev = ["--k", str(s["k"]), "--num_problems", str(s["problems"]), "--seed", "0", "--device", s["device"]]
+    ev = ["--k", str(s["k"]), "--num_problems", str(s["problems"]), "--seed", "0", "--device", s["device"],
+          *s.get("threads", [])]
     cli("eval", "--model.name", "default", "--output", str(out / "before.jsonl"), *ev)
     seconds = cli("train", "--max_steps", str(s["steps"]), "--device", s["device"], "--output_dir",
-                     str(out / "run"), "--checkpoint.every", "0", "--report_to", "none", *s["small"])
+                     str(out / "run"), "--checkpoint.every", "0", "--report_to", "none", *s["small"],
+                     *s.get("threads", []))
     cli("eval", "--model.name", str(out / "run" / "policy"), "--output", str(out / "after.jsonl"), *ev)
     rows = [[json.loads(line) for line in open(out / f)] for f in ("before.jsonl", "after.jsonl")]
     steps = metrics(out / "run")
@@ -263,12 +265,13 @@ def main() -> None:
     ap.add_argument("--cpu-reference", action="store_true",
                     help="only the default stage, on the CPU at full size: results/gpu_check/cpu_reference.json")
     ap.add_argument("--stages", default="default,presets,resume,phases")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the --cpu-reference runs")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     s = sizes(a.dry_run)
     if a.cpu_reference:
-        s, stages = {**s, "device": "cpu"}, ["default"]
+        s, stages = {**s, "device": "cpu", "threads": ["--threads", str(a.threads)]}, ["default"]
     else:
         stages = a.stages.split(",")
     if s["device"] == "cuda":
