@@ -64,7 +64,8 @@ def test_the_dry_run_writes_every_stage(tmp_path):
     assert all(v["steps"] == 2 for v in r["presets"].values())
     assert r["resume"]["bit_identical"] and r["resume"]["metrics_identical"]
     phases = r["phases"]
-    assert phases["rows"] == 8 and phases["generate_fp32"]["tokens_per_s"] > 0 and phases["update"]["s"] > 0
+    assert phases["rows"] == 8 and phases["generate_fp32"]["tokens_per_s"] > 0
+    assert all(phases[v]["update"]["s"] > 0 for v in ("memory options", "full logits"))
     md_text = (out / "gpu_check.md").read_text()
     for heading in ("held-out Avg@k", "## Presets", "## Resume", "## Phases"):
         assert heading in md_text
