@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from poise.algo.losses import truncated_is_weights
+from poise.algo.correction import importance_weights, log_ratios
 from poise.io.config import ConfigError, TrainConfig, build_config
 from poise.rollout import vllm_engine
 from poise.rollout.engine import RolloutBatch, score
@@ -31,7 +31,8 @@ from poise.parallel.distributed import Dist
 def test_tis_weights_are_exactly_one_when_the_engines_agree():
     logp = -torch.rand(6, 9) * 3
     mask = torch.rand(6, 9) > 0.3
-    w, log_w = truncated_is_weights(logp, logp.clone(), mask, cap=2.0)
+    w, _ = importance_weights(logp, logp.clone(), mask, cap=2.0, mode="sequence_truncate")
+    log_w = log_ratios(logp, logp.clone(), mask).sum(1)
     assert torch.equal(w, torch.ones(6)) and torch.equal(log_w, torch.zeros(6))
 
 
@@ -41,7 +42,8 @@ def test_tis_weights_sum_the_log_ratio_over_valid_tokens_then_truncate():
                             [0.25, 0.25, 0.25, 0.25],
                             [-2.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
-    w, log_w = truncated_is_weights(old, sampler, mask, cap=3.0)
+    w, _ = importance_weights(old, sampler, mask, cap=3.0, mode="sequence_truncate")
+    log_w = log_ratios(old, sampler, mask).sum(1)
     assert log_w.tolist() == pytest.approx([1.0, -1.0, 2.0])
     assert w.tolist() == pytest.approx([math.e, math.exp(-1.0), 3.0])  # e^2 > 3: truncated at the cap
 

@@ -8,7 +8,6 @@ never by multiplication, so garbage (inf / nan) in padded log-probs yields exact
 
 from __future__ import annotations
 
-import math
 from typing import get_args
 
 import torch
@@ -160,27 +159,6 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """
     d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0
-
-
-def truncated_is_weights(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, Tensor]:
-    """Sequence-level truncated importance sampling for responses drawn by another engine (vLLM) than the policy.
-
-      log w_i = sum_t mask_it * (old_logp_it - sampler_logp_it)      (pi_old over the sampler's distribution)
-      w_i     = min(exp(log w_i), cap)                                (truncated: the variance stays bounded)
-
-    The loss of response i is multiplied by w_i (detached), as TRL's `vllm_importance_sampling_correction` with
-    "sequence_truncate" and verl's sequence-level TIS do; for the PPO surrogate that is A_i -> w_i * A_i, since w_i > 0
-    keeps the sign that decides the clip. When the two engines agree (equal log-probs) every w_i is exactly 1.
-
-    Args:
-        old_logp: (B, T) our scoring pass's log-probs of the sampled tokens; sampler_logp: (B, T) the engine's own.
-        mask: (B, T) valid response tokens; cap: the truncation C > 0.
-    Returns:
-        (w (B,), log w (B,) before truncation).
-    """
-    d = torch.where(mask.bool(), old_logp - sampler_logp, torch.zeros_like(old_logp))
-    log_w = d.sum(dim=1)
-    return torch.exp(log_w.clamp(max=math.log(cap))).detach(), log_w.detach()
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 0.2) -> Tensor:
