@@ -1,6 +1,8 @@
-"""Mixtures of procedural tasks (`--task.name chain_sum+basic_arithmetic`): problems, rewards, errors, training."""
+"""Mixtures of tasks (`--task.name chain_sum+basic_arithmetic`, `chain_sum+gsm8k`): problems, rewards, errors,
+training."""
 
 import pytest
+from hub_fixtures import offline_hub, prefill_datasets
 
 from poise.commands.cli import main
 from poise.data.tasks import get_task
@@ -30,7 +32,6 @@ def test_levels_problems_and_rewards_come_from_each_part():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task.name", "chain_sum+gsm8k"], "task.name: 'gsm8k' cannot be mixed"),
     (["--task.name", "chain_sum+dataset"], "task.name: 'dataset' cannot be mixed"),
     (["--task.name", "chain_sum+chain_sum"], "task.name: a mixture names two or more different tasks"),
     (["--task.name", "chain_sum+nope"], "task.name: unknown task 'nope' in 'chain_sum+nope'"),
@@ -40,6 +41,29 @@ def test_levels_problems_and_rewards_come_from_each_part():
 def test_bad_mixtures_name_the_key(argv, message, tmp_path, capsys):
     assert main(["train", "--output-dir", str(tmp_path / "run"), "--max-steps", "1", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    return prefill_datasets(tmp_path_factory.mktemp("hub"))
+
+
+def test_a_mixture_draws_dataset_rows_and_scores_each_part_with_its_own_reward(hub_cache, monkeypatch, tmp_path):
+    offline_hub(monkeypatch, hub_cache, tmp_path / "datasets_cache")
+    mix = get_task("chain_sum+gsm8k", levels=["chain_sum/t2d1", "gsm8k/all"])
+    problems = mix.problems("train", 6, seed=1)
+    assert [p.task for p in problems] == ["chain_sum", "gsm8k"] * 3
+    assert [p.level for p in problems] == ["chain_sum/t2d1", "gsm8k/all"] * 3
+    gsm8k = get_task("gsm8k")
+    rows = {p.question: p.answer for p in gsm8k.problems("train", gsm8k.split_size("train"))}
+    assert all(rows[p.question] == p.answer for p in problems[1::2])  # real training rows, gold kept
+    assert mix.problems("train", 6, seed=1) == problems and mix.problems("train", 6, seed=2) != problems
+    assert not {p.question for p in mix.problems("test", 6)} & set(rows)  # held-out rows stay held out
+    answers = [f"<think></think>{p.answer}" for p in problems]
+    assert mix.score_batch(answers, problems) == [1.0] * 6  # chain_sum's checker, then math-verify on gsm8k
+    assert mix.score_batch(["<think></think>-1"] * 6, problems) == [0.0] * 6
+    with pytest.raises(ValueError, match="task.name: math500 is an evaluation set"):
+        get_task("chain_sum+math500")
 
 
 def test_training_on_a_mixture_logs_each_part(tiny_run, tmp_path):

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from poise.data.tasks import drop_long_prompts
+from poise.data.code.runners import make_runner
 from poise.data.tasks.dataset import build_task, check_reward_function
 from poise.data.verifier import SafeVerifier
 from poise.io.config import to_dict
@@ -74,6 +75,9 @@ def _build(cfg):
     """(task with its verifier, problems, info, model, tokenizer); bad names become ConfigErrors naming the key."""
 
     task = build_task(cfg.task, cfg.reward_function, "reward_function")  # checked before the model loads
+    if task.uses_code:  # code tasks, their sandbox started now: pass@k counts the samples that pass every test
+        task.code_runner = make_runner(cfg.code_backend, cfg.code_sandbox, cfg.sandbox_url, cfg.code_timeout, key="")
+        task.code_score = "all"
     problems, info = select_problems(task, cfg.split, cfg.num_problems, cfg.seed)
     try:
         device = resolve_device(cfg.device)
@@ -131,7 +135,7 @@ def run_eval(cfg, progress: bool = True) -> dict:
         "model": cfg.model.name, "task": task.name, "split": cfg.split, "k": cfg.k,
         "problems": len(problems), "requested": cfg.num_problems, **info,
         "samples": samples, "unscorable": metrics["overall"]["unscorable"],
-        "verifier": dict(task.verifier.stats), **metrics,
+        "verifier": dict(task.verifier.stats), **({"code": dict(task.code_stats)} if task.uses_code else {}), **metrics,
         "generated_tokens": tokens, "truncated": truncated,
         "wall_time_s": time.perf_counter() - t_start, "loop_s": loop_s, "generate_s": t_gen, "score_s": t_score,
         "samples_per_s": samples / loop_s, "output": str(out),

@@ -86,6 +86,15 @@ class EvalConfig:
     reward_function: str = ""
     """A TRL-style reward 'module:function' or 'path/file.py:function' that replaces the task's (as
     reward.function does in training); a sample is correct when it returns 1."""
+    code_backend: Literal["local", "sandbox_fusion"] = "local"
+    """Code tasks: 'local' (bubblewrap sandboxes here) or 'sandbox_fusion' (a server at sandbox_url); as
+    reward.code_backend in training."""
+    code_sandbox: Literal["bwrap", "none"] = "bwrap"
+    """The local backend's isolation, as reward.code_sandbox: 'bwrap', or 'none' (no isolation; logged loudly)."""
+    sandbox_url: str = ""
+    """SandboxFusion's address for code_backend sandbox_fusion."""
+    code_timeout: float = 10.0
+    """Wall-clock seconds for one program and all of its tests (a timeout fails the tests not passed by then)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
 

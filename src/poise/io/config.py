@@ -221,6 +221,25 @@ class RewardConfig:
     timeout: float = 5.0
     """Hard wall-clock limit in seconds for checking one answer. Checking runs in a sandboxed worker process that is
     killed and replaced on timeout; a timed-out answer scores 0 and is counted in reward/timeouts."""
+    code_score: Literal["all", "fraction"] = "all"
+    """Code tasks (humaneval, mbpp, apps): 'all' gives 1 only when every test passes (the official POISE code's and
+    verl's rule); 'fraction' gives the fraction of tests passed."""
+    code_backend: Literal["local", "sandbox_fusion"] = "local"
+    """Where code tasks run programs: 'local' (bubblewrap sandboxes on this machine, reward.code_sandbox) or
+    'sandbox_fusion' (a SandboxFusion server at reward.sandbox_url, as the official POISE code uses)."""
+    code_sandbox: Literal["bwrap", "none"] = "bwrap"
+    """The local backend's isolation: 'bwrap' (namespaces, seccomp, limits; the run refuses to start where it
+    cannot) or 'none' (the same limits as a plain subprocess, no isolation: programs can read your files and reach
+    the network; logged loudly)."""
+    sandbox_url: str = ""
+    """SandboxFusion's address (e.g. http://localhost:8080) for reward.code_backend sandbox_fusion."""
+    code_timeout: float = 10.0
+    """Wall-clock seconds for one program and all of its tests; the sandbox is killed at the limit and the tests
+    not passed by then fail (counted in reward/code_timeouts)."""
+    code_memory_mb: int = 1024
+    """Address-space limit of one sandboxed program, in MiB."""
+    code_workers: int = 0
+    """Programs run at once; 0 = one per core this process may use."""
 
 
 @dataclass

@@ -26,6 +26,11 @@ def _check_positive(section: Any, prefix: str, names: list[str], allow_zero: boo
         _check(v >= 0 if allow_zero else v > 0, f"{prefix}{n}", "must be >= 0" if allow_zero else "must be > 0", v)
 
 
+def _check_code_backend(backend: str, url: str, prefix: str) -> None:
+    _check(backend != "sandbox_fusion" or url.startswith(("http://", "https://")), f"{prefix}sandbox_url",
+           f"{prefix}code_backend sandbox_fusion needs the server's address, e.g. http://localhost:8080", url)
+
+
 def _validate_task(t: TaskConfig, prefix: str) -> None:
     _check(0.0 < t.test_fraction < 1.0, prefix + "test_fraction", "must be in (0, 1)", t.test_fraction)
     _check_positive(t, prefix, ["train_size", "eval_size"])
@@ -72,6 +77,8 @@ def validate_eval(cfg: EvalConfig) -> None:
     _check(cfg.k >= 1, "k", "must be >= 1 (samples per problem)", cfg.k)
     _check_positive(cfg, "", ["num_problems", "max_new_tokens", "batch_size", "temperature", "reward_timeout"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
+    _check_positive(cfg, "", ["code_timeout"])
+    _check_code_backend(cfg.code_backend, cfg.sandbox_url, "")
     _check_device(cfg.device)
     _check(0.0 < cfg.top_p <= 1.0, "top_p", "must be in (0, 1]", cfg.top_p)
     _check(cfg.model.lora_r == 0, "model.lora_r", "poise eval loads a saved policy, whose LoRA adapters are "
@@ -131,7 +138,9 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(0 <= rw.overlong_buffer <= r.max_new_tokens, "reward.overlong_buffer",
            f"must be in [0, rollout.max_new_tokens = {r.max_new_tokens}]", rw.overlong_buffer)
     _check_positive(rw, "reward.", ["overlong_penalty"], allow_zero=True)
-    _check_positive(rw, "reward.", ["timeout"])
+    _check_positive(rw, "reward.", ["timeout", "code_timeout", "code_memory_mb"])
+    _check_positive(rw, "reward.", ["code_workers"], allow_zero=True)
+    _check_code_backend(rw.code_backend, rw.sandbox_url, "reward.")
     c = cfg.critic
     _check_positive(c, "critic.", ["lr"])
     _check_positive(c, "critic.", ["value_clip"], allow_zero=True)

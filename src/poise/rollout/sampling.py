@@ -69,6 +69,9 @@ def cat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
                         torch.cat([right(b.sampler_logp, T, 0.0) for b in batches]))
 
 
+CODE_COUNTERS = ("code_timeouts", "code_errors", "code_seconds", "no_code")  # code tasks' counters (tasks/code.py)
+
+
 @dataclass
 class Collected:
     """One step's training rollouts and everything generated on the way."""
@@ -84,7 +87,7 @@ class Collected:
     groups_varied: int  # groups with reward variance among all generated
     generated_tokens: int  # response tokens generated, dropped samples included
     reward_seconds: float  # time spent decoding and verifying answers
-    verifier: dict  # this step's verifier counts: timeouts, errors, rejected, unscorable
+    verifier: dict  # this step's verifier counts: timeouts, errors, rejected, unscorable (+ CODE_COUNTERS for code)
     dropped_uneven: int = 0  # several processes, dynamic sampling: kept groups dropped so every rank gets as many
 
 
@@ -139,6 +142,7 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
     rounds = n_kept = generated = varied = n_tokens = 0
     reward_seconds = 0.0
     before = dict(task.verifier.stats)
+    code_before = dict(task.code_stats) if task.uses_code else None  # code tasks: the sandbox's counters
     params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
@@ -185,5 +189,7 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
         rewards += overlong_penalty(batch.response_mask.sum(1).cpu(), r.max_new_tokens, cfg.reward.overlong_buffer,
                                     cfg.reward.overlong_penalty)
     counts = {k: task.verifier.stats[k] - before.get(k, 0) for k in ("timeouts", "errors", "rejected", "unscorable")}
+    if code_before is not None:
+        counts.update({k: task.code_stats.get(k, 0) - code_before.get(k, 0) for k in CODE_COUNTERS})
     return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,
                      generated, varied, n_tokens, reward_seconds, counts, uneven)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from poise.data.code.runners import attach_runner
 from poise.data.tasks import Task, drop_long_prompts, get_task
 from poise.data.tasks.dataset import DatasetError
 from poise.io.configio import ConfigError
@@ -84,6 +85,7 @@ def _task(state, name: str) -> Task:
     except (KeyError, ValueError) as e:
         raise ConfigError(f"eval.tasks: {e.args[0] if e.args else e}") from None
     task.verifier = state.task.verifier
+    attach_runner(task, cfg.reward, state.task.code_runner if state.task.uses_code else None)
     return task
 
 

@@ -29,9 +29,13 @@ def sampling_metrics(cfg, col, dist: Dist) -> dict:
     m = {"reward/mean": scores.mean().item() if len(scores) else float("nan"),
          "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
          "tokens/generated": int(dist.sum(col.generated_tokens)),
-         **{f"reward/{k}": int(dist.sum(v)) for k, v in col.verifier.items()}}  # timeouts, errors, rejected, ...
+         **{f"reward/{k}": (dist.sum(v) if isinstance(v, float) else int(dist.sum(v)))  # timeouts, errors, ...;
+            for k, v in col.verifier.items()}}  # code tasks: code_timeouts, code_errors, code_seconds, no_code
     for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
         m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
+    tasks = sorted({lv.split("/")[0] for lv in levels}) if "+" in cfg.task.name else []  # a mixture: task/level
+    for t in tasks:  # reward by task, e.g. reward/gsm8k/mean
+        m[f"reward/{t}/mean"] = scores[[i for i, x in enumerate(levels) if x.split("/")[0] == t]].mean().item()
     groups, varied = dist.sum(col.groups_generated), dist.sum(col.groups_varied)
     if cfg.rollout.group_size > 1:
         m["reward/frac_zero_std_groups"] = 1.0 - varied / groups

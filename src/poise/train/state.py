@@ -22,6 +22,7 @@ import torch
 from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe
 from poise.data.tasks import Task, drop_long_prompts
 from poise.data.tasks.dataset import build_task, check_reward_function
+from poise.data.code.runners import attach_runner
 from poise.data.verifier import SafeVerifier
 from poise.io.config import TrainConfig, save_config, to_dict
 from poise.io.configio import ConfigError
@@ -222,6 +223,7 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     reference and critic copies, FSDP sharding, the verifier, the prompt pool (long prompts dropped, never
     truncated), optimizers with linear warm-up, and the probe (a fresh one, or `probe.load`)."""
     task = build_task(cfg.task, cfg.reward.function)  # data file and reward function checked before anything else
+    attach_runner(task, cfg.reward)  # code tasks: their sandbox, started now (a sandbox that cannot start stops here)
     model, tokenizer = load_model(cfg.model, cfg.task.name, cfg.seed)  # + LoRA adapters when model.lora_r > 0
     model.to(dist.device)
     if cfg.optim.logit_chunk_tokens:  # chunks need logits that are the LM head's output alone (no cap or scale)

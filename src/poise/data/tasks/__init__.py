@@ -11,6 +11,7 @@ from .base import (
     encode_prompts,
     extract_answer,
 )
+from .code import CODE_TASKS, APPSTask, CodeTask, HumanEvalTask, MBPPTask
 from .countdown import CountdownTask
 from .dataset import DatasetError, DatasetTask, benchmark_task, drop_long_prompts
 from .gym import GymTask, gym_names, gym_task_class
@@ -23,6 +24,8 @@ register_task("countdown", CountdownTask)
 register_task("dataset", DatasetTask)
 for _name in HUB_DATASETS:
     register_task(_name, benchmark_task(_name))
+for _name, _cls in CODE_TASKS.items():  # humaneval, mbpp, apps (code.py); mbpp and apps are Hub entries with code=True
+    register_task(_name, _cls)
 for _name in gym_names():  # every other reasoning-gym dataset (gym.py); the names above keep their own classes
     if _name not in available_tasks():
         register_task(_name, gym_task_class(_name))
@@ -31,12 +34,16 @@ __all__ = [
     "SYSTEM_PROMPT",
     "THINK_CLOSE",
     "THINK_OPEN",
+    "APPSTask",
     "BasicArithmeticTask",
     "ChainSumTask",
+    "CodeTask",
     "CountdownTask",
     "DatasetError",
     "DatasetTask",
     "GymTask",
+    "HumanEvalTask",
+    "MBPPTask",
     "Problem",
     "Task",
     "available_tasks",

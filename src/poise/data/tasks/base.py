@@ -94,6 +94,8 @@ class Task:
     reward_fn: Callable[[str, Problem], float | None]
     levels: list[str]
     default_levels: tuple[str, ...] = ()
+    uses_code = False
+    """True for tasks whose reward runs programs (`tasks/code.py`): the trainer starts the code sandbox for them."""
 
     def __init__(self, levels: list[str] | None = None, test_fraction: float = 0.2) -> None:
         levels = list(levels) if levels is not None else list(self.default_levels)

@@ -279,14 +279,35 @@ class DatasetTask(Task):
             raise ValueError(f"n must be a non-negative int, got {n!r}")
         pool, out = self._splits[split], []
         if not pool and n:  # an evaluation set's train split
+            trainable = ", ".join(k for k, v in HUB_DATASETS.items() if not (v.eval_only or v.code))  # math sets
             raise DatasetError(f"task.name: {self.name} is an evaluation set ({self.source}): its "
                                f"{self.split_size('test')} rows are all held out, none to train on; train on "
-                               f"{', '.join(k for k, v in HUB_DATASETS.items() if not v.eval_only)} or a dataset")
+                               f"{trainable} or a dataset")
         for epoch in range(-(-n // len(pool)) if pool else 0):
             order = list(pool)
             random.Random(int(text_hash(f"{self.name}/{split}/{seed}/{epoch}")[:16], 16)).shuffle(order)
             out += order
         return out[:n]
+
+
+    def _level_problems(self, level: str, split: str, count: int, seed: int) -> list[Problem]:
+        """`count` rows of one level and split (for a mixture, `registry.MixtureTask`): every row of the level in a
+        shuffled order deterministic in (level, split, seed), repeating with a fresh shuffle when `count` exceeds
+        them."""
+        pool = [p for p in self._splits[split] if p.level == level]
+        if not pool:
+            if count and split == "train" and self.eval_only:
+                raise DatasetError(f"task.name: {self.name} is an evaluation set ({self.source}): none of its rows "
+                                   "can be trained on")
+            if count:
+                raise DatasetError(f"{self.source}: no {split!r} rows of level {level!r}")
+            return []
+        out: list[Problem] = []
+        for epoch in range(-(-count // len(pool))):
+            order = list(pool)
+            random.Random(int(text_hash(f"{self.name}/{level}/{split}/{seed}/{epoch}")[:16], 16)).shuffle(order)
+            out += order
+        return out[:count]
 
 
 def benchmark_task(name: str):

@@ -22,6 +22,8 @@ The named sets and their Hub IDs follow what verl's `examples/data_preprocess` a
 | amc23 | math-ai/amc23 | question | answer (eval only) |
 | dapo_math | open-r1/DAPO-Math-17k-Processed (all) | prompt | solution (DAPO-Math-17k without its duplicates) |
 | deepscaler | agentica-org/DeepScaleR-Preview-Dataset | problem | answer |
+| mbpp | google-research-datasets/mbpp (full) | text + test_list | code, tests (code task: `code.py`) |
+| apps | codeparrot/apps | question | solutions, tests from input_output (code task: `code.py`) |
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class HubDataset:
     fields: Fields
     eval_only: bool = False
     """Every row is held out (test split): a benchmark to evaluate on, never trained on."""
+    code: bool = False
+    """Rows are code problems with tests, read by `code.py`'s CodeTask (fields name the prompt and gold columns)."""
 
 
 # Field names with '|' read either spelling: the Hub's, and the one of the math-evaluation-harness files that
@@ -64,6 +68,8 @@ HUB_DATASETS: dict[str, HubDataset] = {
     "amc23": HubDataset("math-ai/amc23", None, Fields("question|problem", "answer"), True),
     "dapo_math": HubDataset("open-r1/DAPO-Math-17k-Processed", "all", Fields("prompt", "solution")),
     "deepscaler": HubDataset("agentica-org/DeepScaleR-Preview-Dataset", None, Fields("problem", "answer", "solution")),
+    "mbpp": HubDataset("google-research-datasets/mbpp", "full", Fields("text", "code"), code=True),
+    "apps": HubDataset("codeparrot/apps", None, Fields("question", "solutions", level="difficulty"), code=True),
 }
 
 
