@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 from poise.rollout.models import build_tiny_model, build_tokenizer, tokenizer_corpus  # noqa: E402
 from poise.data.tasks import ChainSumTask, register_task  # noqa: E402
-from test_rewards_light import parity_reward  # noqa: E402  (a light module: the verifier worker imports it)
+from reward_functions import parity_reward  # noqa: E402  (a light module: the verifier worker imports it)
 
 
 class ParityTask(ChainSumTask):
@@ -50,7 +50,8 @@ TINY_RUN = {"task.name": "parity_test", "task.train_size": 64, "max_steps": 2, "
 def tiny_run(micro_dir):
     """Factory: a 2-step TrainConfig on the micro model and the parity task, in `tmp_path / 'run'`.
     `preset` names a packaged config (grpo, ppo, ...) applied under the tiny sizes; keyword overrides win."""
-    from poise.io.config import TrainConfig, build_config, load_yaml
+    from poise.config.loading import build_config, load_yaml
+    from poise.config.train_config import TrainConfig
 
     def make(tmp_path, preset=None, **over):
         values = load_yaml(preset) if preset else {}
@@ -65,7 +66,8 @@ def tiny_run(micro_dir):
 def finished_run(micro_dir, tmp_path_factory):
     """One finished 2-step POISE run of TINY_RUN, shared by the tests that only read a run: (its directory, its final
     metrics). A test that writes into a run copies the directory first."""
-    from poise.io.config import TrainConfig, build_config
+    from poise.config.loading import build_config
+    from poise.config.train_config import TrainConfig
     from poise.train.loop import train
 
     out = tmp_path_factory.mktemp("finished") / "run"

@@ -14,8 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402,F401  (registers parity_test)
 
 from poise.algo.advantages import group_view, poise_targets  # noqa: E402
+from poise.config.loading import build_config  # noqa: E402
+from poise.config.train_config import TrainConfig  # noqa: E402
 from poise.train.compute import ComputeMeter  # noqa: E402
-from poise.io.config import TrainConfig, build_config  # noqa: E402
 from poise.parallel.distributed import Dist  # noqa: E402
 from poise.parallel import fsdp  # noqa: E402
 from poise.algo.features import rollout_features  # noqa: E402

@@ -1,4 +1,4 @@
-"""Hostile answers for the verifier fuzz test (tests/test_verifier.py) and benchmarks/fuzz_verifier.py.
+"""Hostile answers for the verifier fuzz test (tests/test_verifier.py) and benchmarks/reliability/fuzz_verifier.py.
 
 `hostile_answers(sentinel_dir)` returns a deterministic list of strings a policy (or an attacker controlling one)
 could emit: megabyte strings, deeply nested braces, power towers and huge factorials, invalid unicode, and strings

@@ -7,8 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from poise.algo.advantages import value_advantages
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config
+from poise.config.train_config import TrainConfig
 from poise.train.compute import COUNTERS, ComputeMeter, budget_reached
-from poise.io.config import ConfigError, TrainConfig, build_config
 from poise.train.critic import ValueModel, critic_update, explained_variance
 from poise.algo.losses import value_loss
 from poise.rollout.models import load_local
@@ -21,7 +23,7 @@ from poise.io.tracking import read_metrics
 from poise.train.loop import compute_advantages, train
 from poise.train.state import PromptStream
 from conftest import ParityTask, train_and_diff
-from test_rewards_light import half_solvable_reward
+from reward_functions import half_solvable_reward
 
 # each preset at tiny sizes: enough prompts that a step has groups with reward variance
 PRESET_SIZES = {

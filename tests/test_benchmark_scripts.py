@@ -1,16 +1,21 @@
-"""The benchmark scripts' statistics (benchmarks/*.py, imported as modules) on hand-made run and eval directories:
-compare_gain, spread, screening_bound, prompt_probe_auroc and buffer_ablation."""
+"""The benchmark scripts' statistics (benchmarks/*/*.py, imported as modules) on hand-made run and eval directories:
+compare_gain, spread, screening_bound, prompt_probe_auroc and buffer_ablation; and the benchmarks' README lists every
+script."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
 def load_benchmark(name: str):
-    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
+    """benchmarks/<question>/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    [path] = BENCHMARKS.glob(f"*/{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -18,7 +23,7 @@ def load_benchmark(name: str):
 
 
 def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(tmp_path):
-    """benchmarks/compare_gain.py on a hand-made compare directory: 2 seeds x 4 problems, k = 4. The gain is the
+    """benchmarks/methods/compare_gain.py on a hand-made compare directory: 2 seeds x 4 problems, k = 4. The gain is the
     mean over seeds and problems of final - initial, inside its bootstrap interval; the step phases are averaged
     over the whole run, and a run not yet evaluated is skipped."""
     mod = load_benchmark("compare_gain")
@@ -47,8 +52,8 @@ def test_compare_gain_pairs_each_seeds_final_with_the_initial_model_per_problem(
 
 
 def test_default_gain_passes_the_task_options_of_the_training_arguments_to_the_evaluations():
-    """benchmarks/default_gain.py's task_args keeps each `--task.*` option with its value, in either spelling, and
-    drops the training-only ones, so that before and after are scored on the task that was trained on."""
+    """benchmarks/default_run/default_gain.py's task_args keeps each `--task.*` option with its value, in either
+    spelling, and drops the training-only ones, so that before and after are scored on the task that was trained on."""
     mod = load_benchmark("default_gain")
     extra = ["--task.levels", "[t4d1, t5d1]", "--seed", "1", "--task.name=chain_sum", "--threads", "1",
              "--task.eval_size", "64"]
@@ -57,8 +62,8 @@ def test_default_gain_passes_the_task_options_of_the_training_arguments_to_the_e
 
 
 def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractions():
-    """benchmarks/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap interval over
-    runs that holds the mean and lies within the runs' range; the other figures only a mean."""
+    """benchmarks/screening/spread.py's runs_mean on hand-made figures: the unequal fractions get a bootstrap
+    interval over runs that holds the mean and lies within the runs' range; the other figures only a mean."""
     mod = load_benchmark("spread")
     spreads = [{"unequal_steps_1_20": u, "step_s": 2.0} for u in (0.30, 0.36, 0.40, 0.42, 0.52)]
     m = mod.runs_mean(spreads)
@@ -70,8 +75,8 @@ def test_spread_over_runs_gives_the_mean_and_an_interval_for_the_unequal_fractio
 
 
 def test_spread_of_a_run_counts_its_steps_and_a_screening_prefill_against_the_tokens_generated():
-    """benchmarks/spread.py's run_spread on hand-made metrics rows: steps, unequal fractions, and for a screened run
-    the prefill's prompt tokens and the generated tokens summed over the run (absent without screening)."""
+    """benchmarks/screening/spread.py's run_spread on hand-made metrics rows: steps, unequal fractions, and for a
+    screened run the prefill's prompt tokens and the generated tokens summed over the run (absent without screening)."""
     mod = load_benchmark("spread")
 
     def row(i, **extra):
@@ -87,8 +92,8 @@ def test_spread_of_a_run_counts_its_steps_and_a_screening_prefill_against_the_to
 
 
 def test_screening_bound_estimates_unequal_pairs_without_bias_and_needs_two_samples():
-    """benchmarks/screening_bound.py: c of k correct gives 2c(k - c)/(k(k - 1)), the share of sample pairs that
-    differ (all pairs of 2 of 2 with one correct differ; 2 of 4 correct: 4 of 6 pairs)."""
+    """benchmarks/screening/screening_bound.py: c of k correct gives 2c(k - c)/(k(k - 1)), the share of sample
+    pairs that differ (all pairs of 2 of 2 with one correct differ; 2 of 4 correct: 4 of 6 pairs)."""
     mod = load_benchmark("screening_bound")
     assert mod.unequal_prob([0, 1, 2], 2).tolist() == [0.0, 1.0, 0.0]
     assert mod.unequal_prob([2, 4], 4) == pytest.approx([4 / 6, 0.0])
@@ -157,7 +162,7 @@ def test_screening_bound_ranks_on_one_half_of_the_samples_and_judges_on_the_othe
 
 
 def test_prompt_probe_auroc_predicts_each_problem_from_a_fit_that_did_not_see_it():
-    """benchmarks/prompt_probe_auroc.py's cross_fitted: an exact linear target is recovered, and changing the
+    """benchmarks/screening/prompt_probe_auroc.py's cross_fitted: an exact linear target is recovered, and changing the
     targets of one fold leaves that fold's own predictions unchanged while the other folds' move."""
     mod = load_benchmark("prompt_probe_auroc")
     rng = np.random.default_rng(0)
@@ -174,8 +179,8 @@ def test_prompt_probe_auroc_predicts_each_problem_from_a_fit_that_did_not_see_it
 
 
 def test_buffer_ablation_over_seeds_pairs_each_setting_with_the_reference_per_seed_and_problem():
-    """benchmarks/buffer_ablation.py's over_seeds on hand-made eval rows (k = 4): a constant per-problem gap gives
-    that difference with a zero-width interval; a varying one an interval that holds the mean within the range of
+    """benchmarks/default_run/buffer_ablation.py's over_seeds on hand-made eval rows (k = 4): a constant
+    per-problem gap gives that difference with a zero-width interval; a varying one an interval that holds the mean within the range of
     the per-problem gaps; a setting run on other seeds than the reference is refused, naming it."""
     mod = load_benchmark("buffer_ablation")
 
@@ -211,3 +216,13 @@ def test_pool_seeds_concatenates_every_files_seeds_and_brackets_the_difference(t
     assert r["ci"][0] < r["diff"] < r["ci"][1] and r["ci"][1] - r["ci"][0] < 0.1
     one = pool.pooled_difference(files[:1], "a", "b", n_boot=2000)  # the first file alone: its own two seeds
     assert one["diff"] == pytest.approx(0.06)
+
+
+def test_every_benchmark_sits_in_a_question_folder_and_the_readme_runs_it():
+    """No loose script in benchmarks/, and benchmarks/README.md names each script with its run command."""
+    readme = (BENCHMARKS / "README.md").read_text()
+    scripts = sorted(BENCHMARKS.glob("*/*.py"))
+    assert not list(BENCHMARKS.glob("*.py")) and len(scripts) >= 30
+    for path in scripts:
+        rel = path.relative_to(BENCHMARKS.parent).as_posix()
+        assert f"`{path.name}`" in readme and f"python {rel}" in readme, rel

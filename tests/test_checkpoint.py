@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from poise.config.errors import ConfigError
 from poise.io.checkpoint import complete_checkpoints, latest_checkpoint
-from poise.io.configio import ConfigError
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
 

@@ -1,4 +1,4 @@
-"""Durable checkpoints (issue 44, part 5): fsync before the rename and before older checkpoints go, stale `.tmp-*`
+"""Durable checkpoints: fsync before the rename and before older checkpoints go, stale `.tmp-*`
 directories removed at start, and the CUDA random state saved and restored (a fake CUDA RNG on this CPU machine)."""
 
 import os

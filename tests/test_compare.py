@@ -9,9 +9,9 @@ import pytest
 from poise.commands.cli import main
 from poise.commands.compare import load_eval_cache, run_values, train_run
 from poise.commands.compare_report import first_crossing, report, summarise
+from poise.config.command_configs import CompareConfig
+from poise.config.errors import ConfigError
 from poise.train.compute import COUNTERS, estimated_flops
-from poise.io.command_configs import CompareConfig
-from poise.io.config import ConfigError
 from poise.io.tracking import read_metrics
 
 
@@ -196,8 +196,9 @@ def test_the_gpu_reproduction_config_builds_a_valid_run_for_every_method():
     """configs/compare/gpu.yaml cannot run here (no GPU, no Qwen3 download), but every key in it and in each run it
     makes must exist and hold a valid value."""
     from poise.commands.compare import run_values
-    from poise.io.command_configs import CompareConfig
-    from poise.io.config import TrainConfig, build_config, load_yaml
+    from poise.config.command_configs import CompareConfig
+    from poise.config.loading import build_config, load_yaml
+    from poise.config.train_config import TrainConfig
 
     cfg = build_config(CompareConfig, load_yaml("compare/gpu"))
     assert cfg.methods == ["poise", "dapo", "grpo", "rloo"] and cfg.eval_batch_prompts == 16
@@ -212,7 +213,7 @@ def test_held_out_accuracy_uses_the_reward_the_runs_trained_on(micro_dir, tmp_pa
     out = tmp_path / "cmp"
     over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "rollout.prompts_per_step=8",
             "rollout.max_new_tokens=8", "optim.mini_batch_prompts=4",
-            "reward.function=test_rewards_light:trl_always_one"]
+            "reward.function=reward_functions:trl_always_one"]
     assert main(["compare", "--methods", "[rloo]", "--seeds", "[0]", "--budget-key", "samples", "--budget", "16",
                  "--eval-every", "1", "--eval-problems", "4", "--eval-k", "2", "--eval-max-new-tokens", "8",
                  "--output-dir", str(out), "--threads", "1", "--overrides", json.dumps(over)]) == 0
@@ -223,8 +224,8 @@ def test_held_out_accuracy_uses_the_reward_the_runs_trained_on(micro_dir, tmp_pa
 def test_eval_levels_choose_the_held_out_problems_apart_from_the_training_levels(micro_dir, tmp_path):
     """eval_levels: the held-out problems are the test split of those levels, not of the runs' task.levels."""
     from poise.commands.evaluate import select_problems
+    from poise.config.train_config import TaskConfig
     from poise.data.tasks.dataset import build_task
-    from poise.io.config import TaskConfig
 
     out = tmp_path / "cmp"
     over = ["task.name=parity_test", f"model.name={micro_dir}", "task.train_size=64", "task.levels=[t3d1]",
@@ -252,8 +253,9 @@ def test_compare_help_lists_the_bootstrap_options(capsys):
 def config_runs(name: str):
     """A packaged `poise compare` config and the TrainConfig of each of its methods' runs (seed 0)."""
     from poise.commands.compare import run_values
-    from poise.io.command_configs import CompareConfig
-    from poise.io.config import TrainConfig, build_config, load_yaml
+    from poise.config.command_configs import CompareConfig
+    from poise.config.loading import build_config, load_yaml
+    from poise.config.train_config import TrainConfig
 
     cfg = build_config(CompareConfig, load_yaml(name))
     return cfg, {method: build_config(TrainConfig, run_values(cfg, method, 0)) for method in cfg.methods}

@@ -1,8 +1,10 @@
 import pytest
 
 from poise.commands.cli import config_from_args, make_parser, main
-from poise.io.command_configs import SFTConfig
-from poise.io.config import ConfigError, TrainConfig, build_config, flat_fields, load_yaml
+from poise.config.command_configs import SFTConfig
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, flat_fields, load_yaml
+from poise.config.train_config import TrainConfig
 
 
 def parse(*argv):
@@ -111,6 +113,6 @@ def test_choice_fields_take_only_their_choices_and_help_lists_them(key, good, ba
 
 
 def flat_dict(cfg) -> dict:
-    from poise.io.configio import flatten_dict, to_dict
+    from poise.config.loading import flatten_dict, to_dict
 
     return flatten_dict(to_dict(cfg))

@@ -307,7 +307,9 @@ def test_drop_long_prompts_drops_exactly_the_long_ones(tmp_path, tokenizer):
 
 
 def test_config_fields_and_checks(tmp_path):
-    from poise.io.config import ConfigError, TrainConfig, build_config
+    from poise.config.errors import ConfigError
+    from poise.config.loading import build_config
+    from poise.config.train_config import TrainConfig
 
     path = str(write_jsonl(tmp_path / "d.jsonl", good_rows()))
     cfg = build_config(TrainConfig, {"task.name": "dataset", "task.path": path, "task.answer_field": "answer",

@@ -1,5 +1,5 @@
 """`device:` for training and evaluation. This suite runs on CPU-only machines, so it checks the choice of device
-and the errors; a GPU run is measured in docs/RESULTS.md when a GPU is at hand."""
+and the errors; a GPU run is measured in docs/results/reliability.md when a GPU is at hand."""
 
 import json
 
@@ -7,9 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, load_yaml
+from poise.config.train_config import TrainConfig
 from poise.io.checkpoint import _sha256, latest_checkpoint
 from poise.commands.cli import main
-from poise.io.config import ConfigError, TrainConfig, build_config, load_yaml
 from poise.parallel.distributed import Dist, resolve_device
 from poise.train.loop import train
 

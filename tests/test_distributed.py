@@ -137,7 +137,7 @@ def _three_step_args(micro_dir, run, *extra) -> list[str]:
             "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
             "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
             "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", *extra]
+            "--reward.function", "reward_functions:trl_parity", *extra]
 
 
 def _launch_two(args: list[str], run) -> list[dict]:
@@ -187,7 +187,7 @@ def test_dynamic_sampling_with_two_processes(micro_dir, tmp_path):
             "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
             "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size", "64",
             "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", "--threads", "1"]
+            "--reward.function", "reward_functions:trl_parity", "--threads", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--main_process_port", _free_port(), "-m", "poise.commands.cli", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -231,7 +231,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_resumes(mi
                 "--rollout.prompts_per_step", "8", "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12",
                 "--probe.k", "3", "--probe.min_fit_steps", "1", "--probe.warmup_steps", "1", "--probe.buffer_size",
                 "64", "--probe.prompt_dim", "4", "--probe.trajectory_dim", "4", "--task.train_size", "64",
-                "--reward.function", "test_rewards_light:trl_parity", "--checkpoint.every", "0", "--threads", "1",
+                "--reward.function", "reward_functions:trl_parity", "--checkpoint.every", "0", "--threads", "1",
                 *more]
 
     def launch(run, *more):

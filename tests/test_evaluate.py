@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from poise.commands.cli import main
-from poise.io.command_configs import EvalConfig
-from poise.io.config import ConfigError, build_config, flat_fields
 from poise.commands.evaluate import (aggregate, aggregate_levels, default_output, is_correct, pass_at_k, pass_ks,
                             select_problems, summary_table)
+from poise.config.command_configs import EvalConfig
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, flat_fields
 from poise.data.tasks import ChainSumTask, get_task, register_task
 from poise.data.tasks.dataset import task_kwargs
-from test_rewards_light import nan_sometimes_reward, partial_credit_reward
+from reward_functions import nan_sometimes_reward, partial_credit_reward
 
 
 class NanTask(ChainSumTask):

@@ -1,4 +1,4 @@
-"""FSDP (poise/fsdp.py) on 2 CPU processes over gloo: the single-process update, a DDP run's numbers from the
+"""FSDP (poise/parallel/fsdp.py) on 2 CPU processes over gloo: the single-process update, a DDP run's numbers from the
 shipped accelerate config, an exact resume, the PPO critic, and the errors."""
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from poise.config.errors import ConfigError
 from poise.parallel import fsdp
-from poise.io.configio import ConfigError
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
 from test_distributed import TESTS, _env, _free_port, _torchrun
@@ -120,7 +120,7 @@ def test_shipped_fsdp_config_matches_ddp_and_resumes_exactly(micro_dir, tmp_path
             "4", "--rollout.max_new_tokens", "12", "--probe.k", "3", "--probe.min_fit_steps", "1",
             "--probe.warmup_steps", "1", "--probe.buffer_size", "64", "--probe.prompt_dim", "4",
             "--probe.trajectory_dim", "4", "--task.train_size", "64", "--reward.function",
-            "test_rewards_light:trl_parity", "--checkpoint.every", "1", "--threads", "1", "--optim.lr", "1e-2",
+            "reward_functions:trl_parity", "--checkpoint.every", "1", "--threads", "1", "--optim.lr", "1e-2",
             "--loss.kl_coef", "0.05"]
     r = _launch(args + ["--max-steps", "4"], config, tmp_path / "fsdp")
     assert "2 processes (FSDP)" in r.stdout
@@ -150,7 +150,7 @@ def test_fsdp_ppo_critic_and_dynamic_sampling_match_ddp(micro_dir, tmp_path, pre
     rounding."""
     args = ["train", "--model.name", str(micro_dir), "--rollout.prompts_per_step", "8",
             "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", "--threads", "1", "--optim.lr", "1e-2",
+            "--reward.function", "reward_functions:trl_parity", "--threads", "1", "--optim.lr", "1e-2",
             "--max-steps", "4"]
     args += ["--config", "ppo"] if preset == "ppo" else ["--seed", "1", "--algorithm.dynamic_sampling", "true",
                                                          "--algorithm.max_sampling_rounds", "1"]

@@ -1,6 +1,7 @@
-"""The GPU check for an air-gapped node (scripts/gpu_wheels.sh, scripts/gpu_check.sh, benchmarks/gpu_check.py): the
-wheel list matches what CI tests, the requirement check names what is missing, and the whole check runs on the CPU
-with tiny sizes (`--dry-run`), writing its JSON and Markdown, so it cannot rot before a GPU comes."""
+"""The GPU check for an air-gapped node (scripts/gpu_wheels.sh, scripts/gpu_check.sh,
+benchmarks/reliability/gpu_check.py): the wheel list matches what CI tests, the requirement check names what is
+missing, and the whole check runs on the CPU with tiny sizes (`--dry-run`), writing its JSON and Markdown, so it
+cannot rot before a GPU comes."""
 
 import importlib.metadata as md
 import json

@@ -8,7 +8,7 @@ import torch
 
 import poise.train.microbatch as update_mod  # where the update calls ppo_clip_loss
 from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
-from poise.io.config import ConfigError
+from poise.config.errors import ConfigError
 from poise.rollout.models import load_local
 from poise.rollout.sampling import collect, varied_groups
 from poise.rollout.sampler import KVCacheSampler
@@ -20,7 +20,7 @@ from poise.train.loop import compute_advantages, train
 from poise.train.state import PromptStream
 from poise.train.update import policy_update
 from conftest import ParityTask
-from test_rewards_light import nan_sometimes_reward
+from reward_functions import nan_sometimes_reward
 
 
 class SometimesUnscorable(ParityTask):

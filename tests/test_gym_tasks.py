@@ -8,12 +8,14 @@ import pytest
 from reasoning_gym.factory import DATASETS
 
 from poise.commands.cli import main
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config
+from poise.config.train_config import TaskConfig, TrainConfig
 from poise.data.tasks import (BasicArithmeticTask, ChainSumTask, CountdownTask, GymTask, THINK_CLOSE, THINK_OPEN,
                               available_tasks, get_task)
 from poise.data.tasks.dataset import build_task
 from poise.data.tasks.gym import REFUSED, available_levels, gym_reward, parse_options
 from poise.data.verifier import SafeVerifier
-from poise.io.config import ConfigError, TaskConfig, TrainConfig, build_config
 
 # reasoning-gym names whose default level takes more than ~0.2 s to set up and generate (left out of the sweep)
 SLOW = {"knight_swap", "sokoban", "arc_agi", "acre", "intermediate_integration", "group_anagrams", "figlet_font",
@@ -135,7 +137,7 @@ def test_a_new_task_trains_two_steps_and_evaluates(tiny_run, tmp_path):
     """number_sequence, on the micro model (a chain_sum tokenizer: byte-level, so any text encodes): 2 POISE steps log
     its level's reward, and `poise eval` of the trained policy scores its held-out problems by level."""
     from poise.commands.evaluate import run_eval
-    from poise.io.command_configs import EvalConfig
+    from poise.config.command_configs import EvalConfig
     from poise.io.tracking import read_metrics
     from poise.train.loop import train
 
@@ -168,7 +170,7 @@ def test_sft_trains_on_answers_alone_where_a_task_has_no_worked_solutions(tmp_pa
     """`poise sft --task.name letter_counting --model micro`: a tokenizer trained on the task's text, targets
     `<think></think>ANSWER`, which the task's own reward reads as the gold answer."""
     from poise.commands.sft import answer_only_tasks, encode_examples, run_sft, sft_target
-    from poise.io.command_configs import SFTConfig
+    from poise.config.command_configs import SFTConfig
     from poise.rollout.models import load_local
 
     task = get_task("letter_counting")

@@ -15,9 +15,10 @@ import poise.train.heldout as heldout
 import poise.train.loop as loop
 from conftest import TINY_RUN
 from poise.commands.evaluate import aggregate, evaluate, select_problems
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config
+from poise.config.train_config import TrainConfig
 from poise.data.tasks import get_task
-from poise.io.config import TrainConfig, build_config
-from poise.io.configio import ConfigError
 from poise.io.tracking import read_metrics
 from poise.rollout.models import load_local
 from poise.train.heldout import eval_seed
@@ -166,7 +167,7 @@ def test_two_processes_log_the_eval_numbers_of_one(micro_dir, tmp_path):
 
     args = ["train", "--model.name", str(micro_dir), "--max-steps", "1", "--rollout.prompts_per_step", "8",
             "--optim.mini_batch_prompts", "4", "--rollout.max_new_tokens", "12", "--task.train_size", "64",
-            "--reward.function", "test_rewards_light:trl_parity", "--threads", "1", "--report-to", "none",
+            "--reward.function", "reward_functions:trl_parity", "--threads", "1", "--report-to", "none",
             "--eval.every", "1", "--eval.k", "2", "--eval.num_problems", "6", "--eval.batch_size", "2"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--main_process_port"]

@@ -1,6 +1,7 @@
 """Hub datasets: the named math sets and `--task.path org/name`, read through the real Hub code path (huggingface_hub's
 snapshot_download, then datasets.load_dataset) from local stand-ins: a pre-filled Hub cache (offline) and a local Hub
-server (online); the mirror `poise data download` writes; the one-line errors. Nothing here needs ../shared."""
+server (online); the mirror `poise data download` writes; the one-line errors. Nothing here needs a data folder outside the
+repository."""
 
 import json
 import subprocess
@@ -187,7 +188,7 @@ def test_the_shared_mirror_layout_still_reads(monkeypatch, tmp_path):
 
 
 def test_eval_from_a_fresh_clone_without_shared_and_without_network(hub_cache, micro_dir, tmp_path):
-    """`poise eval --task.name gsm8k` in a folder with no ../shared beside it, offline, reading the Hub cache."""
+    """`poise eval --task.name gsm8k` in a folder with nothing beside it, offline, reading the Hub cache."""
     import os
 
     work = tmp_path / "clone" / "work"

@@ -1,4 +1,4 @@
-"""Memory at long lengths (issue 44): micro-batches with gradient accumulation (optim.micro_batch_tokens), log-probs
+"""Memory at long lengths: micro-batches with gradient accumulation (optim.micro_batch_tokens), log-probs
 and entropies in chunks of tokens (optim.logit_chunk_tokens) and activation checkpointing (model.gradient_checkpointing)
 each give the update, the scoring pass and the run of today's path, up to float rounding."""
 
@@ -8,13 +8,15 @@ import json
 import pytest
 import torch
 
+from poise.config.loading import build_config
+from poise.config.train_config import TrainConfig
 from poise.data.tasks import encode_prompts, get_task
-from poise.io.config import TrainConfig, build_config
 from poise.io.tracking import read_metrics
 from poise.rollout.engine import RolloutBatch, generate, response_logprobs, score
 from poise.rollout.models import decoder_layers, load_local
 from poise.train.microbatch import micro_parts
-from poise.train.update import policy_update, score_for_update
+from poise.train.scoring import score_policy
+from poise.train.update import policy_update
 
 AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
@@ -98,7 +100,7 @@ def test_chunked_logprobs_equal_the_full_path_values_and_gradients(micro_dir, G)
 def test_a_model_that_transforms_its_logits_after_the_head_is_refused_for_chunks(micro_dir, tiny_run, tmp_path):
     """A soft cap after the LM head (Gemma 2's final_logit_softcapping) would be left out of chunked log-probs: the
     chunked path refuses such a model, and a run asking for chunks stops at start-up naming the key."""
-    from poise.io.configio import ConfigError
+    from poise.config.errors import ConfigError
     from poise.rollout.logprobs import HeadInput
     from poise.train.loop import train
 
@@ -191,8 +193,8 @@ def test_the_first_mini_batch_reuses_the_scoring_graph_only_when_it_is_one_micro
     for tokens, reused in ((0, True), (8 * width, True), (2 * width, False)):
         cfg = build_config(TrainConfig, {"optim.mini_batch_prompts": 4, "optim.micro_batch_tokens": tokens})
         b = RolloutBatch(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, 2)
-        first, logp = score_for_update(model, b, 8, cfg, Dist(), None)
-        assert (logp is not None) == reused and first.tolist() == list(range(8)), tokens
+        reused_rows, logp = score_policy(model, b, 8, cfg, Dist(), None)
+        assert (logp is not None) == reused and reused_rows.tolist() == list(range(8)), tokens
         assert torch.allclose(b.old_logp, batch.old_logp, atol=1e-6)
 
 
@@ -277,7 +279,11 @@ def test_a_two_step_run_is_the_same_with_micro_batches_chunks_and_checkpointing(
                 assert v <= y[k] if "forward_tokens" in k else v == y[k], (k, v, y[k])
                 continue
             if k in NOISE or isinstance(v, float):
-                assert v == pytest.approx(y[k], rel=1e-4, abs=1e-6), (x.get("step"), k, v, y[k])
+                # step 1: the paths' own rounding (1e-7 here); later steps sample from weights that already differ
+                # by it, and the 1e-2 learning rate grows that to 1e-3 relative on some CPUs (AVX2 EPYC: loss/policy
+                # 9e-4 at step 2), while the samples stay the same (the integer metrics below are exact)
+                rel = 1e-4 if x.get("step") == 1 else 1e-2
+                assert v == pytest.approx(y[k], rel=rel, abs=1e-6 if rel < 1e-3 else 1e-4), (x.get("step"), k, v, y[k])
             else:
                 assert v == y[k], (x.get("step"), k)
     assert any(m.get("loss/policy", 0) != 0 for m in a)

@@ -10,10 +10,11 @@ import pytest
 
 from hub_fixtures import offline_hub, prefill_datasets
 from poise.commands.cli import main
-from poise.io.config import TrainConfig, build_config, load_yaml
+from poise.config.loading import build_config, load_yaml
+from poise.config.train_config import TrainConfig
 
 PRESETS = ["paper/qwen3_4b_poise", "paper/qwen3_4b_dapo", "paper/r1_distill_1p5b_poise", "paper/r1_distill_1p5b_dapo"]
-LIGHT = str(Path(__file__).parent / "test_rewards_light.py")
+LIGHT = str(Path(__file__).parent / "reward_functions.py")
 # What is made tiny: the model (and so the probe layer and its dimensions), the batch, the lengths, the pools, the
 # validation's size; and the learning rate and reward, so that 2 steps visibly move a micro model that cannot do math.
 TINY = {"rollout.engine": "hf", "rollout.engine_dtype": "auto", "rollout.max_new_tokens": 8, "task.train_size": 16,

@@ -1,11 +1,11 @@
-"""Tests for the POISE ridge probe, PCA, the FIFO feature buffer and probe metrics."""
+"""Tests for the POISE ridge probe, PCA, the FIFO feature buffer, probe metrics and a saved probe."""
 
 import math
 
 import pytest
 import torch
 
-from poise.algo.probe import FeatureBuffer, RidgeProbe, pca_fit, probe_metrics, ridge_fit
+from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe, pca_fit, probe_metrics, ridge_fit, save_probe
 
 
 def _synthetic(n, d=200, seed=0):
@@ -214,3 +214,37 @@ def test_probe_metrics():
     assert m["pearson"] == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(probe_metrics(torch.full((4,), 0.3), torch.tensor([0.0, 1.0, 1.0, 0.0]))["pearson"])
     assert math.isnan(probe_metrics(torch.rand(4), torch.ones(4))["pearson"])
+
+
+def _random_features(n, seed):
+    """Random probe inputs: prompt (n, 16), trajectory (n, 12), entropy (n, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 16, generator=g), torch.randn(n, 12, generator=g), torch.rand(n, 3, generator=g)
+
+
+@pytest.mark.parametrize("how", ["fit", "fit_moments"])
+def test_saved_probe_loads_back_to_identical_predictions(tmp_path, how):
+    """save_probe / load_probe keep a probe's predictions bit-identical and refuse features taken another way."""
+    p, t, e = _random_features(64, seed=0)
+    y = 0.5 + 0.1 * p[:, 0] - 0.1 * t[:, 1] + 0.05 * torch.randn(64, generator=torch.Generator().manual_seed(1))
+    probe = RidgeProbe(prompt_dim=4, trajectory_dim=4, alpha=10.0)
+    if how == "fit":
+        probe.fit(p, t, e, y)
+    else:  # the trainer's path: running moments of the buffer
+        buf = FeatureBuffer(128)
+        buf.add(p, t, e, y, step=1)
+        probe.fit_moments(buf.moments())
+    meta = {"layer": 1, "k": 3, "marker": "</think>", "marker_id": 7}
+    save_probe(probe, tmp_path / "probe", meta)
+
+    loaded = load_probe(tmp_path / "probe", meta)
+    fresh = _random_features(32, seed=2)
+    want = probe.predict(*fresh)
+    assert 0.0 < float(want.min()) and float(want.max()) < 1.0 and want.std() > 1e-3  # not clipped, not constant
+    assert torch.equal(loaded.predict(*fresh), want)
+    assert (loaded.prompt_dim, loaded.trajectory_dim, loaded.alpha, loaded.n_fit) == (4, 4, 10.0, 64)
+    assert torch.equal(load_probe(tmp_path / "probe").predict(*fresh), want)  # no feature_meta: no check
+
+    for key, other in [("layer", 2), ("k", 4), ("marker", ""), ("marker_id", None)]:
+        with pytest.raises(ValueError, match="other features"):
+            load_probe(tmp_path / "probe", {**meta, key: other})

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config
+from poise.config.train_config import ModelConfig, TrainConfig
 from poise.rollout import models
-from poise.io.config import ModelConfig, TrainConfig, build_config
-from poise.io.configio import ConfigError
 from poise.rollout.models import (MissingModelError, decoder_layers, find_gguf, load_gguf, load_local, load_model,
                           load_policy)
 
@@ -174,7 +175,7 @@ def test_lora_trains_only_the_adapters_and_keeps_the_layers_findable(micro_dir):
 
 @pytest.mark.slow
 def test_peft_is_imported_only_when_lora_is_on(micro_dir, tmp_path):
-    code = ("import sys; from poise.io.config import ModelConfig; "
+    code = ("import sys; from poise.config.train_config import ModelConfig; "
             "from poise.rollout.models import load_model, save_policy; "
             f"m, _ = load_model(ModelConfig(name={str(micro_dir)!r})); save_policy(m, {str(tmp_path / 'p')!r}); "
             "assert 'peft' not in sys.modules, 'peft imported'; print('ok')")
@@ -196,8 +197,8 @@ def test_lora_config_errors_name_the_key(micro_dir, tiny_run, tmp_path):
 
 
 def test_poise_with_lora_moves_only_the_adapters_and_saves_a_merged_policy(micro_dir, tiny_run, tmp_path):
-    """2 POISE steps through trainer.train with LoRA: the checkpoint holds the frozen base weights unchanged and
-    adapters that moved; policy/ is a plain model with the adapters merged, equal to base + adapters."""
+    """2 POISE steps through poise.train.loop.train with LoRA: the checkpoint holds the frozen base weights unchanged
+    and adapters that moved; policy/ is a plain model with the adapters merged, equal to base + adapters."""
     pytest.importorskip("peft")
     from safetensors.torch import load_model as load_into
 
@@ -250,8 +251,7 @@ def test_lora_run_resumes_bit_identically(tiny_run, tmp_path):
 
 
 def _flat(cfg) -> dict:
-    from poise.io.configio import flatten_dict
-    from poise.io.config import to_dict
+    from poise.config.loading import flatten_dict, to_dict
 
     return flatten_dict(to_dict(cfg))
 

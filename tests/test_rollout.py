@@ -85,7 +85,8 @@ def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_
     kept forward makes the same optimizer steps as recomputing it (two mini-batches, two epochs)."""
     import copy
 
-    from poise.io.config import TrainConfig, build_config
+    from poise.config.loading import build_config
+    from poise.config.train_config import TrainConfig
     from poise.rollout.engine import minibatch_rows, score_with_graph
     from poise.train.update import policy_update
 
@@ -103,10 +104,10 @@ def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_
     for k in ("old_logp", "entropy", "prompt_hidden", "response_hidden"):
         assert torch.allclose(getattr(fused, k), getattr(ref, k), atol=1e-5), k
     assert logp.requires_grad
-    for m, b, first_logp in ((m1, ref, None), (m2, fused, logp)):
+    for m, b, reused_logp in ((m1, ref, None), (m2, fused, logp)):
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        stats = policy_update(m, None, opt, sched, b, adv, cfg, {}, first_logp=first_logp)
+        stats = policy_update(m, None, opt, sched, b, adv, cfg, {}, reused_logp=reused_logp)
         assert stats["optim/skipped_steps"] == 0 and stats["clip_ratio"] > 0  # the second epoch moved off ratio 1
     for p1, p2 in zip(m1.parameters(), m2.parameters()):
         assert torch.allclose(p1, p2, atol=1e-6)
@@ -240,3 +241,48 @@ def test_the_kv_cache_reaches_the_model_so_decoding_keeps_the_prompt(micro_dir):
         lost = model(input_ids=resp, position_ids=pos[:, L:]).logits
     assert (lost - want).abs().max() > 1e-2  # the prompt matters, so losing it would show
     assert torch.allclose(got[:, 1:], want[:, 1:], atol=1e-5) and torch.allclose(got, want, atol=1e-5)
+
+
+def _sample(micro_dir, temperature, n=3, G=2, max_new=12, seed=0):
+    """(model, tokenizer, unscored RolloutBatch) sampled by the KV-cache sampler at `temperature`."""
+    model, tok = load_local(micro_dir)
+    model.eval()
+    ids, mask = encode_prompts(tok, get_task("chain_sum").problems("train", n, seed=seed), G)
+    gen = torch.Generator().manual_seed(seed)
+    resp, rmask = generate(model, ids, mask, max_new, tok.eos_token_id, tok.pad_token_id, temperature, 1.0, gen,
+                           group_size=G)
+    return model, tok, RolloutBatch(ids, mask, resp, rmask, G)
+
+
+def test_scoring_at_a_temperature_matches_the_samplers_distribution(micro_dir, monkeypatch):
+    """score(..., temperature=T) gives the log-probs the sampler drew from at T (not those at T = 1)."""
+    T = 0.7
+    drawn = []  # the sampler's own next-token distributions (B, V), one per generated position
+    multinomial = torch.multinomial
+
+    def recording(probs, *args, **kwargs):
+        drawn.append(probs.detach().clone())
+        return multinomial(probs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", recording)
+    model, _, batch = _sample(micro_dir, T)
+    monkeypatch.undo()
+    ids, m = batch.response_ids, batch.response_mask
+    assert len(drawn) == ids.shape[1], "the sampler no longer draws with torch.multinomial; adapt this test"
+    sampler_logp = torch.stack([pr.gather(-1, ids[:, t:t + 1]).squeeze(-1) for t, pr in enumerate(drawn)], 1).log()
+
+    score(model, batch, layer=None, temperature=T)
+    assert m.sum() > 10
+    assert torch.allclose(batch.old_logp[m], sampler_logp[m], atol=1e-4)
+
+    # by hand: log_softmax(logits / T) of a full, unpadded forward over prompt + response
+    for i in range(ids.shape[0]):
+        prompt, resp = batch.prompt_ids[i][batch.prompt_mask[i]], ids[i][m[i]]
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([prompt, resp])[None]).logits[0, len(prompt) - 1:-1]
+        want = (logits.float() / T).log_softmax(-1).gather(-1, resp[:, None]).squeeze(-1)
+        assert torch.allclose(batch.old_logp[i, :len(resp)], want, atol=1e-4)
+
+    at_one = RolloutBatch(batch.prompt_ids, batch.prompt_mask, ids, m, batch.group_size)
+    score(model, at_one, layer=None, temperature=1.0)
+    assert (at_one.old_logp[m] - batch.old_logp[m]).abs().max() > 1e-2  # the test does see the temperature

@@ -9,7 +9,7 @@ import torch
 from poise.algo.buffer import FeatureBuffer
 from poise.algo.probe import PromptProbe
 from poise.algo.screening import choose, equal_reward_groups, screening_weights
-from poise.io.config import ConfigError
+from poise.config.errors import ConfigError
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
 
@@ -166,7 +166,7 @@ def test_every_mode_survives_the_command_line(mode):
     """Values are read as YAML on the command line: a mode named like a YAML boolean (off, no) would arrive as
     False, so none of them is."""
     from poise.commands.cli import config_from_args, make_parser
-    from poise.io.config import TrainConfig
+    from poise.config.train_config import TrainConfig
 
     args = make_parser().parse_args(["train", "--screen.mode", mode])
     assert config_from_args(TrainConfig, args).screen.mode == mode
@@ -177,7 +177,8 @@ def test_every_mode_survives_the_command_line(mode):
                                                      ("screening/rloo_probe", "rloo", "probe"),
                                                      ("screening/poise_probe4_sharp", "poise", "probe")])
 def test_screening_presets_load_as_poise_compare_methods(preset, advantage, mode):
-    from poise.io.config import TrainConfig, build_config, load_yaml
+    from poise.config.loading import build_config, load_yaml
+    from poise.config.train_config import TrainConfig
 
     cfg = build_config(TrainConfig, load_yaml(preset))
     assert (cfg.algorithm.advantage, cfg.screen.mode, cfg.rollout.group_size) == (advantage, mode, 2)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from poise.io.command_configs import SFTConfig
-from poise.io.config import build_config
 from poise.commands.evaluate import evaluate
+from poise.config.command_configs import SFTConfig
+from poise.config.loading import build_config
 from poise.rollout.models import build_tiny_model, build_tokenizer, load_local, tokenizer_corpus
 from poise.commands.sft import run_sft
 from poise.data.tasks import get_task
@@ -60,7 +60,7 @@ def test_the_embedded_default_is_what_its_documented_rebuild_command_makes(tmp_p
     so the same at any step count) reproduce the shipped run's logged losses with the same tokenizer."""
     import yaml
 
-    from poise.io.config import to_dict
+    from poise.config.loading import to_dict
     from poise.rollout.models import DEFAULT_MODEL_DIR
 
     shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "sft_config.yaml").read_text())

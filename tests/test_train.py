@@ -63,3 +63,42 @@ def test_loaded_probe_skips_warmup_and_must_match_features(tiny_run, finished_ru
     assert rows[0]["probe/used"] == 1  # a fitted probe from earlier data: no RLOO warm-up
     with pytest.raises(ValueError, match="probe.load"):
         train(tiny_run(tmp_path / "third", **{"probe.load": saved, "probe.k": 5}), progress=False)
+
+
+def test_the_loop_is_named_phases_of_at_most_60_lines():
+    """Issue 42: `_train` reads as named phases; the plumbing lives in them."""
+    import inspect
+
+    from poise.train import loop
+
+    assert len(inspect.getsource(loop._train).splitlines()) <= 60
+
+
+def test_teardown_runs_once_however_the_run_ends(tiny_run, tmp_path, monkeypatch):
+    """The log, the sampler and the process group close exactly once at the end, at a budget stop and on an error
+    (the process group not on an error: leaving it waits for every rank); the error itself propagates."""
+    import pytest
+
+    from poise.parallel.distributed import Dist
+    from poise.rollout.sampler import KVCacheSampler
+    from poise.train import loop
+    from poise.train.report import RunLog
+
+    closed = []
+    for cls, name in ((RunLog, "log"), (KVCacheSampler, "sampler"), (Dist, "dist")):
+        monkeypatch.setattr(cls, "close", lambda self, _close=cls.close, _name=name: (closed.append(_name),
+                                                                                         _close(self))[1])
+    train(tiny_run(tmp_path / "end"), progress=False)
+    assert closed == ["log", "sampler", "dist"]
+    closed.clear()
+    last = train(tiny_run(tmp_path / "budget", **{"budget.samples": 16}), progress=False)
+    assert last["step"] == 1 and closed == ["log", "sampler", "dist"]
+    closed.clear()
+
+    def fail(*args):
+        raise RuntimeError("update failed")
+
+    monkeypatch.setattr(loop, "update_phase", fail)
+    with pytest.raises(RuntimeError, match="update failed"):
+        train(tiny_run(tmp_path / "error"), progress=False)
+    assert closed == ["log", "sampler"]

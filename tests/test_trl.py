@@ -309,3 +309,28 @@ def test_an_unsupported_trl_version_fails_at_import(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.0.0" if name == "trl" else "0")
     with pytest.raises(ImportError, match=r"trl 2\.0\.0 is installed"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_the_code_reward_scores_programs_inside_poise_trainer(micro_dir, tmp_path):
+    """CodeReward as a TRL reward function: the dataset's `tests` column (JSON strings) reaches it and its programs
+    run in the local sandbox. The micro model writes no code, so every other completion is replaced by a correct
+    program (a stand-in for a model that sometimes solves the task): those, and only those, score 1 in TRL's log."""
+    from poise.data.code.reward import CodeReward
+
+    class HalfGold(CodeReward):
+        def __call__(self, completions, tests, **kwargs):
+            gold = [{"role": "assistant", "content": "```python\ndef add(a, b):\n    return a + b\n```"}]
+            completions = [gold if i % 2 == 0 else c for i, c in enumerate(completions)]
+            return super().__call__(completions, tests, **kwargs)
+
+    tests = json.dumps({"kind": "assert", "cases": ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]})
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"add {i}"}], "tests": tests} for i in range(8)])
+    model, tok = load_local(micro_dir)
+    reward = HalfGold(score="fraction")
+    reward.__name__ = "code_reward"
+    args = POISEConfig(output_dir=str(tmp_path), **{**TINY, "max_steps": 2, "save_strategy": "no"})
+    trainer = POISETrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    logged = list(trainer._logs["rewards"]["code_reward"])
+    assert logged and logged == [1.0 if i % 2 == 0 else 0.0 for i in range(len(logged))]
+    assert all(r is None or r.status == "ok" for r in reward.last_results)

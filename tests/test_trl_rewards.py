@@ -16,7 +16,7 @@ P = Problem("u", "t", "What is 2 + 3?", "5", "t2d1", "<think>2+3=5</think>5", {"
 
 def test_trl_style_function_gets_the_columns_as_lists():
     v = SafeVerifier(timeout=5)
-    fn = TRLReward("test_rewards_light:trl_echo_columns")
+    fn = TRLReward("reward_functions:trl_echo_columns")
     assert v(fn, ["5|t2d1", "5|t3d1"], [P, P]) == [1.0, 0.0] and v.stats["errors"] == 0
 
 
@@ -32,14 +32,14 @@ def test_a_reward_file_path_may_import_heavy_modules_and_is_still_sandboxed(tmp_
 
 
 def test_training_with_a_user_reward_function(tiny_run, tmp_path):
-    cfg = tiny_run(tmp_path, **{"reward.function": "test_rewards_light:trl_always_one"})
+    cfg = tiny_run(tmp_path, **{"reward.function": "reward_functions:trl_always_one"})
     train(cfg, progress=False)
     assert [r["reward/mean"] for r in read_metrics(cfg.output_dir)] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("spec, match", [("nocolon", "is not 'module:function'"),
                                          ("no_such_module_x:f", "cannot import 'no_such_module_x'"),
-                                         ("test_rewards_light:missing", "has no function 'missing'"),
+                                         ("reward_functions:missing", "has no function 'missing'"),
                                          ("/nowhere/r.py:f", "/nowhere/r.py does not exist")])
 def test_a_bad_reward_function_fails_at_start_up_naming_the_key(tmp_path, capsys, micro_dir, spec, match):
     code = main(["train", "--model.name", str(micro_dir), "--output-dir", str(tmp_path / "run"),
@@ -65,7 +65,7 @@ def test_eval_scores_with_a_user_reward_function(tmp_path, micro_dir):
     assert [r["scores"] for r in rows] == [[expected(t, r["answer"]) for t in r["responses"]] for r in rows]
     assert main(["eval", "--model.name", str(micro_dir), "--num-problems", "2", "--k", "1", "--threads", "1",
                  "--output", str(tmp_path / "one.jsonl"),
-                 "--reward-function", "test_rewards_light:trl_always_one"]) == 0
+                 "--reward-function", "reward_functions:trl_always_one"]) == 0
     assert json.loads((tmp_path / "one.jsonl").read_text().splitlines()[0])["scores"] == [1.0]
 
 

@@ -95,7 +95,8 @@ def test_math_reward_reads_latex_and_plain_answers():
 @pytest.mark.slow
 def test_fuzz_two_thousand_hostile_answers(tmp_path):
     """Every hostile answer is scored 0 within the limit + 1 s, nothing is executed, and the verifier still tells a
-    right answer from a wrong one afterwards. Figures for docs/RESULTS.md: benchmarks/fuzz_verifier.py."""
+    right answer from a wrong one afterwards. Figures for docs/results/reliability.md:
+    benchmarks/reliability/fuzz_verifier.py."""
     limit = 0.5
     gold = Problem("u", "math", "q", "314159265", "all", None)  # no hostile case spells it
     cases = hostile_answers(str(tmp_path))

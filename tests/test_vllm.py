@@ -17,10 +17,13 @@ import pytest
 import torch
 
 from poise.algo.correction import importance_weights, log_ratios
-from poise.io.config import ConfigError, TrainConfig, build_config
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config
+from poise.config.train_config import TrainConfig
 from poise.rollout import vllm_engine
 from poise.rollout.engine import RolloutBatch, score
-from poise.train.update import engine_correction, policy_update
+from poise.train.sampler_mismatch import correct_for_sampler
+from poise.train.update import policy_update
 from poise.parallel.distributed import Dist
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -60,16 +63,16 @@ def _micro_batch(micro_dir, seed=0):
     return model, batch
 
 
-def test_engine_correction_is_a_no_op_when_the_two_engines_agree(micro_dir):
+def test_correct_for_sampler_is_a_no_op_when_the_two_engines_agree(micro_dir):
     """With vLLM's log-probs equal to our scoring pass's, the corrected advantages and the policy update are exactly
     those of a run without the correction."""
     cfg = build_config(TrainConfig, {"optim.mini_batch_prompts": 4, "rollout.prompts_per_step": 4})
     model, batch = _micro_batch(micro_dir)
     adv = torch.randn(8)
-    same, metrics = engine_correction(batch, adv, cfg, Dist())
+    same, metrics = correct_for_sampler(batch, adv, cfg, Dist())
     assert same is adv and metrics == {}  # no sampler log-probs: nothing logged, nothing changed
     batch.sampler_logp = batch.old_logp.clone()
-    corrected, metrics = engine_correction(batch, adv, cfg, Dist())
+    corrected, metrics = correct_for_sampler(batch, adv, cfg, Dist())
     assert torch.equal(corrected, adv)
     assert metrics == {"rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0,
                        "rollout/log_ratio_token_mean": 0.0, "rollout/log_ratio_seq_abs_mean": 0.0,
@@ -85,24 +88,24 @@ def test_engine_correction_is_a_no_op_when_the_two_engines_agree(micro_dir):
         [p.detach().flatten() for p in model.parameters()]))
 
 
-def test_engine_correction_weights_each_response_and_logs_the_mismatch(micro_dir):
+def test_correct_for_sampler_weights_each_response_and_logs_the_mismatch(micro_dir):
     cfg = build_config(TrainConfig, {"rollout.tis_cap": 1.5})
     _, batch = _micro_batch(micro_dir)
     batch.sampler_logp = batch.old_logp.clone()
     batch.sampler_logp[0, 0] -= 0.3  # row 0: w = e^0.3 = 1.35; row 1: e^{0.9} > 1.5, truncated; others agree
     batch.sampler_logp[1, :3] -= 0.3
     adv = torch.ones(8)
-    corrected, m = engine_correction(batch, adv, cfg, Dist())
+    corrected, m = correct_for_sampler(batch, adv, cfg, Dist())
     assert corrected[:2].tolist() == pytest.approx([math.exp(0.3), 1.5]) and torch.equal(corrected[2:], adv[2:])
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.3) and m["rollout/tis_clipped_frac"] == 1 / 8
-    off, m0 = engine_correction(batch, adv, build_config(TrainConfig, {"rollout.tis_cap": 0.0}), Dist())
+    off, m0 = correct_for_sampler(batch, adv, build_config(TrainConfig, {"rollout.tis_cap": 0.0}), Dist())
     assert torch.equal(off, adv) and set(m0) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max",
                                                  "rollout/log_ratio_token_mean", "rollout/log_ratio_seq_abs_mean"}
 
 
 def test_auto_keeps_the_tiny_models_on_the_built_in_sampler(monkeypatch):
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
-    monkeypatch.setattr(vllm_engine, "vllm_problem", lambda: None)  # as if it imported (tests/test_gpu_readiness.py)
+    monkeypatch.setattr(vllm_engine, "vllm_problem", lambda: None)  # as if it imported (tests/test_broken_installs.py)
     assert vllm_engine.resolve_engine("auto", 1_030_016) == "hf"  # the embedded default
     assert vllm_engine.resolve_engine("auto", 134_515_008) == "vllm"  # SmolLM2-135M
     assert vllm_engine.resolve_engine("hf", 134_515_008) == "hf"
@@ -214,7 +217,7 @@ def _rows(run):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["poise", "dapo"])
 def test_three_step_runs_with_the_vllm_engine(preset, tmp_path):
-    from poise.io.config import load_yaml
+    from poise.config.loading import load_yaml
     from poise.train.loop import train
 
     values = {**load_yaml(preset), **RUN, "output_dir": str(tmp_path / "run")}

@@ -2,7 +2,7 @@
 
 The buffer holds at most `capacity` rows and, when `max_steps` > 0, only the rows of the `max_steps` most recent
 steps: the reference's 4,096 rows are about 8 steps of 256 prompts x 2, and sizing the buffer in steps sets how
-fresh the probe is at any batch size (the default, probe.buffer_steps = 32, is chosen in docs/RESULTS.md).
+fresh the probe is at any batch size (the default, probe.buffer_steps = 32, is chosen in docs/results/archive.md).
 
 A row is v = [prompt (Hp) | trajectory (Ht) | entropy (E) | target (1)], D = Hp + Ht + E + 1. Besides the rows, the
 buffer keeps the float64 sums  s1 = sum (v - c)  and  s2 = sum (v - c)(v - c)^T  over the rows it holds (c a shift

@@ -9,8 +9,10 @@ import os
 import sys
 import typing
 
-from poise.io.command_configs import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig
-from poise.io.config import ConfigError, TrainConfig, build_config, flat_fields, load_yaml, parse_cli_value
+from poise.config.command_configs import CompareConfig, EvalConfig, ProbeEvalConfig, SFTConfig
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, flat_fields, load_yaml, parse_cli_value
+from poise.config.train_config import TrainConfig
 
 COMMANDS = {
     "train": (TrainConfig, "RL training (POISE by default) on the embedded default task and model."),
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "print_config", False):  # the config a run would save as config.yaml, then nothing else
         import yaml
 
-        from poise.io.config import to_dict
+        from poise.config.loading import to_dict
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

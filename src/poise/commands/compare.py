@@ -41,8 +41,10 @@ import torch
 from safetensors.torch import load_model
 
 from poise.commands.compare_report import plot, report, reward_bands, summarise
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, load_yaml, parse_cli_value
+from poise.config.train_config import TrainConfig
 from poise.train.compute import COUNTERS, estimated_flops
-from poise.io.config import ConfigError, TrainConfig, build_config, load_yaml, parse_cli_value
 from poise.parallel.distributed import resolve_device
 from poise.commands.evaluate import evaluate, select_problems
 from poise.io.checkpoint import config_changes

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from poise.config.errors import ConfigError
+from poise.config.loading import to_dict
 from poise.data.tasks import drop_long_prompts
 from poise.data.code.runners import make_runner
 from poise.data.tasks.dataset import build_task, check_reward_function
 from poise.data.verifier import SafeVerifier
-from poise.io.config import to_dict
-from poise.io.configio import ConfigError
 from poise.parallel.distributed import resolve_device
 from poise.rollout.evaluation import (aggregate, aggregate_levels, evaluate, is_correct, pass_at_k,  # noqa: F401
                                       pass_ks, sample_batches, select_problems)

@@ -32,10 +32,11 @@ from poise.algo.advantages import poise_targets
 from poise.algo.features import rollout_features
 from poise.algo.probe import RidgeProbe, load_probe
 from poise.commands.evaluate import select_problems
+from poise.config.errors import ConfigError
+from poise.config.loading import build_config, load_yaml
+from poise.config.train_config import TrainConfig
 from poise.data.tasks import encode_prompts
 from poise.data.tasks.dataset import build_task
-from poise.io.config import TrainConfig, build_config, load_yaml
-from poise.io.configio import ConfigError
 from poise.algo.stats import auroc
 from poise.rollout.engine import RolloutBatch, score
 from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from poise.io.command_configs import SFTConfig
-from poise.io.config import ConfigError, save_config
 from poise.commands.evaluate import evaluate, level_table
+from poise.config.command_configs import SFTConfig
+from poise.config.errors import ConfigError
+from poise.config.loading import save_config
 from poise.rollout.models import TINY_PRESETS, build_tiny_model, build_tokenizer, load_policy, tokenizer_corpus
 from poise.data.tasks import THINK_CLOSE, THINK_OPEN, build_messages
 from poise.data.tasks.dataset import build_task

@@ -1,2 +1,2 @@
-"""Files in and out: the typed config and its YAML/CLI loading and validation, checkpoints, the metrics writer,
-plots. Imports from algo and parallel only."""
+"""Files in and out: checkpoints, the metrics writer, plots, the Hugging Face Hub cache, the environment record.
+Imports from config, algo and parallel only."""

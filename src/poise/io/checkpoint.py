@@ -36,8 +36,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from poise.io.config import to_dict
-from poise.io.configio import ConfigError, flatten_dict, load_yaml
+from poise.config.errors import ConfigError
+from poise.config.loading import flatten_dict, load_yaml, to_dict
 
 PACKAGES = ("poise", "torch", "transformers", "safetensors", "reasoning-gym", "numpy")
 

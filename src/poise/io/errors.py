@@ -1,8 +1,5 @@
-"""The errors `poise` turns into one line and an exit status instead of a traceback (`commands/cli.py`)."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key at fault."""
+"""Errors of models and Hub repositories that `poise` turns into one line and an exit status instead of a traceback
+(`commands/cli.py`). Configuration problems raise `poise.config.errors.ConfigError`."""
 
 
 class MissingModelError(FileNotFoundError):

@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-from poise.io.configio import ConfigError
+from poise.config.errors import ConfigError
 
 
 def _keep_rows(path: Path, keep_until: int) -> list[str]:

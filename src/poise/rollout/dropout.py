@@ -8,8 +8,8 @@
   the saved policy's config.json says what was trained).
 TRL's `disable_dropout_in_model` does the first only, which leaves Qwen3's attention dropout on.
 
-The mode, whatever the engine: sampling (the built-in sampler) and scoring (old log-probs, entropies, probe
-features: `poise.train.update.score_for_update`) run in eval mode, so they are the policy that sampled; the update
+The mode, whatever the engine: sampling (the built-in sampler) and scoring (the training step's forward pass for old
+log-probs, entropies and probe features) run in eval mode, so they are the policy that sampled; the update
 runs in train mode. Without dropout the two modes compute the same function, so the first mini-batch's scoring
 forward is the update's own (its PPO ratio is exactly 1). With dropout kept (`model.disable_dropout false`, or LoRA
 dropout), `active_dropout` is not empty and every mini-batch of the update makes its own train-mode forward.

@@ -282,7 +282,7 @@ def _fill(batch: RolloutBatch, rows: torch.Tensor, logp: torch.Tensor, ent: torc
 def score_with_graph(model, batch: RolloutBatch, rows: torch.Tensor, layer: int | None,
                      temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:
     """The scoring pass for `rows` (the first mini-batch) as the policy update's own forward: fills the batch like
-    `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(first_logp=...)`.
+    `score` and returns their log-probs (n, T) with the autograd graph kept, for `policy_update(reused_logp=...)`.
 
     Before any optimizer step the policy is the one that sampled, so these are exactly the old log-probs (the PPO
     ratio of the first mini-batch is 1, as in TRL with one update per generation); one forward instead of two.

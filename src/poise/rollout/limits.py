@@ -10,8 +10,8 @@ built-in sampler would. Used by training (the prompt pool), the held-out evaluat
 
 from __future__ import annotations
 
+from poise.config.errors import ConfigError
 from poise.data.tasks import Problem, build_messages
-from poise.io.errors import ConfigError
 
 
 def model_positions(model) -> int | None:

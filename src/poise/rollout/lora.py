@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from poise.io.errors import ConfigError, MissingModelError
+from poise.config.errors import ConfigError
+from poise.io.errors import MissingModelError
 
 
 def apply_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float, targets: list[str]) -> torch.nn.Module:

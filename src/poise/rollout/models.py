@@ -28,15 +28,16 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from poise.config.errors import ConfigError
 from poise.data.tasks import THINK_CLOSE, THINK_OPEN, build_messages, get_task
-from poise.io.errors import ConfigError, HubError, MissingModelError
+from poise.io.errors import HubError, MissingModelError
 from poise.io.hub import is_hub_id
 from poise.rollout.dropout import disable_dropout
 from poise.rollout.hub_models import hub_model_dir, remote_code_refusal
 from poise.rollout.lora import apply_lora, is_lora, merged_copy
 
 if TYPE_CHECKING:
-    from poise.io.config import ModelConfig
+    from poise.config.train_config import ModelConfig
 
 ASSETS = Path(__file__).parents[1] / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default"

@@ -146,7 +146,7 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
     params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p)
     while rounds == 0 or (dynamic and n_kept < P and rounds < cfg.algorithm.max_sampling_rounds):
         rounds += 1
-        problems = stream.take(P)  # with several processes: this rank's share of P (trainer.ShardedStream)
+        problems = stream.take(P)  # with several processes: this rank's share of P (the loop hands a sharded stream)
         n = len(problems)
         out = sample_and_score(sampler, task, problems, G, params, generator)  # (n*G) rows
         batch = out.batch

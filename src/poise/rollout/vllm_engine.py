@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
+from poise.config.errors import ConfigError
 from poise.data.tasks import Problem, encode_prompts
 from poise.io.environment import vllm_problem
-from poise.io.errors import ConfigError
 from poise.rollout.engine import RolloutBatch, stop_token_ids
 from poise.rollout.sampler import SamplingParams
 
@@ -47,7 +47,7 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-AUTO_MIN_PARAMS = 50_000_000  # auto: vLLM from this size up; below it our sampler is faster (docs/RESULTS.md)
+AUTO_MIN_PARAMS = 50_000_000  # auto: vLLM from this size up; below it our sampler is faster (docs/results/speed.md)
 
 
 def resolve_engine(engine: str, n_params: int) -> str:
@@ -82,12 +82,12 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
 def bf16_sampling_warning(dtype: str, flags: set[str] | None) -> str | None:
     """The warning for a CPU engine sampling in bfloat16 on a CPU without native bf16 instructions, else None (also
     when the flags are unknown). Measured on an AVX2-only CPU, vLLM's bf16 sampling ran at 0.46x the built-in fp32
-    sampler and fp32 at 1.75x (docs/RESULTS.md); with AVX-512 BF16, bf16 ran at 3.4x."""
+    sampler and fp32 at 1.75x (docs/results/speed.md); with AVX-512 BF16, bf16 ran at 3.4x."""
     if dtype != "bfloat16" or flags is None or flags & set(BF16_FLAGS):
         return None
     return ("rollout.engine_dtype: bfloat16 on a CPU without native bf16 instructions (neither avx512_bf16 nor "
             "amx_bf16): vLLM samples slower in bfloat16 than in float32 here (measured 0.46x against 1.75x the "
-            "built-in sampler on an AVX2-only CPU, docs/RESULTS.md); use --rollout.engine_dtype float32")
+            "built-in sampler on an AVX2-only CPU, docs/results/speed.md); use --rollout.engine_dtype float32")
 
 
 def policy_weights(model) -> list[tuple[str, torch.Tensor]]:

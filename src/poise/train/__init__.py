@@ -1,2 +1,3 @@
-"""Training: `TrainState`, the loop of named phases, the PPO update, the critic, per-step metrics, compute
-accounting and budgets, preemption. Imports from every layer below it (rollout, data, io, parallel, algo)."""
+"""Training: `TrainState`, the loop of named phases, the scoring pass, the vLLM correction, the PPO update, the critic,
+the probe, per-step metrics, compute accounting and budgets, preemption. Imports from every layer below it (rollout,
+data, io, config, parallel, algo)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from poise.io.config import BUDGETS
+from poise.config.train_config import BUDGETS
 from poise.rollout.engine import RolloutBatch, prompts_shared
 
 COUNTERS = ("prompts", "samples", "prompt_tokens", "generated_tokens", "forward_tokens_policy",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from poise.algo.losses import value_loss
 from poise.parallel.fsdp import clip_grad_norm_
-from poise.rollout.engine import RolloutBatch, minibatch_rows, position_ids
+from poise.rollout.engine import RolloutBatch, position_ids
 from poise.rollout.logprobs import gradient_checkpointing
 from poise.train.compute import n_tokens
 from poise.train.metrics import mean_over_ranks
@@ -119,33 +119,20 @@ def critic_update(critic: ValueModel, optimizer, scheduler, batch: RolloutBatch,
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The loop's critic phase (PPO): values before the advantages, the update after the policy's
+# The loop's critic phase (PPO): the update after the policy's (the values come from the scoring pass, `scoring.py`)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def critic_values(state, batch: RolloutBatch, n_local: int) -> Tensor:
-    """The critic's (B, T) values of this step's rows, a mini-batch (or with optim.micro_batch_tokens a micro-batch)
-    at a time, without a graph (eval mode); counted as critic forward tokens. `state` is the run's `TrainState`."""
-    cfg, dist = state.cfg, state.dist
-    mbs = minibatch_rows(n_local, local_minibatch_prompts(cfg, n_local, dist), cfg.rollout.group_size)
-    with torch.no_grad():
-        state.critic.eval()
-        values = torch.cat([state.critic(batch.rows(rows[part])) for rows in mbs for part in micro_parts(
-            len(rows), width(batch), cfg.optim.micro_batch_tokens, 1, dist)])
-    state.meter.add(forward_tokens_critic=n_tokens(batch, shared_prompts=False))
-    return values
-
-
-def critic_phase(state, batch: RolloutBatch, values: Tensor, returns: Tensor, n_local: int) -> dict:
-    """The critic's clipped value update on this step's rows (`critic_update`) and its metrics over every rank:
-    explained variance is recomputed over all ranks' rows, not averaged. Counts the critic's forward and backward
-    tokens."""
-    cfg, dist, G = state.cfg, state.dist, state.cfg.rollout.group_size
+def critic_phase(state, scored, returns: Tensor) -> dict:
+    """The critic's clipped value update on this step's rows (`critic_update`), from the values of the scoring pass
+    (`scoring.Scored`) towards `returns`, and its metrics over every rank: explained variance is recomputed over all
+    ranks' rows, not averaged. Counts the critic's forward and backward tokens."""
+    cfg, dist, G, batch = state.cfg, state.dist, state.cfg.rollout.group_size, scored.batch
     outcome = cfg.critic.mode == "outcome"
-    old = values[:, 0] if outcome else values
+    old = scored.values[:, 0] if outcome else scored.values
     metrics = mean_over_ranks(critic_update(
         state.critic, state.critic_optimizer, state.critic_scheduler, batch, old, returns, outcome,
-        local_minibatch_prompts(cfg, n_local, dist) * G, cfg.optim.epochs, cfg.critic.value_clip,
+        local_minibatch_prompts(cfg, scored.n_prompts, dist) * G, cfg.optim.epochs, cfg.critic.value_clip,
         cfg.optim.grad_clip, dist, cfg.optim.micro_batch_tokens, cfg.model.gradient_checkpointing), dist)
     if dist.world > 1:  # explained variance over every rank's rows, not a mean of per-rank ones
         m = torch.ones_like(returns, dtype=torch.bool) if outcome else batch.response_mask

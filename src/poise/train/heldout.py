@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from poise.config.errors import ConfigError
 from poise.data.code.runners import attach_runner
 from poise.data.tasks import Task, drop_long_prompts, get_task
 from poise.data.tasks.dataset import DatasetError
-from poise.io.configio import ConfigError
 from poise.parallel import fsdp
 from poise.rollout.evaluation import aggregate, sample_batches, select_problems
 from poise.rollout.limits import check_fits

@@ -19,35 +19,35 @@ def _cat(dist: Dist, x: torch.Tensor) -> torch.Tensor:
     return x if dist.world == 1 else torch.cat(dist.gather_objects(x.detach().cpu()))
 
 
-def sampling_metrics(cfg, col, dist: Dist) -> dict:
+def sampling_metrics(cfg, rollouts, dist: Dist) -> dict:
     """Reward metrics over every sample generated this step (dropped ones included), per level, answer-checking
-    counts, and the dynamic sampling and reward shaping statistics. `col` is a `sampling.Collected`."""
-    all_scores = _cat(dist, col.all_scores)
-    all_levels = [lv for part in dist.gather_objects(col.all_levels) for lv in part]
+    counts, and the dynamic sampling and reward shaping statistics. `rollouts` is a `sampling.Collected`."""
+    all_scores = _cat(dist, rollouts.all_scores)
+    all_levels = [lv for part in dist.gather_objects(rollouts.all_levels) for lv in part]
     ok = torch.isfinite(all_scores)  # unscorable samples are counted, not averaged
     scores, levels = all_scores[ok], [lv for lv, k in zip(all_levels, ok.tolist()) if k]
     m = {"reward/mean": scores.mean().item() if len(scores) else float("nan"),
          "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-         "tokens/generated": int(dist.sum(col.generated_tokens)),
+         "tokens/generated": int(dist.sum(rollouts.generated_tokens)),
          **{f"reward/{k}": (dist.sum(v) if isinstance(v, float) else int(dist.sum(v)))  # timeouts, errors, ...;
-            for k, v in col.verifier.items()}}  # code tasks: code_timeouts, code_errors, code_seconds, no_code
+            for k, v in rollouts.verifier.items()}}  # code tasks: code_timeouts, code_errors, code_seconds, no_code
     for lv in sorted(set(levels)):  # reward by difficulty level, e.g. reward/level_t2d1
         m[f"reward/level_{lv}"] = scores[[i for i, x in enumerate(levels) if x == lv]].mean().item()
     tasks = sorted({lv.split("/")[0] for lv in levels}) if "+" in cfg.task.name else []  # a mixture: task/level
     for t in tasks:  # reward by task, e.g. reward/gsm8k/mean
         m[f"reward/{t}/mean"] = scores[[i for i, x in enumerate(levels) if x.split("/")[0] == t]].mean().item()
-    groups, varied = dist.sum(col.groups_generated), dist.sum(col.groups_varied)
+    groups, varied = dist.sum(rollouts.groups_generated), dist.sum(rollouts.groups_varied)
     if cfg.rollout.group_size > 1:
         m["reward/frac_zero_std_groups"] = 1.0 - varied / groups
     if cfg.algorithm.dynamic_sampling:  # rounds are decided jointly, so they are the same on every rank
-        trained = int(dist.sum(len(col.problems)))
-        m["dynamic_sampling/rounds"] = col.rounds
+        trained = int(dist.sum(len(rollouts.problems)))
+        m["dynamic_sampling/rounds"] = rollouts.rounds
         m["dynamic_sampling/kept_fraction"] = trained / groups
         m["dynamic_sampling/groups_trained"] = trained
         if dist.world > 1:
-            m["dynamic_sampling/dropped_uneven"] = col.dropped_uneven  # identical on every rank
-    if cfg.reward.overlong_buffer > 0 and len(col.rewards):
-        penalty = _cat(dist, (col.rewards - col.scores).nan_to_num(0.0))
+            m["dynamic_sampling/dropped_uneven"] = rollouts.dropped_uneven  # identical on every rank
+    if cfg.reward.overlong_buffer > 0 and len(rollouts.rewards):
+        penalty = _cat(dist, (rollouts.rewards - rollouts.scores).nan_to_num(0.0))
         m["reward/overlong_penalty"] = penalty.mean().item()
         m["reward/overlong_fraction"] = (penalty < 0).float().mean().item()
     return m
@@ -106,14 +106,14 @@ def adam_variance_proxy(optimizer: torch.optim.Optimizer, dist: Dist | None = No
     return total if seen else float("nan")
 
 
-def sample_rows(tokenizer, col, advantages: torch.Tensor, n: int) -> list[dict]:
+def sample_rows(tokenizer, rollouts, advantages: torch.Tensor, n: int) -> list[dict]:
     """The first `n` rows of this rank's batch as JSON-able dicts: question, gold answer, completion (decoded, special
     tokens dropped), reward (None when unscorable) and advantage (the mean over response tokens when token level)."""
-    batch, G, out = col.batch, col.batch.group_size, []
+    batch, G, out = rollouts.batch, rollouts.batch.group_size, []
     for i in range(min(n, batch.response_ids.shape[0])):
-        problem, m = col.problems[i // G], batch.response_mask[i]
+        problem, m = rollouts.problems[i // G], batch.response_mask[i]
         adv = advantages[i][m].mean() if advantages.dim() == 2 else advantages[i]
-        reward = float(col.rewards[i])
+        reward = float(rollouts.rewards[i])
         out.append({"prompt": problem.question, "answer": problem.answer,
                     "completion": tokenizer.decode(batch.response_ids[i][m], skip_special_tokens=True),
                     "reward": None if math.isnan(reward) else reward, "advantage": float(adv)})

@@ -54,10 +54,10 @@ def loss_count(mask: Tensor, aggregation: str) -> float:
 
 
 def policy_backward(model, ref_model, mb: RolloutBatch, advantages: Tensor, mask: Tensor, parts: list[Tensor],
-                    cfg, weight: float, dist: Dist, first_logp: Tensor | None = None):
+                    cfg, weight: float, dist: Dist, reused_logp: Tensor | None = None):
     """The PPO loss of one mini-batch `mb` (advantages (n,) or (n, T), loss mask (n, T)), forward and backward one
     micro-batch (`parts`) at a time, each loss scaled by `weight` (the rank's `Dist.loss_weight`) times its share of
-    the mini-batch's normaliser. `first_logp` (n, T): the scoring pass's forward of this mini-batch with its graph,
+    the mini-batch's normaliser. `reused_logp` (n, T): the scoring pass's forward of this mini-batch with its graph,
     used instead of a forward (one part only). Gradients accumulate in the parameters' .grad.
 
     Returns (loss, stats, finite): the mini-batch's loss (a float, the micro-batches' weighted sum: the whole
@@ -73,9 +73,9 @@ def policy_backward(model, ref_model, mb: RolloutBatch, advantages: Tensor, mask
         stats["kl/ref"] = 0.0
     for rows in parts:
         micro, m = (mb, mask) if one else (mb.rows(rows), mask[rows])
-        if first_logp is not None:
+        if reused_logp is not None:
             assert one, "the scoring pass's graph is reused only when the mini-batch is one micro-batch"
-            logp = first_logp
+            logp = reused_logp
         else:
             logp = response_logprobs(model, micro, T, chunk=chunk, entropy=False)[0]
         loss, st = ppo_clip_loss(logp, micro.old_logp, advantages if one else advantages[rows], m, lo.clip_low,

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from poise.io.config import to_dict
+from poise.config.loading import to_dict
+from poise.config.validation import report_targets
 from poise.io.tracking import MetricsWriter
-from poise.io.validation import report_targets
 from poise.parallel import fsdp
 from poise.train.compute import budget_limits, progress_budget
 from poise.train.metrics import adam_variance_proxy, sample_rows
@@ -20,7 +20,7 @@ from poise.train.metrics import adam_variance_proxy, sample_rows
 
 class RunLog:
     """Rank 0's outputs of a run (other ranks only join the collectives). `times` collects this step's phase times
-    (`time/<phase>_s`, through `timed`)."""
+    (`time/<phase>_s`, through `timed`). `close` once, at the end of the run (`poise.train.loop`'s teardown)."""
 
     def __init__(self, state, progress: bool):
         cfg, dist = state.cfg, state.dist
@@ -54,16 +54,21 @@ class RunLog:
 
     @contextmanager
     def timed(self, phase: str):
-        """Adds the block's wall time to `time/<phase>_s`."""
+        """Adds the block's wall time to `time/<phase>_s`: the one clock of the step's phases. It yields a dict of
+        nested phases, whose time a callee measured inside the block: `nested["reward"] = seconds` moves those
+        seconds from `phase` to `time/reward_s`."""
+        nested: dict[str, float] = {}
         t = time.perf_counter()
-        yield
-        key = f"time/{phase}_s"
-        self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t
+        yield nested
+        elapsed = time.perf_counter() - t
+        for name, seconds in {phase: elapsed - sum(nested.values()), **nested}.items():
+            key = f"time/{name}_s"
+            self.times[key] = self.times.get(key, 0.0) + seconds
 
-    def samples(self, step: int, col, advantages) -> None:
+    def samples(self, step: int, rollouts, advantages) -> None:
         cfg = self.state.cfg
         if self.writer is not None and cfg.log_samples_every and (step == 1 or step % cfg.log_samples_every == 0):
-            self.writer.log_samples(step, sample_rows(self.state.tokenizer, col, advantages, cfg.log_samples))
+            self.writer.log_samples(step, sample_rows(self.state.tokenizer, rollouts, advantages, cfg.log_samples))
 
     def end_step(self, step: int, metrics: dict) -> dict:
         """Close the step's metrics (every rank: the collectives): learning rate, guard counters, phase times (the

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe
+from poise.config.errors import ConfigError
+from poise.config.loading import save_config, to_dict
+from poise.config.train_config import TrainConfig
 from poise.data.tasks import Task, drop_long_prompts
 from poise.data.tasks.dataset import build_task, check_reward_function
 from poise.data.code.runners import attach_runner
 from poise.data.verifier import SafeVerifier
-from poise.io.config import TrainConfig, save_config, to_dict
-from poise.io.configio import ConfigError
 from poise.parallel import fsdp
 from poise.parallel.distributed import Dist, check_layout
 from poise.rollout.limits import check_fits
@@ -72,8 +73,10 @@ def marker_token_id(tokenizer, marker: str) -> int | list[int] | None:
     return ids[0] if len(ids) == 1 else (list(ids) or None)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainState:
+    """Everything the next step depends on (see the module's docstring); built by keyword (`build_state`)."""
+
     cfg: TrainConfig
     dist: Dist
     task: Task
@@ -267,10 +270,12 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     use_features = cfg.algorithm.advantage == "poise" or cfg.screen.mode == "probe"
     layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if use_features else None
     marker = marker_token_id(tokenizer, cfg.probe.marker)
-    state = TrainState(cfg, dist, task, tokenizer, model, ref_model, critic, optimizer, warmup(optimizer), critic_opt,
-                       critic_sched, RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
-                       FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream, prompts, gen, layer,
-                       marker)
+    state = TrainState(
+        cfg=cfg, dist=dist, task=task, tokenizer=tokenizer, model=model, ref_model=ref_model, critic=critic,
+        optimizer=optimizer, scheduler=warmup(optimizer), critic_optimizer=critic_opt, critic_scheduler=critic_sched,
+        probe=RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
+        buffer=FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream=stream, prompts=prompts,
+        generator=gen, layer=layer, marker=marker)
     state.sampler = build_sampler(cfg, dist, model, tokenizer, longest)
     if screen is not None:
         state.screen = screen

@@ -47,8 +47,8 @@ class CodeReward:
     `run(jobs) -> list[CodeResult]` (a LocalSandbox, a SandboxFusionRunner); None makes a LocalSandbox() on first use.
     A completion without a program scores 0.0; a run the sandbox could not judge (status "error") scores None, the
     TRL convention for "not scorable". The first call checks the runner (`runner.check()`): a sandbox that cannot
-    start raises SandboxUnavailable there, instead of every row scoring None. `last_results` holds the last call's CodeResults (None for rows without a
-    program), for logging timeouts, errors and time."""
+    start raises SandboxUnavailable there, instead of every row scoring None. `last_results` holds the last call's
+    CodeResults (None for rows without a program), for logging timeouts, errors and time."""
 
     __name__ = "code_reward"  # TRL names reward functions by __name__ in its logs
 

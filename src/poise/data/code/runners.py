@@ -5,7 +5,7 @@ unless `code_sandbox none` was asked for."""
 
 from __future__ import annotations
 
-from poise.io.configio import ConfigError
+from poise.config.errors import ConfigError
 
 from .sandbox import LocalSandbox, SandboxUnavailable
 

@@ -253,7 +253,8 @@ class LocalSandbox:
             status, detail = "ok", "; ".join(details[:3])
         else:
             why = "read limit exceeded" if overflow else f"exit status {proc.returncode}"
-            status, detail = "error", f"the sandbox ended without a result ({why}): {err.decode(errors='replace')[-300:]}"
+            tail = err.decode(errors="replace")[-300:]
+            status, detail = "error", f"the sandbox ended without a result ({why}): {tail}"
         return self._finish(CodeResult(min(passed, total), total, status, time.monotonic() - start, detail, outputs))
 
     def _finish(self, result: CodeResult) -> CodeResult:

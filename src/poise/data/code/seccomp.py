@@ -66,8 +66,8 @@ def bpf_program(machine: str | None = None) -> bytes:
         raise UnsupportedArch(f"the code sandbox's seccomp filter has no table for {machine}; supported: "
                               f"{', '.join(TABLES)}")
     eperm, enosys = _ERRNO | errno.EPERM, _ERRNO | errno.ENOSYS
-    prog = [_ins(_LD_W_ABS, 0, 0, _OFF_ARCH), _ins(_JEQ_K, 1, 0, table["audit_arch"]), _ins(_RET_K, 0, 0, _KILL_PROCESS),
-            _ins(_LD_W_ABS, 0, 0, _OFF_NR)]
+    prog = [_ins(_LD_W_ABS, 0, 0, _OFF_ARCH), _ins(_JEQ_K, 1, 0, table["audit_arch"]),  # another ABI: killed
+            _ins(_RET_K, 0, 0, _KILL_PROCESS), _ins(_LD_W_ABS, 0, 0, _OFF_NR)]
     if table["x32_bit"] is not None:  # x32 system calls carry this bit
         prog += [_ins(_JGE_K, 0, 1, table["x32_bit"]), _ins(_RET_K, 0, 0, _KILL_PROCESS)]
     for nr in sorted(table["deny"].values()):

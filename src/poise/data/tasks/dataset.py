@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poise.config.errors import ConfigError
 from poise.data.tasks.rewards import TRLReward, last_boxed, math_reward
 from poise.io import hub
-from poise.io.configio import ConfigError
 
 from .base import SPLITS, THINK_CLOSE, THINK_OPEN, Problem, Task, encode_prompts, split_of, text_hash
 from .datafiles import SHOWN_ROWS, DatasetError, Fields, _Issues, _Part, read_source  # noqa: F401

@@ -8,8 +8,8 @@ Each problem keeps its own task's prompt, worked solution and reward: `MixtureTa
 own rows, so a math answer is checked by math-verify and a program runs in the code sandbox. Per-level metrics
 (`reward/level_chain_sum/t2d1`, ...) and per-task ones (`reward/chain_sum/mean`) separate the parts. Used to train one
 policy on several domains and to test whether a probe fitted on one task transfers to another
-(benchmarks/value_estimation.py). An evaluation set (humaneval, math500, ...) has nothing to train on, so a
-training mixture refuses it by name.
+(benchmarks/value_estimation/value_estimation.py). An evaluation set (humaneval, math500, ...) has nothing to train
+on, so a training mixture refuses it by name.
 """
 
 from __future__ import annotations
