@@ -22,8 +22,8 @@ from poise.parallel import fsdp  # noqa: E402
 from poise.algo.features import rollout_features  # noqa: E402
 from poise.rollout.models import decoder_layers, load_local  # noqa: E402
 from poise.algo.probe import RidgeProbe  # noqa: E402
-from poise.rollout.engine import score  # noqa: E402
-from poise.rollout.sampling import collect  # noqa: E402
+from poise.rollout.hf_engine import score  # noqa: E402
+from poise.rollout.collect import collect  # noqa: E402
 from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks import get_task  # noqa: E402
 from poise.train.loop import compute_advantages  # noqa: E402

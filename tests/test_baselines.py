@@ -15,8 +15,8 @@ from poise.train.critic import ValueModel, critic_update, explained_variance
 from poise.algo.losses import value_loss
 from poise.rollout.models import load_local
 from poise.data.tasks import encode_prompts
-from poise.rollout.engine import RolloutBatch, generate, score
-from poise.rollout.sampling import cat_batches, collect, overlong_penalty, varied_groups
+from poise.rollout.hf_engine import RolloutBatch, generate, score
+from poise.rollout.collect import cat_batches, collect, overlong_penalty, varied_groups
 from poise.rollout.sampler import KVCacheSampler
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics

@@ -80,8 +80,8 @@ def test_a_short_last_mini_batch_is_split_evenly_too():
 
 
 def test_dynamic_sampling_keeps_the_first_varied_groups_over_all_ranks_and_evens_the_split():
-    from poise.rollout.engine import RolloutBatch
-    from poise.rollout.sampling import global_keep, rebalance
+    from poise.rollout.hf_engine import RolloutBatch
+    from poise.rollout.collect import global_keep, rebalance
 
     P, M, W, G = 8, 4, 2, 2
     varied = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)  # one process keeps 1, 2, 4 with budget 3

@@ -13,7 +13,7 @@ from poise.config.loading import build_config
 from poise.config.train_config import TrainConfig
 from poise.parallel.distributed import Dist
 from poise.rollout import vllm_engine
-from poise.rollout.engine import RolloutBatch
+from poise.rollout.hf_engine import RolloutBatch
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import poise.train.microbatch as update_mod  # where the update calls ppo_clip_l
 from poise.algo.advantages import grpo_advantages, mask_unscorable, poise_advantages, poise_targets, rloo_advantages
 from poise.config.errors import ConfigError
 from poise.rollout.models import load_local
-from poise.rollout.sampling import collect, varied_groups
+from poise.rollout.collect import collect, varied_groups
 from poise.rollout.sampler import KVCacheSampler
 from poise.data.tasks import get_task, register_task
 from poise.io.tracking import read_metrics
-from poise.rollout.engine import score
+from poise.rollout.hf_engine import score
 from poise.train.compute import ComputeMeter
 from poise.train.loop import compute_advantages, train
 from poise.train.state import PromptStream

@@ -8,7 +8,7 @@ import torch
 
 from poise.algo import losses
 from poise.data.tasks import encode_prompts, get_task
-from poise.rollout.engine import RolloutBatch, generate, score
+from poise.rollout.hf_engine import RolloutBatch, generate, score
 from poise.rollout.models import load_local
 
 

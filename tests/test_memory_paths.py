@@ -12,7 +12,7 @@ from poise.config.loading import build_config
 from poise.config.train_config import TrainConfig
 from poise.data.tasks import encode_prompts, get_task
 from poise.io.tracking import read_metrics
-from poise.rollout.engine import RolloutBatch, generate, response_logprobs, score
+from poise.rollout.hf_engine import RolloutBatch, generate, response_logprobs, score
 from poise.rollout.models import decoder_layers, load_local
 from poise.train.microbatch import micro_parts
 from poise.train.scoring import score_policy

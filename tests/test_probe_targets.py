@@ -8,7 +8,7 @@ import torch
 
 from poise.algo.buffer import FeatureBuffer
 from poise.algo.probe import RidgeProbe
-from poise.rollout.sampling import Collected
+from poise.rollout.collect import Collected
 
 
 def _record_rewards(monkeypatch, log):

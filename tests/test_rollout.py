@@ -2,7 +2,7 @@ import torch
 
 from poise.rollout.models import load_local
 from poise.data.tasks import encode_prompts
-from poise.rollout.engine import RolloutBatch, generate, response_logits, score, token_logprobs
+from poise.rollout.hf_engine import RolloutBatch, generate, response_logits, score, token_logprobs
 from poise.data.tasks import get_task
 
 
@@ -70,7 +70,7 @@ def test_training_forward_equals_scoring_at_same_weights(micro_dir):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from poise.rollout.engine import sample_next
+    from poise.rollout.hf_engine import sample_next
 
     logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]]).repeat(2000, 1)  # p ~ [0.50, 0.45, 0.03, 0.01]
     gen = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_
 
     from poise.config.loading import build_config
     from poise.config.train_config import TrainConfig
-    from poise.rollout.engine import minibatch_rows, score_with_graph
+    from poise.rollout.hf_engine import minibatch_rows, score_with_graph
     from poise.train.update import policy_update
 
     model, tok, ref = _batch(micro_dir, n=4, G=2, max_new=10)
@@ -117,7 +117,7 @@ def test_first_minibatch_scored_by_the_update_forward_gives_the_same_step(micro_
 def test_shared_prompt_forward_matches_the_full_forward(micro_dir):
     """Rows in groups of identical prompts: the prompt runs once per group and the responses reuse its KV cache;
     logits, probe-layer states and gradients equal the full forward's, and the shared path is really taken."""
-    from poise.rollout.engine import prompts_shared, response_forward
+    from poise.rollout.hf_engine import prompts_shared, response_forward
 
     model, tok, b = _batch(micro_dir, n=3, G=3, max_new=9)
     flat = RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, 1)  # G = 1: no sharing
@@ -161,7 +161,7 @@ def test_token_accounting_counts_a_shared_prompt_once_per_group(micro_dir):
 
 def test_logprobs_and_entropy_from_one_log_softmax_match_the_separate_functions():
     from poise.algo.features import token_entropy
-    from poise.rollout.engine import logprobs_and_entropy
+    from poise.rollout.hf_engine import logprobs_and_entropy
 
     g = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(11, 7, 50, generator=g)).requires_grad_(True)
@@ -198,7 +198,7 @@ class _Scripted(torch.nn.Module):
 def test_generation_stops_at_every_eos_id_of_the_generation_config_and_pads_after_it():
     from types import SimpleNamespace
 
-    from poise.rollout.engine import stop_token_ids
+    from poise.rollout.hf_engine import stop_token_ids
 
     pad = 0
     model = _Scripted([[5, 6, 3, 7, 8], [5, 4, 7, 8, 9], [5, 6, 7, 8, 9]])  # EOS ids 3 (tokenizer's) and 4 (config)
@@ -219,7 +219,7 @@ def test_the_kv_cache_reaches_the_model_so_decoding_keeps_the_prompt(micro_dir):
     the model ignores would leave each step seeing one token, and this test would fail (the control below)."""
     from transformers import DynamicCache
 
-    from poise.rollout.engine import cache_kwargs, position_ids
+    from poise.rollout.hf_engine import cache_kwargs, position_ids
 
     model, tok = load_local(micro_dir)
     problems = get_task("chain_sum").problems("train", 2)

@@ -12,7 +12,7 @@ from poise.algo.losses import aggregate, ppo_clip_loss
 from poise.config.loading import build_config
 from poise.config.train_config import TrainConfig
 from poise.parallel.distributed import Dist
-from poise.rollout.engine import RolloutBatch
+from poise.rollout.hf_engine import RolloutBatch
 from poise.train.sampler_mismatch import correct_for_sampler
 
 E = math.exp

@@ -8,7 +8,7 @@ import torch
 
 from poise.algo.buffer import FeatureBuffer
 from poise.algo.probe import PromptProbe
-from poise.algo.screening import choose, equal_reward_groups, screening_weights
+from poise.algo.screening_rules import choose, equal_reward_groups, screening_weights
 from poise.config.errors import ConfigError
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
@@ -126,8 +126,9 @@ def test_screen_options_are_checked(tiny_run, tmp_path):
 
 
 def test_probe_screening_predicts_with_a_prompt_probe_fitted_on_earlier_steps_only(tiny_run, tmp_path, monkeypatch):
-    """Step 1 chooses uniformly (nothing fitted, no prefill); from step 2 every prediction follows a fit of an
-    earlier step, and the prefill's tokens are counted as policy forward tokens."""
+    """Step 1 chooses uniformly (nothing fitted) and prefills only the prompts it keeps (their features go to the
+    probe's buffer); from step 2 every prediction follows a fit of an earlier step, and the prefill's tokens are
+    counted as policy forward tokens."""
     log = []
     fit, predict = PromptProbe.fit_moments, PromptProbe.predict
     monkeypatch.setattr(PromptProbe, "fit_moments", lambda self, m: (log.append("fit"), fit(self, m))[1])
@@ -135,8 +136,8 @@ def test_probe_screening_predicts_with_a_prompt_probe_fitted_on_earlier_steps_on
     train(tiny_run(tmp_path, **{**SCREEN, "screen.mode": "probe", "checkpoint.every": 0}), progress=False)
     assert log == ["fit", "predict"] * 3 + ["fit"]  # 4 steps: fit after each; predict before steps 2-4
     rows = read_metrics(tmp_path / "run")
-    assert rows[0]["screen/probe_fitted"] == 0 and rows[0]["screen/prefill_tokens"] == 0
-    for a, b in zip(rows, rows[1:]):
+    assert rows[0]["screen/probe_fitted"] == 0 and 0 < rows[0]["screen/prefill_tokens"] < rows[1]["screen/prefill_tokens"]
+    for a, b in zip(rows, rows[1:]):  # fitted: every candidate (twice the kept prompts) is prefilled
         assert b["screen/probe_fitted"] == 1 and b["screen/prefill_tokens"] > 0
         assert b["compute/forward_tokens_policy"] > b["screen/prefill_tokens"]
         assert b["screen/kept_fraction"] == 0.5
@@ -189,7 +190,7 @@ def test_generation_from_the_screening_prefill_matches_a_fresh_prefill(micro_dir
     state a fresh prefill gives (cache and logits within float rounding), hence the same samples; a prompt the
     prefill does not hold, or a different encoding, is refused."""
     from poise.data.tasks import encode_prompts, get_task
-    from poise.rollout.engine import DynamicCache, _shared_prefill, generate, prompt_states
+    from poise.rollout.hf_engine import DynamicCache, _shared_prefill, generate, prompt_states
     from poise.rollout.models import load_local
 
     model, tok = load_local(micro_dir)
@@ -218,13 +219,57 @@ def test_generation_from_the_screening_prefill_matches_a_fresh_prefill(micro_dir
 
 
 def test_a_screened_run_reuses_its_prefill_for_generation_and_counts_it_once(tiny_run, tmp_path):
-    """screen.reuse_prefill (on by default): once the prompt probe is fitted, generation prefills no prompt (they
-    were prefilled by the screening, and counted there); off, it prefills the kept prompts again."""
+    """screen.reuse_prefill (on by default): generation prefills no prompt (the screening prefilled them, the kept
+    ones alone before the probe's first fit, and counted them); off, it prefills the kept prompts again."""
     over = {**SCREEN, "screen.mode": "probe", "checkpoint.every": 0}
     train(tiny_run(tmp_path / "reuse", **over), progress=False)
     train(tiny_run(tmp_path / "again", **{**over, "screen.reuse_prefill": False}), progress=False)
     reuse, again = read_metrics(tmp_path / "reuse" / "run"), read_metrics(tmp_path / "again" / "run")
-    assert reuse[0]["compute/prompt_tokens"] == again[0]["compute/prompt_tokens"] > 0  # step 1: nothing prefilled
-    for r, a in zip(reuse[1:], again[1:]):
+    for r, a in zip(reuse, again):
         assert r["screen/prefill_tokens"] > 0 and r["compute/prompt_tokens"] == 0 < a["compute/prompt_tokens"]
     assert [r["screen/prefill_tokens"] for r in reuse] == [a["screen/prefill_tokens"] for a in again]
+
+
+def test_dynamic_sampling_rounds_accumulate_and_every_sampled_group_is_observed(tiny_run, tmp_path):
+    """DAPO with probe screening: a step of several sampling rounds keeps the predictions of every round (this used
+    to raise KeyError once the probe was fitted), and the probe's buffer takes a row for every group sampled,
+    dynamic sampling's dropped groups included."""
+    over = {**SCREEN, "screen.mode": "probe", "checkpoint.every": 0, "algorithm.dynamic_sampling": True,
+            "algorithm.max_sampling_rounds": 4, "max_steps": 5, "reward.overlong_buffer": 4}
+    train(tiny_run(tmp_path, "dapo", **over), progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert any(r["dynamic_sampling/rounds"] >= 2 and r["screen/probe_fitted"] for r in rows), rows
+    for r in rows:  # every generated group adds a row (none unscorable here), kept or dropped
+        n_groups = round(r["dynamic_sampling/groups_trained"] / r["dynamic_sampling/kept_fraction"]) \
+            if r["dynamic_sampling/kept_fraction"] else None
+        if n_groups is not None:
+            assert r["screen/buffer_added"] == n_groups
+        assert r["screen/buffer_added"] >= r["dynamic_sampling/groups_trained"]
+    assert sum(r["screen/buffer_added"] for r in rows) > sum(r["dynamic_sampling/groups_trained"] for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["probe", "history"])
+def test_dapo_with_screening_resumes_exactly(tiny_run, tmp_path, mode):
+    over = {**SCREEN, "screen.mode": mode, "screen.patience": 1, "screen.explore": 0.5, "task.train_size": 16,
+            "algorithm.max_sampling_rounds": 3, "reward.overlong_buffer": 4}
+    train(tiny_run(tmp_path / "full", "dapo", **over), progress=False)
+    train(tiny_run(tmp_path / "cut", "dapo", **{**over, "max_steps": 2}), progress=False)
+    train(tiny_run(tmp_path / "cut", "dapo", **{**over, "resume": True}), progress=False)
+
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
+    assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
+
+
+def test_history_skipping_under_dapo_skips_hopeless_prompts(tiny_run, tmp_path):
+    """DAPO drops the groups with equal rewards, which are exactly what history skipping counts: it used to see only
+    the kept (unequal) groups and never skip. On a mixture with a level the model cannot solve, prompts come back
+    and get skipped."""
+    over = {"screen.mode": "history", "screen.patience": 1, "screen.explore": 0.0, "task.train_size": 16,
+            "task.name": "parity_test+chain_sum", "task.levels": ["parity_test/t2d1", "chain_sum/t5d2"],
+            "algorithm.max_sampling_rounds": 2, "max_steps": 4, "checkpoint.every": 0, "reward.overlong_buffer": 4}
+    train(tiny_run(tmp_path, "dapo", **over), progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["screen/tracked"] > 0 and sum(r["screen/skipped"] for r in rows) > 0

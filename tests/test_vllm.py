@@ -21,7 +21,7 @@ from poise.config.errors import ConfigError
 from poise.config.loading import build_config
 from poise.config.train_config import TrainConfig
 from poise.rollout import vllm_engine
-from poise.rollout.engine import RolloutBatch, score
+from poise.rollout.hf_engine import RolloutBatch, score
 from poise.train.sampler_mismatch import correct_for_sampler
 from poise.train.update import policy_update
 from poise.parallel.distributed import Dist
@@ -147,7 +147,7 @@ def test_sampled_tokens_scored_by_our_pass_match_vllms_log_probs(engine):
     from poise.rollout.sampler import SamplingParams
 
     model, tok, sampler = engine
-    sampler.load_policy(model)
+    sampler.sync_weights(model)
     _, problems = _problems()
     batch = sampler.sample(problems, 2, SamplingParams(max_new_tokens=48, temperature=0.7),
                            torch.Generator().manual_seed(0))
@@ -175,7 +175,7 @@ def _vllm_logprobs_of(sampler, prompt_ids, completion_ids) -> torch.Tensor:
 def test_weight_push_makes_vllm_score_like_the_updated_policy(engine):
     """After an update and `load_policy`, vLLM's log-probs of a fixed completion are the updated policy's and no
     longer the old one's (the stale-weights failure TRL users met with sleep mode, trl#5312)."""
-    from poise.rollout.engine import response_logits, token_logprobs
+    from poise.rollout.hf_engine import response_logits, token_logprobs
 
     model, tok, sampler = engine
     _, problems = _problems(1)
@@ -189,7 +189,7 @@ def test_weight_push_makes_vllm_score_like_the_updated_policy(engine):
         with torch.no_grad():
             return token_logprobs(response_logits(m, batch), batch.response_ids)[0]
 
-    sampler.load_policy(model)
+    sampler.sync_weights(model)
     before = ours(model)
     assert torch.allclose(_vllm_logprobs_of(sampler, ids[0].tolist(), completion), before, atol=1e-4)
     updated = copy.deepcopy(model)
@@ -198,10 +198,10 @@ def test_weight_push_makes_vllm_score_like_the_updated_policy(engine):
             p.add_(torch.randn_like(p) * 0.02, alpha=1.0)
     after = ours(updated)
     assert float((after - before).abs().max()) > 1e-2
-    sampler.load_policy(updated)
+    sampler.sync_weights(updated)
     pushed = _vllm_logprobs_of(sampler, ids[0].tolist(), completion)
     assert torch.allclose(pushed, after, atol=1e-4) and not torch.allclose(pushed, before, atol=1e-3)
-    sampler.load_policy(model)  # the module's engine back to the default weights
+    sampler.sync_weights(model)  # the module's engine back to the default weights
 
 
 RUN = {"model.name": "default", "rollout.engine": "vllm", "max_steps": 3, "rollout.prompts_per_step": 8,

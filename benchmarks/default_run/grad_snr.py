@@ -34,8 +34,8 @@ from poise.config.train_config import TrainConfig  # noqa: E402
 from poise.train.compute import ComputeMeter  # noqa: E402
 from poise.parallel.distributed import Dist  # noqa: E402
 from poise.rollout.models import load_model  # noqa: E402
-from poise.rollout.engine import response_logits, token_logprobs  # noqa: E402
-from poise.rollout.sampling import collect  # noqa: E402
+from poise.rollout.hf_engine import response_logits, token_logprobs  # noqa: E402
+from poise.rollout.collect import collect  # noqa: E402
 from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks.dataset import build_task  # noqa: E402
 from poise.train.state import PromptStream  # noqa: E402

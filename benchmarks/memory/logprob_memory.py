@@ -25,7 +25,7 @@ def child(variant: str, rows: int, tokens: int, vocab: int, repeats: int) -> dic
     import torch
 
     from poise.algo.features import token_entropy
-    from poise.rollout.engine import logprobs_and_entropy, token_logprobs
+    from poise.rollout.hf_engine import logprobs_and_entropy, token_logprobs
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

@@ -46,7 +46,7 @@ def _status_kb(key: str) -> int:
 
 
 def _batch(torch, P: int, L: int, T: int, vocab: int, seed: int):
-    from poise.rollout.engine import RolloutBatch
+    from poise.rollout.hf_engine import RolloutBatch
 
     g = torch.Generator().manual_seed(seed)
     prompts = torch.randint(100, vocab, (P, L), generator=g).repeat_interleave(2, 0)  # (2P, L), groups of 2

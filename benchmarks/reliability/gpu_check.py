@@ -128,7 +128,7 @@ def stage_phases(s: dict) -> dict:
     from poise.config.loading import build_config
     from poise.config.train_config import TrainConfig
     from poise.parallel.distributed import Dist
-    from poise.rollout.engine import RolloutBatch, generate
+    from poise.rollout.hf_engine import RolloutBatch, generate
     from poise.train.scoring import score_policy
     from poise.train.update import policy_update
 

@@ -31,7 +31,7 @@ def main() -> None:
     from poise.config.train_config import TrainConfig
     from poise.data.tasks import encode_prompts
     from poise.data.tasks.dataset import build_task
-    from poise.rollout.engine import generate, prompt_states, stop_token_ids
+    from poise.rollout.hf_engine import generate, prompt_states, stop_token_ids
     from poise.rollout.models import load_policy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

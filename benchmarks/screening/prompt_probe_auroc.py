@@ -50,7 +50,7 @@ def prompt_features(model, tokenizer, problems: list, k: int = 10, batch: int = 
     from contextlib import ExitStack
 
     from poise.data.tasks.base import encode_prompts
-    from poise.rollout.engine import prompt_states
+    from poise.rollout.hf_engine import prompt_states
     from poise.rollout.models import HiddenCapture
 
     layers = model.config.num_hidden_layers

@@ -11,7 +11,7 @@ ranks, the other half judges, and the two results are averaged), so no sample bo
   has unequal rewards, 2 c (k' - c) / (k' (k' - 1)) for c correct of k' samples.
 
 For m candidates per kept prompt, pools of m x P problems are drawn at random and P are kept, either by the shipped
-rule (`poise.algo.screening.choose`: without replacement, in proportion to p (1 - p) + epsilon) or greedily (the P
+rule (`poise.algo.screening_rules.choose`: without replacement, in proportion to p (1 - p) + epsilon) or greedily (the P
 largest p (1 - p)); the mean q of the kept problems is the fraction of groups with unequal rewards that screener
 would get. The AUROC is that of p (1 - p) for "this group of 2 has unequal rewards", in expectation over the groups'
 outcomes: every problem is a positive with weight q and a negative with weight 1 - q, and pairs of a problem with
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from poise.algo.screening import screening_weights  # noqa: E402
+from poise.algo.screening_rules import screening_weights  # noqa: E402
 from poise.commands.evaluate import is_correct  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def kept_unequal(p: np.ndarray, q: np.ndarray, m: int, prompts: int, rule: str, 
                  rng: np.random.Generator, pools: int, power: float = 1.0) -> float:
     """Mean q (n,) of the prompts a screener keeps: `pools` times, draw m x `prompts` of the n problems without
     replacement, keep `prompts` of them by `rule` on the pass rates p (n,) it sees ('shipped': without replacement
-    with probabilities proportional to `poise.algo.screening.screening_weights(p, epsilon, power)` through Gumbel
+    with probabilities proportional to `poise.algo.screening_rules.screening_weights(p, epsilon, power)` through Gumbel
     top-k, the distribution of `screen.power`'s rule; 'greedy': the largest p (1 - p), ties broken at random; m = 1 keeps the pool),
     and average q over everything kept."""
     n = len(p)

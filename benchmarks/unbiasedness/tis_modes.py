@@ -26,7 +26,7 @@ from poise.algo.correction import TIS_MODES, importance_weights, log_ratios
 from poise.config.loading import build_config, load_yaml
 from poise.config.train_config import TrainConfig
 from poise.data.tasks.dataset import build_task
-from poise.rollout.engine import score
+from poise.rollout.hf_engine import score
 from poise.rollout.limits import check_fits
 from poise.rollout.models import load_model
 from poise.rollout.sampler import SamplingParams
@@ -51,7 +51,7 @@ def collect(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
                           max_seqs=args.prompts * r.group_size)
     gen, parts, t0 = torch.Generator().manual_seed(cfg.seed), [], time.perf_counter()
     try:
-        sampler.load_policy(model)
+        sampler.sync_weights(model)
         model.eval()
         for b in range(args.batches):
             batch = sampler.sample(problems[b * args.prompts:(b + 1) * args.prompts], r.group_size,

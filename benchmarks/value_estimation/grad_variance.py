@@ -32,8 +32,8 @@ from poise.algo.features import rollout_features
 from poise.algo.losses import ppo_clip_loss
 from poise.rollout.models import decoder_layers, load_policy, resolve_layer
 from poise.algo.probe import RidgeProbe
-from poise.rollout.engine import response_logits, score, token_logprobs
-from poise.rollout.sampling import collect
+from poise.rollout.hf_engine import response_logits, score, token_logprobs
+from poise.rollout.collect import collect
 from poise.rollout.sampler import KVCacheSampler  # noqa: E402
 from poise.data.tasks import get_task
 from poise.data.tasks.dataset import task_kwargs

@@ -266,9 +266,11 @@ class RidgeProbe:
 
 class PromptProbe:
     """V(x) from the prompt state alone, before any response exists: PCA + standardisation + ridge on the prompt
-    features (last k prompt-token states of the probe layer), fitted from the same buffer's running moments with the
-    same targets (each row's siblings' mean reward; rows of one group share their prompt state, so least squares
-    fits the group's mean reward, an unbiased estimate of V(x)). Used to screen prompts (`poise.algo.screening`).
+    features (last k prompt-token states of the probe layer), fitted from a feature buffer's running moments whose
+    targets estimate V(x): the screening's own buffer holds one row per sampled group with the group's mean reward
+    (`poise.train.screened_stream`); POISE's buffer, each row's siblings' mean reward (rows of one group share their
+    prompt state, so least squares fits the group's mean reward). Used to screen prompts
+    (`poise.algo.screening_rules`).
 
     fit_moments, with S_pp the prompt block of the buffer's covariance (Hp, Hp), s_py its covariance with the target
     (Hp,), C = pca_from_cov(S_pp) (Hp, F):

@@ -38,7 +38,7 @@ from poise.config.train_config import TrainConfig
 from poise.data.tasks import encode_prompts
 from poise.data.tasks.dataset import build_task
 from poise.algo.stats import auroc
-from poise.rollout.engine import RolloutBatch, score
+from poise.rollout.hf_engine import RolloutBatch, score
 from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score
 from poise.rollout.models import decoder_layers, load_local, resolve_layer
 from poise.train.critic import ValueModel

@@ -177,7 +177,7 @@ class AlgorithmConfig:
 
 @dataclass
 class ScreenConfig:
-    """Which prompts to generate for (poise.algo.screening). Off by default."""
+    """Which prompts to generate for (poise.algo.screening_rules). Off by default."""
 
     mode: Literal["none", "probe", "history"] = "none"
     """none: every drawn prompt is used. probe: draw candidates x prompts_per_step prompts, prefill them, and keep

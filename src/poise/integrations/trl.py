@@ -86,7 +86,7 @@ from poise.algo.advantages import (group_view, leave_one_out_mean, mask_unscorab
 from poise.algo.features import rollout_features, token_entropy  # noqa: E402
 from poise.rollout.models import decoder_layers, resolve_layer  # noqa: E402
 from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe, probe_metrics, save_probe  # noqa: E402
-from poise.rollout.engine import RolloutBatch, response_forward  # noqa: E402
+from poise.rollout.hf_engine import RolloutBatch, response_forward  # noqa: E402
 from poise.train.state import marker_token_id  # noqa: E402
 
 STATE_FILE = "poise_trl.json"
@@ -383,7 +383,7 @@ class POISETrainer(GRPOTrainer):
     def _features(self, out: dict) -> dict[str, torch.Tensor]:
         """Probe features of every row, from one no-grad forward pass in chunks of whole groups.
 
-        `poise.rollout.engine.response_forward`: each prompt runs once per group and its G completions continue from the
+        `poise.rollout.hf_engine.response_forward`: each prompt runs once per group and its G completions continue from the
         shared KV cache (as in `poise train`); a hook captures the probe layer; entropies come from the same logits
         at TRL's sampling temperature. Shapes: prompt_ids (B, L) left-padded, completion_ids (B, T) right-padded ->
         prompt (B, H), trajectory (B, H), entropy (B, 3) float32 on CPU.

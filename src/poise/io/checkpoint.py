@@ -6,7 +6,7 @@ A checkpoint is a directory `<run>/checkpoints/step-000123/` holding everything 
     optim.pt                                 optimizer + scheduler states (loaded with torch.load(weights_only=True);
                                              an FSDP run's optimizer states are keyed by parameter name)
     probe.safetensors                        the fitted probe and the feature buffer's rows (prefixed keys)
-    screen.safetensors                       with screen.mode on: the choice generator and the prompt-only probe
+    screen.safetensors                       with screen.mode on: the choice generator, the prompt probe and its buffer
     rng.safetensors                          torch's global RNG state and the sampling generator's state (and
                                              every CUDA device's RNG state when the run initialised CUDA)
     state.json                               step, data position, Python / NumPy RNG states, compute totals,
@@ -184,10 +184,13 @@ def _write(tmp: Path, state: dict) -> None:
     meta = {k: state[k] for k in JSON_KEYS}
     meta.update(probe=state["probe_meta"], buffer=state["buffer_meta"], versions=_versions(), world_size=len(pairs))
     screen = state.get("screen")
-    if screen is not None:  # prompt screening: its choice generator and prompt probe; the history goes in state.json
-        save_file({"generator": screen["generator"], **{f"probe.{k}": v for k, v in screen["probe"].items()}},
+    if screen is not None:  # prompt screening: its choice generator, prompt probe and the probe's buffer; the
+        # history and the metadata go in state.json
+        save_file({"generator": screen["generator"], **{f"probe.{k}": v for k, v in screen["probe"].items()},
+                   **{f"buffer.{k}": v for k, v in (screen.get("buffer") or {}).items()}},
                   str(tmp / "screen.safetensors"))
-        meta["screen"] = {"probe_meta": screen["probe_meta"], "history": screen["history"]}
+        meta["screen"] = {"probe_meta": screen["probe_meta"], "history": screen["history"],
+                          "buffer_meta": screen.get("buffer_meta")}
     (tmp / "state.json").write_text(json.dumps(meta))
     (tmp / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
     files = sorted(p.name for p in tmp.iterdir())
@@ -261,7 +264,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if "screen" in meta:
         tensors = load_file(str(path / "screen.safetensors"))
         state["screen"] = {"generator": tensors["generator"], **meta["screen"],
-                           "probe": {k[len("probe."):]: v for k, v in tensors.items() if k.startswith("probe.")}}
+                           "probe": {k[len("probe."):]: v for k, v in tensors.items() if k.startswith("probe.")},
+                           "buffer": {k[len("buffer."):]: v for k, v in tensors.items() if k.startswith("buffer.")}}
     return state
 
 

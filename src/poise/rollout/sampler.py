@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from poise.data.tasks import Problem, encode_prompts
-from poise.rollout.engine import Prefill, RolloutBatch, generate, stop_token_ids
+from poise.rollout.hf_engine import Prefill, RolloutBatch, generate, stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Sampler(Protocol):
     def sample(self, problems: list[Problem], group_size: int, params: SamplingParams,
                generator: torch.Generator | None) -> RolloutBatch: ...
 
-    def load_policy(self, model) -> None: ...  # before each training step's sampling: the policy's current weights
+    def sync_weights(self, model) -> None: ...  # before each training step's sampling: the policy's current weights
 
     def release(self) -> None: ...  # after sampling, before the update: memory the engine can give back
 
@@ -53,7 +53,7 @@ class KVCacheSampler:
         self.stops = stop_token_ids(model, tokenizer)
         self.prefill: Prefill | None = None  # set by prompt screening: the next `sample` reuses that prefill
 
-    def load_policy(self, model) -> None:
+    def sync_weights(self, model) -> None:
         """Nothing to push: this engine is the policy."""
 
     def release(self) -> None:

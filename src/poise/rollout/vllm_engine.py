@@ -37,7 +37,7 @@ import torch
 from poise.config.errors import ConfigError
 from poise.data.tasks import Problem, encode_prompts
 from poise.io.environment import vllm_problem
-from poise.rollout.engine import RolloutBatch, stop_token_ids
+from poise.rollout.hf_engine import RolloutBatch, stop_token_ids
 from poise.rollout.sampler import SamplingParams
 
 INSTALL = "install it with `bash scripts/install_vllm.sh` (README: 'vLLM as the rollout engine')"
@@ -179,7 +179,7 @@ class VLLMSampler:
 
     # ---- weights and memory ----
 
-    def load_policy(self, model) -> None:
+    def sync_weights(self, model) -> None:
         """Push the current policy into the engine (waking it first when it sleeps), then drop its prefix cache.
         Each tensor is cast to the engine's dtype first, as vLLM's loader would (which warns once per tensor)."""
         self.wake()

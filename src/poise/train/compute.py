@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from poise.config.train_config import BUDGETS
-from poise.rollout.engine import RolloutBatch, prompts_shared
+from poise.rollout.hf_engine import RolloutBatch, prompts_shared
 
 COUNTERS = ("prompts", "samples", "prompt_tokens", "generated_tokens", "forward_tokens_policy",
             "forward_tokens_reference", "forward_tokens_critic", "backward_tokens_policy", "backward_tokens_critic")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from poise.algo.losses import value_loss
 from poise.parallel.fsdp import clip_grad_norm_
-from poise.rollout.engine import RolloutBatch, position_ids
+from poise.rollout.hf_engine import RolloutBatch, position_ids
 from poise.rollout.logprobs import gradient_checkpointing
 from poise.train.compute import n_tokens
 from poise.train.metrics import mean_over_ranks

@@ -31,7 +31,7 @@ from poise.algo.advantages import (group_view, grpo_advantages, mask_unscorable,
 from poise.config.train_config import TrainConfig
 from poise.io.checkpoint import checkpoint_dir
 from poise.parallel import fsdp
-from poise.rollout.sampling import collect
+from poise.rollout.collect import collect
 from poise.train.checkpointing import checkpoint_due, restore, save_outputs, write_checkpoint
 from poise.train.compute import budget_reached
 from poise.train.critic import critic_phase
@@ -84,7 +84,7 @@ def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=
 def sample(state: TrainState):
     """The step's rollouts, rewarded (`rollout.sampling.collect`: dynamic sampling, several processes), from the
     policy as it is now: a vLLM engine loads its weights first; the built-in sampler is the policy itself."""
-    state.sampler.load_policy(state.model)
+    state.sampler.sync_weights(state.model)
     return collect(state.sampler, state.task, state.prompts, state.cfg, state.generator, state.meter, state.dist)
 
 
@@ -122,8 +122,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
                 with log.timed("score"):
                     scored = score(state, rollouts.batch) if rollouts.problems else None  # None: nothing kept
             metrics = {"step": step, **sampling_metrics(cfg, rollouts, dist)}
-            if state.screen is not None:  # screen/* metrics; history skipping records this step's groups
-                metrics.update(state.screen.observe(rollouts.problems, rollouts.scores, cfg.rollout.group_size, dist))
+            if state.screen is not None:  # screen/* metrics; screening learns from every group sampled
+                metrics.update(state.screen.observe(rollouts.all_problems, rollouts.all_scores, dist, step))
             if scored is not None:
                 # ---- baseline / advantages (the probe was fitted on earlier steps only); vLLM: mismatch, TIS ----
                 with log.timed("advantages"):

@@ -11,7 +11,7 @@ import torch
 from poise.parallel.distributed import Dist
 from poise.parallel.fsdp import local_sum
 from poise.algo.probe import probe_metrics
-from poise.rollout.engine import RolloutBatch
+from poise.rollout.hf_engine import RolloutBatch
 
 
 def _cat(dist: Dist, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from poise.algo.losses import aggregate, kl_k3, ppo_clip_loss
 from poise.parallel.distributed import Dist
-from poise.rollout.engine import RolloutBatch, response_logprobs, rows_per_micro_batch
+from poise.rollout.hf_engine import RolloutBatch, response_logprobs, rows_per_micro_batch
 
 
 def width(batch: RolloutBatch) -> int:

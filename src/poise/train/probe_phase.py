@@ -4,8 +4,8 @@
   features, `scoring.py`), and whether the advantages may use them yet. The probe was fitted on earlier steps only:
   this step's rows join its buffer afterwards, in `observe`.
 - `observe`: after the updates, this step's rows join the buffer with target mean_{j != i} r_j (the mean reward of
-  each row's siblings, not its own), and the probe is refitted from the buffer's running moments (with screen.mode
-  probe, so is the prompt-only probe that screens the next step's prompts). With several processes the rows are
+  each row's siblings, not its own), and the probe is refitted from the buffer's running moments (the prompt-only
+  probe that screens prompts keeps its own buffer: `screened_stream.py`). With several processes the rows are
   gathered in the one-process order first, so every rank fits the same probe. Its metrics also say how well the
   out-of-sample baseline of `predict` tracked this step's rewards.
 """
@@ -67,10 +67,7 @@ class ProbePhase:
                          step)
         if state.buffer.num_steps >= cfg.probe.min_fit_steps:
             moments = state.buffer.moments()
-            if state.use_probe:
-                state.probe.fit_moments(moments)  # the same rows on every rank: the same probe
-            if cfg.screen.mode == "probe":
-                state.screen.probe.fit_moments(moments)  # the prompt-only probe, for the next step's screening
+            state.probe.fit_moments(moments)  # the same rows on every rank: the same probe
         metrics = {"probe/buffer_rows": len(state.buffer)}
         if dist.world > 1:
             metrics["dist/probe_in_sync"] = int(dist.in_sync(state.probe.state_dict()))

@@ -10,7 +10,7 @@ import torch
 from poise.algo.correction import importance_weights, log_ratios, weight_advantages
 from poise.config.train_config import TrainConfig
 from poise.parallel.distributed import Dist
-from poise.rollout.engine import RolloutBatch
+from poise.rollout.hf_engine import RolloutBatch
 
 
 def correct_for_sampler(batch: RolloutBatch, advantages: torch.Tensor, cfg: TrainConfig, dist: Dist):

@@ -6,7 +6,7 @@ when it can, the first mini-batch's log-probs with their autograd graph, which t
 forward (`Scored.take_update_forward`). It counts the forward tokens it runs (policy and critic).
 
 The policy's forward (`score_policy`) runs in eval mode whichever engine sampled (`poise.rollout.dropout`); the
-forward passes themselves are `poise.rollout.engine.score` and `score_with_graph`.
+forward passes themselves are `poise.rollout.hf_engine.score` and `score_with_graph`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from poise.algo.features import rollout_features
 from poise.config.train_config import TrainConfig
 from poise.parallel.distributed import Dist
 from poise.rollout.dropout import active_dropout
-from poise.rollout import engine
-from poise.rollout.engine import RolloutBatch, minibatch_rows
+from poise.rollout import hf_engine
+from poise.rollout.hf_engine import RolloutBatch, minibatch_rows
 from poise.rollout.logprobs import gradient_checkpointing
 from poise.train.compute import n_tokens
 from poise.train.microbatch import micro_parts, width
@@ -91,11 +91,11 @@ def score_policy(model, batch: RolloutBatch, n_prompts: int, cfg: TrainConfig, d
     budget = {"micro_batch_tokens": o.micro_batch_tokens, "chunk": o.logit_chunk_tokens}
     model.eval()
     if active_dropout(model) or not whole:
-        engine.score(model, batch, layer, T, micro_batch=len(first_minibatch), **budget)
+        hf_engine.score(model, batch, layer, T, micro_batch=len(first_minibatch), **budget)
         return first_minibatch, None
-    engine.score(model, batch, layer, T, micro_batch=len(first_minibatch), skip=first_minibatch, **budget)
+    hf_engine.score(model, batch, layer, T, micro_batch=len(first_minibatch), skip=first_minibatch, **budget)
     with gradient_checkpointing(model, cfg.model.gradient_checkpointing):
-        return first_minibatch, engine.score_with_graph(model, batch, first_minibatch, layer, T, o.logit_chunk_tokens)
+        return first_minibatch, hf_engine.score_with_graph(model, batch, first_minibatch, layer, T, o.logit_chunk_tokens)
 
 
 def critic_values(critic, batch: RolloutBatch, n_prompts: int, cfg: TrainConfig, dist: Dist) -> Tensor:

@@ -35,7 +35,7 @@ from poise.rollout.models import decoder_layers, load_model, resolve_layer
 from poise.rollout.sampler import KVCacheSampler, Sampler
 from poise.train.compute import ComputeMeter
 from poise.train.critic import ValueModel
-from poise.train.screening import ScreenedStream
+from poise.train.screened_stream import ScreenedStream
 
 
 class PromptStream:
@@ -96,7 +96,7 @@ class TrainState:
     layer: int | None  # the probe's decoder layer (None without POISE)
     marker: int | list[int] | None  # the end-of-reasoning marker's token id(s)
     sampler: Sampler | None = None  # the rollout engine (KVCacheSampler on the policy itself)
-    screen: ScreenedStream | None = None  # screen.mode != none: the screened shared stream (screening.py)
+    screen: ScreenedStream | None = None  # screen.mode != none: the screened shared stream (screened_stream.py)
     meter: ComputeMeter = field(default_factory=ComputeMeter)
     counters: dict = field(default_factory=lambda: {"skipped_total": 0, "consecutive_skips": 0})  # numerical guard
     step: int = 0  # the last finished step
@@ -107,8 +107,9 @@ class TrainState:
 
     @property
     def use_features(self) -> bool:
-        """Whether the scoring pass takes probe features into the buffer: POISE, or prompt screening by probe."""
-        return self.use_probe or self.cfg.screen.mode == "probe"
+        """Whether the scoring pass takes probe features into the buffer: POISE (prompt screening by probe keeps its
+        own buffer of prompt features, `screened_stream.py`)."""
+        return self.use_probe
 
     @property
     def feature_meta(self) -> dict:
@@ -267,8 +268,8 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     if critic is not None:
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
         critic_sched = warmup(critic_opt)
-    use_features = cfg.algorithm.advantage == "poise" or cfg.screen.mode == "probe"
-    layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if use_features else None
+    needs_layer = cfg.algorithm.advantage == "poise" or cfg.screen.mode == "probe"  # the probe layer's states
+    layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if needs_layer else None
     marker = marker_token_id(tokenizer, cfg.probe.marker)
     state = TrainState(
         cfg=cfg, dist=dist, task=task, tokenizer=tokenizer, model=model, ref_model=ref_model, critic=critic,

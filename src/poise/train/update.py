@@ -10,7 +10,7 @@ import torch
 from poise.config.train_config import TrainConfig
 from poise.parallel.distributed import Dist
 from poise.parallel.fsdp import clip_grad_norm_
-from poise.rollout.engine import RolloutBatch, minibatch_rows
+from poise.rollout.hf_engine import RolloutBatch, minibatch_rows
 from poise.rollout.logprobs import gradient_checkpointing
 from poise.train.compute import n_tokens
 from poise.train.metrics import mean_over_ranks

@@ -9,12 +9,12 @@ generated sample, kept or not, is counted in the step's compute and in its rewar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from poise.rollout.engine import RolloutBatch
+from poise.rollout.hf_engine import RolloutBatch
 from poise.rollout.sampler import Sampler, SamplingParams, sample_and_score
 
 
@@ -89,6 +89,7 @@ class Collected:
     reward_seconds: float  # time spent decoding and verifying answers
     verifier: dict  # this step's verifier counts: timeouts, errors, rejected, unscorable (+ CODE_COUNTERS for code)
     dropped_uneven: int = 0  # several processes, dynamic sampling: kept groups dropped so every rank gets as many
+    all_problems: list = field(default_factory=list)  # (N / G) this rank's problem of every group generated, in order
 
 
 def global_keep(ok: Tensor, budget: int, dist, mini_batch: int) -> tuple[list[int], int, list[int]]:
@@ -138,7 +139,7 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
     spread = dynamic and dist is not None and dist.world > 1  # keep decisions and the kept groups span ranks
     mb = min(cfg.optim.mini_batch_prompts, P)
     kept: list[tuple[RolloutBatch, list, Tensor, list]] = []
-    all_scores, all_levels = [], []
+    all_scores, all_levels, all_problems = [], [], []
     rounds = n_kept = generated = varied = n_tokens = 0
     reward_seconds = 0.0
     before = dict(task.verifier.stats)
@@ -158,6 +159,7 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
         reward_seconds += out.score_seconds
         all_scores.append(scores)
         all_levels += [p.level for p in problems for _ in range(G)]
+        all_problems += problems
         ok = varied_groups(scores, G) if G > 1 else torch.zeros(n, dtype=torch.bool)
         generated, varied = generated + n, varied + int(ok.sum())
         if spread:
@@ -192,4 +194,4 @@ def collect(sampler: Sampler, task, stream, cfg, generator, meter, dist=None) ->
     if code_before is not None:
         counts.update({k: task.code_stats.get(k, 0) - code_before.get(k, 0) for k in CODE_COUNTERS})
     return Collected(batch, problems, scores, rewards, torch.cat(all_scores), all_levels, rounds,
-                     generated, varied, n_tokens, reward_seconds, counts, uneven)
+                     generated, varied, n_tokens, reward_seconds, counts, uneven, all_problems)
