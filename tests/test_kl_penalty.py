@@ -7,20 +7,8 @@ import pytest
 import torch
 
 from poise.algo import losses
-from poise.data.tasks import encode_prompts, get_task
-from poise.rollout.hf_engine import RolloutBatch, generate, score
-from poise.rollout.models import load_local
-
-
-def _sample(micro_dir, temperature, n=3, G=2, max_new=12, seed=0):
-    """(model, tokenizer, unscored RolloutBatch) sampled by the KV-cache sampler at `temperature`."""
-    model, tok = load_local(micro_dir)
-    model.eval()
-    ids, mask = encode_prompts(tok, get_task("chain_sum").problems("train", n, seed=seed), G)
-    gen = torch.Generator().manual_seed(seed)
-    resp, rmask = generate(model, ids, mask, max_new, tok.eos_token_id, tok.pad_token_id, temperature, 1.0, gen,
-                           group_size=G)
-    return model, tok, RolloutBatch(ids, mask, resp, rmask, G)
+from poise.rollout.hf_engine import RolloutBatch, score
+from test_rollout import _sample  # (model, tokenizer, unscored RolloutBatch) from the KV-cache sampler
 
 
 def test_k3_kl_is_nonnegative_zero_at_the_reference_and_grows_with_distance():
