@@ -69,8 +69,8 @@ def test_partial_passes_are_counted(runner):
 @pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
                                        "raise SystemExit('done')\n"])
 def test_a_program_that_exits_before_the_cases_passes_nothing(runner, exit_call):
-    (r,) = runner.run([CodeJob(ADD + exit_call, ASSERTS)])
-    assert r.passed == 0 and "not reported" in r.detail
+    (r,) = runner.run([CodeJob(ADD + exit_call, ASSERTS)])  # the harness catches SystemExit; os._exit reports nothing
+    assert r.passed == 0 and ("not reported" in r.detail or "program: SystemExit" in r.detail)
 
 
 FORGER = """import os, re, sys

@@ -10,15 +10,12 @@ limit; "SandboxError" means the server itself failed.
 
 - stdio tests: one call per case, with the case's stdin. The expected output never leaves this process: the
   server returns what the program printed and `same_output` compares it here.
-- assert tests: one call running a harness (`assert_script`). The harness reads a per-call nonce from stdin (so it
-  is not in the script file the server writes, which the program could read), runs the program, then the setup,
-  then each case, and after each case writes `<nonce> <i> ok` (or `<nonce> <i> fail <reason>`) on a duplicate of
-  the original stdout; the program's own stdout goes to /dev/null. An exception in a case fails that case (as in
-  the local sandbox's harness), one in the program or the setup ends the run. A case passes only when its tagged
-  `ok` line comes back: a program that exits before the cases passes nothing, and one that prints verdict lines
-  cannot know the nonce. An in-process harness is not tamper-proof against a program that inspects the harness's
-  own frames; the server's isolation is the security boundary, the nonce only keeps printed text from counting as
-  a pass.
+- assert tests: one call whose code is the local sandbox's harness (harness.py) and whose stdin is its job (the
+  program, the tests, a per-call nonce: not in the script file the server writes, which the program could read).
+  The verdicts come back nonce-tagged on the original stdout and are read as the local sandbox reads them: a
+  program that exits before the cases passes nothing, and one that prints verdict lines cannot know the nonce. An
+  in-process harness is not tamper-proof against a program that inspects the harness's own frames; the server's
+  isolation is the security boundary.
 
 Statuses: a time limit (the run's "TimeLimitExceeded", or no HTTP reply within timeout + HTTP_MARGIN_S) is
 "timeout"; a refused connection, an HTTP error, a reply that is not SandboxFusion's JSON, or "SandboxError" is
@@ -38,11 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from poise.data.code.programs import CodeJob, CodeResult, same_output
-from poise.data.code.sandbox import SandboxUnavailable  # the local sandbox's error, so callers catch one type
+from poise.data.code.sandbox import HARNESS, SandboxUnavailable, _verdicts, harness_job
 
 HTTP_MARGIN_S = 5.0  # an HTTP call gets the run's timeout plus this before it counts as timed out
 RETRY_HTTP = (502, 503, 504)  # gateway answers that are retried (verl retries 504 the same way)
 RETRIES = 2
+HARNESS_SOURCE = HARNESS.read_text()  # the local sandbox's harness, sent as the code of an assert job's call
+OUT_LIMIT = 1 << 20  # bytes of output the harness returns per case (stdio runs one call per case instead)
 
 
 @dataclass
@@ -54,36 +53,6 @@ class Reply:
     run: dict
     detail: str
     seconds: float
-
-
-_HARNESS = '''def _poise_harness(program, setup, cases):
-    import builtins, os, sys
-    run, comp, write = exec, compile, os.write
-    nonce = sys.stdin.readline().strip()
-    out = os.dup(1)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    def verdict(text):
-        write(out, ("\\n" + nonce + " " + text + "\\n").encode())
-    named = [("program", program), ("setup", setup)] + [("case %d" % i, c) for i, c in enumerate(cases)]
-    code = [comp(src, "<" + name + ">", "exec", dont_inherit=True) for name, src in named]
-    g = {"__name__": "__main__", "__builtins__": builtins}
-    run(code[0], g)
-    run(code[1], g)
-    for i, case in enumerate(code[2:]):
-        try:
-            run(case, g)
-        except BaseException as e:
-            verdict("%d fail %s" % (i, repr(type(e).__name__ + ": " + str(e))[:300]))
-        else:
-            verdict("%d ok" % i)
-'''
-
-
-def assert_script(program: str, tests: dict) -> str:
-    """The harness that runs `program`, the tests' setup and each assert case, reporting verdicts tagged with the
-    nonce it reads from stdin's first line. Everything is compiled before the program runs, and the harness keeps
-    its own references to exec/compile/os.write, so a program that replaces them cannot turn a case into a pass."""
-    return f"{_HARNESS}\n\n_poise_harness({program!r}, {tests.get('setup', '')!r}, {list(tests['cases'])!r})\n"
 
 
 def endpoint(url: str) -> str:
@@ -166,7 +135,8 @@ class SandboxFusionRunner:
                 nonces.append(None)
             else:
                 nonces.append(secrets.token_hex(16))
-                calls.append((j, assert_script(job.program, job.tests), nonces[-1] + "\n"))
+                stdin = harness_job(job, nonces[-1], self.timeout, self.timeout, self.memory_mb, OUT_LIMIT).decode()
+                calls.append((j, HARNESS_SOURCE, stdin))
         if not calls:
             return []
         with ThreadPoolExecutor(max_workers=min(self.workers, len(calls))) as pool:
@@ -230,13 +200,14 @@ def _stdio_result(job: CodeJob, replies: list[Reply]) -> CodeResult:
 
 
 def _assert_result(job: CodeJob, reply: Reply, nonce: str) -> CodeResult:
+    """The harness's verdicts (harness.py's protocol, read as the local sandbox reads them): a case passes only when
+    its nonce-tagged verdict says so."""
     total = len(job.tests["cases"])
-    lines = {line.strip() for line in (reply.run.get("stdout") or "").splitlines() if line.startswith(nonce + " ")}
-    passed = sum(f"{nonce} {i} ok" in lines for i in range(total))
+    verdicts, done = _verdicts((reply.run.get("stdout") or "").encode(), nonce)
+    passed = sum(ok for i, ok, _, _ in verdicts if 0 <= i < total)
     detail = reply.detail
     if not detail and passed < total:
-        fails = sorted((int(v[0]), v[2]) for v in (line.split(" ", 3)[1:] for line in lines)
-                       if len(v) == 3 and v[0].isdigit() and v[1] == "fail")
+        fails = sorted((i, why) for i, ok, _, why in verdicts if not ok and why)
         detail = (f"case {fails[0][0]}: {fails[0][1]}" if fails else
                   f"cases not reported (exit code {reply.run.get('return_code')}: "
                   f"{_last_line(reply.run.get('stderr'))})")

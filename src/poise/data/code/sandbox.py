@@ -206,13 +206,7 @@ class LocalSandbox:
         return argv + [exe, "-I", "-S", "-B", f"{SANDBOX_DIR}/harness.py"]
 
     def _job_bytes(self, job: CodeJob, nonce: str) -> bytes:
-        tests = job.tests
-        if tests.get("kind") == "stdio":  # the expected outputs stay outside: the program could read them in there
-            tests = {**tests, "cases": [[stdin, ""] for stdin, _ in tests["cases"]]}
-        return json.dumps({"nonce": nonce, "program": job.program, "tests": tests,
-                           "case_timeout": self.case_timeout, "out_limit": self.out_limit,
-                           "memory_bytes": self.memory_mb << 20, "cpu_seconds": max(1, int(self.timeout + 0.999)),
-                           "open_files": 64, "file_bytes": self.out_limit + 4096}).encode()
+        return harness_job(job, nonce, self.timeout, self.case_timeout, self.memory_mb, self.out_limit)
 
     def _run_one(self, job: CodeJob) -> CodeResult:
         """One job: start the sandbox, send the job, read verdicts until `done`, the deadline or the read limit."""
@@ -263,6 +257,19 @@ class LocalSandbox:
         self.stats["timeouts"] += result.status == "timeout"
         self.stats["errors"] += result.status == "error"
         return result
+
+
+def harness_job(job: CodeJob, nonce: str, timeout: float, case_timeout: float, memory_mb: int,
+                out_limit: int) -> bytes:
+    """The harness's standard input for one job (harness.py's protocol): the program, the tests without their
+    expected outputs, the nonce and the limits. Used by this sandbox and by the SandboxFusion backend."""
+    tests = job.tests
+    if tests.get("kind") == "stdio":  # the expected outputs stay outside: the program could read them in there
+        tests = {**tests, "cases": [[stdin, ""] for stdin, _ in tests["cases"]]}
+    return json.dumps({"nonce": nonce, "program": job.program, "tests": tests,
+                       "case_timeout": case_timeout, "out_limit": out_limit,
+                       "memory_bytes": memory_mb << 20, "cpu_seconds": max(1, int(timeout + 0.999)),
+                       "open_files": 64, "file_bytes": out_limit + 4096}).encode()
 
 
 def _memfd(name: str, data: bytes) -> int:
