@@ -62,6 +62,15 @@ def tiny_run(micro_dir):
     return make
 
 
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A Hub cache pre-filled with every named dataset's stand-in (tests/hub_fixtures.py); pair it with
+    `hub_fixtures.offline_hub` to read it offline."""
+    from hub_fixtures import prefill_datasets
+
+    return prefill_datasets(tmp_path_factory.mktemp("hub"))
+
+
 @pytest.fixture(scope="session")
 def finished_run(micro_dir, tmp_path_factory):
     """One finished 2-step POISE run of TINY_RUN, shared by the tests that only read a run: (its directory, its final

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hub_fixtures import FIXTURES, offline_hub, prefill_datasets
+from hub_fixtures import FIXTURES, offline_hub
 from poise.data.code.programs import CodeResult, extract_program
 from poise.data.tasks import DatasetError, get_task
 from poise.data.tasks.code import APPSTask, gold_responses, program_for
@@ -36,11 +36,6 @@ def sandbox():
 @pytest.fixture(scope="module")
 def humaneval():
     return get_task("humaneval")
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return prefill_datasets(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture

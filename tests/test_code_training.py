@@ -6,18 +6,13 @@ import json
 import math
 
 import pytest
-from hub_fixtures import offline_hub, prefill_datasets
+from hub_fixtures import offline_hub
 
 from poise.commands.cli import main
 from poise.data.code import sandbox as sandbox_module
 from poise.data.tasks.code import CodeTask
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return prefill_datasets(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_fixtures import FIXTURES, dataset_files, hub_repos, offline_hub, prefill_datasets
+from hub_fixtures import FIXTURES, dataset_files, hub_repos, offline_hub
 from hub_standin import HubServer, prefill, use_cache
 from poise.commands.cli import main
 from poise.data.tasks import DatasetError, DatasetTask, get_task
@@ -18,11 +18,6 @@ from poise.data.tasks.hubdata import HUB_DATASETS
 from poise.data.tasks.rewards import math_reward
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return prefill_datasets(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.fixture

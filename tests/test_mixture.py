@@ -2,7 +2,7 @@
 training."""
 
 import pytest
-from hub_fixtures import offline_hub, prefill_datasets
+from hub_fixtures import offline_hub
 
 from poise.commands.cli import main
 from poise.data.tasks import get_task
@@ -41,11 +41,6 @@ def test_levels_problems_and_rewards_come_from_each_part():
 def test_bad_mixtures_name_the_key(argv, message, tmp_path, capsys):
     assert main(["train", "--output-dir", str(tmp_path / "run"), "--max-steps", "1", *argv]) == 2
     assert message in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return prefill_datasets(tmp_path_factory.mktemp("hub"))
 
 
 def test_a_mixture_draws_dataset_rows_and_scores_each_part_with_its_own_reward(hub_cache, monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_fixtures import offline_hub, prefill_datasets
+from hub_fixtures import offline_hub
 from poise.commands.cli import main
 from poise.config.loading import build_config, load_yaml
 from poise.config.train_config import TrainConfig
@@ -63,11 +63,6 @@ def test_print_config_prints_the_resolved_preset(capsys):
 
     cfg = yaml.safe_load(out)
     assert cfg["max_steps"] == 7 and cfg["rollout"]["group_size"] == 8 and cfg["model"]["name"] == "Qwen/Qwen3-4B"
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return prefill_datasets(tmp_path_factory.mktemp("hub"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
