@@ -51,6 +51,7 @@ from .programs import CodeJob, CodeResult, same_output
 from .seccomp import UnsupportedArch, bpf_program
 
 HARNESS = Path(__file__).with_name("harness.py")
+_HARNESS_BYTES = HARNESS.read_bytes()  # read once: every sandbox gets its own in-memory copy
 SANDBOX_DIR = "/sandbox"  # where the harness is mounted inside
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -215,8 +216,7 @@ class LocalSandbox:
         start = time.monotonic()
         fds: dict[str, int] = {}
         if self.sandbox == "bwrap":  # what bwrap reads from file descriptors: the filter and the harness's source
-            fds = {"filter": _memfd("poise-seccomp", self._filter), "harness": _memfd("poise-harness",
-                                                                                     HARNESS.read_bytes())}
+            fds = {"filter": _memfd("poise-seccomp", self._filter), "harness": _memfd("poise-harness", _HARNESS_BYTES)}
         try:
             proc = subprocess.Popen(self._argv(fds), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, pass_fds=tuple(fds.values()),
