@@ -1,4 +1,5 @@
-"""Advantages for RLVR: RLOO, GRPO / Dr. GRPO, the POISE cross-rollout baseline, and the critic's (PPO).
+"""Advantages for RLVR: RLOO, GRPO / Dr. GRPO, the POISE cross-rollout baseline, the prompt-state baseline of POISE
+from one rollout per prompt, REINFORCE with a leave-one-out batch mean, and the critic's (PPO).
 
 Shape vocabulary: B sequences, P prompts, G rollouts per prompt (B = P * G).
 Rollouts of one prompt are contiguous in a flat batch: rows p*G .. p*G+G-1 belong to prompt p.
@@ -18,6 +19,8 @@ __all__ = [
     "rloo_advantages",
     "poise_advantages",
     "poise_targets",
+    "prompt_baseline_advantages",
+    "batch_loo_advantages",
     "grpo_advantages",
     "value_advantages",
 ]
@@ -179,6 +182,60 @@ def poise_targets(rewards: Tensor, valid: Tensor | None = None) -> tuple[Tensor,
     _check_group(rewards, "rewards", min_g=2)
     targets, n = _valid_sibling_mean(rewards, valid)
     return targets, n > 0
+
+
+def prompt_baseline_advantages(rewards: Tensor, baseline: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Advantages against a baseline computed from the prompt alone (POISE from one rollout per prompt).
+
+    A[b] = r[b] - g(x_b)
+
+    g(x_b) is a prompt-state probe's prediction, fitted on earlier steps only: it is a function of the prompt, known
+    before the response is sampled, so E[(r - g(x)) grad log pi(y|x)] = grad J (the baseline term has expectation
+    g(x) E[grad log pi(y|x)] = 0). Any G works, G = 1 included. No std division.
+
+    Args:
+        rewards: (B,) finite rewards (see mask_unscorable).
+        baseline: (B,) g(x_b).
+        valid: optional (B,) bool; an unscorable row gets 0.
+    Returns:
+        (B,) in rewards' dtype.
+    """
+    if rewards.dim() != 1 or baseline.shape != rewards.shape:
+        raise ValueError(f"expected rewards and baseline of shape (B,), got {tuple(rewards.shape)} and "
+                         f"{tuple(baseline.shape)}")
+    adv = rewards - baseline.to(rewards.dtype)
+    return adv if valid is None else torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def batch_loo_advantages(rewards: Tensor, valid: Tensor | None = None,
+                         totals: tuple[float, int] | None = None) -> Tensor:
+    """REINFORCE with a leave-one-out batch-mean baseline: every other row of the step's batch is a sibling.
+
+    A[b] = r[b] - 1/(n-1) * sum_{c != b, valid c} r[c],   n = #valid rows of the batch
+
+    The other rows' responses are sampled independently of row b's (other prompts, or the same prompt's other
+    draws), so the baseline is independent of y_b given x_b and the gradient stays unbiased for any G, G = 1
+    included. Computed in float64 as (S - r[b]) / (n - 1) with S the valid rows' sum. A batch of one valid row, and
+    an invalid row, get 0.
+
+    Args:
+        rewards: (B,) finite rewards (see mask_unscorable).
+        valid: optional (B,) bool, False for unscorable rows.
+        totals: optional (S, n) over the whole batch when it is split over several processes (every rank's valid
+            rows); default: this batch's own.
+    Returns:
+        (B,) in rewards' dtype.
+    Source: Kool et al. 2019 (REINFORCE with a leave-one-out baseline), applied across the batch.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"expected rewards of shape (B,), got {tuple(rewards.shape)}")
+    r = rewards.to(torch.float64)
+    v = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
+    total, n = totals if totals is not None else (float(r[v].sum()), int(v.sum()))
+    if n < 2:
+        return torch.zeros_like(rewards)
+    adv = (r - (total - r) / (n - 1)).to(rewards.dtype)
+    return torch.where(v, adv, torch.zeros_like(adv))
 
 
 def grpo_advantages(rewards: Tensor, scale_by_std: bool = True, eps: float = 1e-6,

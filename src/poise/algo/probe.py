@@ -347,15 +347,19 @@ def probe_metrics(predictions: Tensor, rewards: Tensor) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def save_probe(probe: RidgeProbe, directory: Path, feature_meta: dict) -> None:
-    """probe.safetensors (tensors) + probe.json (dimensions, alpha, and how features were taken)."""
+def save_probe(probe: RidgeProbe | PromptProbe, directory: Path, feature_meta: dict) -> None:
+    """probe.safetensors (tensors) + probe.json (dimensions, alpha, kind: 'full' for a RidgeProbe, 'prompt' for a
+    PromptProbe, and how features were taken)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(directory / "probe.safetensors"))
-    (directory / "probe.json").write_text(json.dumps({**probe.metadata(), "features": feature_meta}, indent=2))
+    kind = "prompt" if isinstance(probe, PromptProbe) else "full"
+    (directory / "probe.json").write_text(json.dumps({**probe.metadata(), "kind": kind, "features": feature_meta},
+                                                     indent=2))
 
 
-def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe:
-    """A saved probe; with `feature_meta`, fails unless it was fitted on features taken the same way."""
+def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe | PromptProbe:
+    """A saved probe (a PromptProbe when probe.json says kind 'prompt', else a RidgeProbe); with `feature_meta`,
+    fails unless it was fitted on features taken the same way."""
     directory = Path(directory)
     for name in ("probe.safetensors", "probe.json"):
         if not (directory / name).is_file():
@@ -366,4 +370,5 @@ def load_probe(directory: str | Path, feature_meta: dict | None = None) -> Ridge
         bad = {k: (saved.get(k), v) for k, v in feature_meta.items() if saved.get(k) != v}
         if bad:
             raise ValueError(f"probe.load: {directory} was fitted on other features (saved, now): {bad}")
-    return RidgeProbe.from_state(load_file(str(directory / "probe.safetensors")), meta)
+    cls = PromptProbe if meta.get("kind") == "prompt" else RidgeProbe
+    return cls.from_state(load_file(str(directory / "probe.safetensors")), meta)

@@ -16,7 +16,8 @@ from typing import Literal, get_args
 from poise.algo import Aggregation, TisMode
 
 # The choices of string fields: `--help` lists them and a value outside them is refused naming the key.
-Advantage = Literal["poise", "rloo", "grpo", "dr_grpo", "critic"]
+Advantage = Literal["poise", "poise_prompt", "rloo", "batch_loo", "grpo", "dr_grpo", "critic"]
+SplitBy = Literal["none", "task"]
 CriticMode = Literal["gae", "outcome"]
 DType = Literal["float32", "bfloat16", "float16"]
 BudgetName = Literal["prompts", "samples", "generated_tokens", "forward_tokens", "backward_tokens", "seconds"]
@@ -165,8 +166,11 @@ class AlgorithmConfig:
     name: str = "poise"
     """Label of the method in logs, progress bars and reports (each preset sets its own)."""
     advantage: Advantage = "poise"
-    """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up), 'rloo' (leave-one-out
-    mean reward), 'grpo' ((r - group mean) / group std), 'dr_grpo' (r - group mean) or 'critic' (PPO: a
+    """Advantage estimator: 'poise' (cross-rollout probe baseline, RLOO during warm-up), 'poise_prompt' (r - g(x)
+    with g a probe on the prompt's state alone, fitted on earlier steps, so any group size works, 1 included; the
+    leave-one-out batch mean during warm-up; preset poise_single), 'rloo' (leave-one-out mean reward of the group),
+    'batch_loo' (REINFORCE with the leave-one-out mean reward of the whole batch, any group size; preset
+    reinforce_loo), 'grpo' ((r - group mean) / group std), 'dr_grpo' (r - group mean) or 'critic' (PPO: a
     policy-sized value model, see critic.*)."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until
@@ -338,7 +342,12 @@ class ProbeConfig:
     min_fit_steps: int = 8
     """The probe is (re)fitted once the buffer holds rows from at least this many steps."""
     load: str = ""
-    """Directory of a saved probe (probe.safetensors + probe.json) to start from; skips the warm-up."""
+    """Directory of a saved probe (probe.safetensors + probe.json) to start from; skips the warm-up. With split_by
+    task, each task's probe from its subdirectory probes/<task>/ (as a split run's policy/ holds them)."""
+    split_by: SplitBy = "none"
+    """none: one probe for every row. task: each task of a mixture (task.name a+b+c) gets its own probe, buffer and
+    warm-up (the warm-up counts from the task's first step with rows), as the official code routes probes by domain;
+    a task with no rows in a step keeps its probe. Logged per task: probe/<task>/pearson, probe/<task>/mae."""
 
 
 @dataclass

@@ -123,7 +123,7 @@ def validate_train(cfg: TrainConfig) -> None:
     _check_positive(r, "rollout.", ["prompts_per_step", "max_new_tokens", "temperature"])
     _check(0.0 < r.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", r.top_p)
     a = cfg.algorithm.advantage
-    if a == "critic":
+    if a in ("critic", "poise_prompt", "batch_loo"):
         _check(r.group_size >= 1, "rollout.group_size", "must be >= 1", r.group_size)
     else:
         _check(r.group_size >= 2, "rollout.group_size", f"must be >= 2 for the group method {a!r}", r.group_size)
@@ -169,6 +169,11 @@ def validate_train(cfg: TrainConfig) -> None:
     _check(p.buffer_steps == 0 or p.min_fit_steps <= p.buffer_steps, "probe.buffer_steps",
            f"must be 0 or >= probe.min_fit_steps = {p.min_fit_steps} (the probe would never be fitted)", p.buffer_steps)
     _check(bool(p.marker), "probe.marker", "must not be empty", p.marker)
+    if p.split_by == "task":
+        _check(a in ("poise", "poise_prompt"), "probe.split_by", "task needs a probe baseline (algorithm.advantage "
+               f"poise or poise_prompt), not {a!r}", p.split_by)
+        _check("+" in cfg.task.name, "probe.split_by", "task needs a mixture (task.name like 'a+b'); a single task "
+               f"already has one probe: {cfg.task.name!r}", p.split_by)
     _check(r.tis_cap >= 0, "rollout.tis_cap", "must be >= 0 (0 turns the correction off)", r.tis_cap)
     _check(0.0 < r.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]",
            r.gpu_memory_utilization)

@@ -46,7 +46,8 @@ def write_checkpoint(state) -> None:
 
 
 def save_outputs(state) -> None:
-    """`output_dir/policy` (a plain Hugging Face model directory; LoRA merged; with the probe when it was fitted) and
+    """`output_dir/policy` (a plain Hugging Face model directory; LoRA merged; with the probe when it was fitted,
+    or with probe.split_by task each task's fitted probe in policy/probes/<task>/) and
     `output_dir/critic/critic.safetensors` for PPO, written by rank 0."""
     out, dist = Path(state.cfg.output_dir), state.dist
     full = {k: fsdp.full_state(m) for k, m in (("model", state.model), ("critic", state.critic))  # FSDP: to rank 0
@@ -55,8 +56,10 @@ def save_outputs(state) -> None:
         return
     save_policy(state.model, out / "policy", fsdp.fill_tied(state.model, full["model"]) if full else None)
     state.tokenizer.save_pretrained(out / "policy")
-    if state.use_probe and state.probe.fitted:
-        save_probe(state.probe, out / "policy", state.feature_meta)
+    for key, probe in state.probes.probes.items():  # one probe, or with probe.split_by task one per task
+        if state.use_probe and probe.fitted:
+            save_probe(probe, out / "policy" / "probes" / key if state.probes.split else out / "policy",
+                       state.feature_meta)
     if state.critic is not None:
         (out / "critic").mkdir(exist_ok=True)
         weights = full.get("critic") or {k: v.contiguous() for k, v in state.critic.state_dict().items()}

@@ -9,6 +9,7 @@ Each step, in order:
   budget check -> held-out evaluation when due -> log -> checkpoint.
 POISE (arXiv 2605.07579): A_i = r_i - mean_{j != i} g(z_j) with g a ridge probe on rollout j's
 internal-state features, fitted only on earlier steps; RLOO advantages for the first `probe.warmup_steps` steps.
+POISE from one rollout per prompt (poise_single): A_i = r_i - g(x_i) with g a probe on the prompt's state alone.
 Departures from the reference implementation are listed in the config docstrings (sizes, learning rate).
 The loop reads top to bottom as named phases over a `TrainState` (state.py: everything a step depends on, saved
 and restored as one dictionary). Their modules: building the state `state.py`; the scoring pass `scoring.py`; the
@@ -26,8 +27,8 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
-from poise.algo.advantages import (group_view, grpo_advantages, mask_unscorable, poise_advantages, rloo_advantages,
-                                   value_advantages)
+from poise.algo.advantages import (batch_loo_advantages, group_view, grpo_advantages, mask_unscorable,
+                                   poise_advantages, prompt_baseline_advantages, rloo_advantages, value_advantages)
 from poise.config.train_config import TrainConfig
 from poise.io.checkpoint import checkpoint_dir
 from poise.parallel import fsdp
@@ -50,15 +51,19 @@ from poise.train.update import update_phase
 # =====================================================================================================================
 
 
-def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=False, values=None, mask=None):
+def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=False, values=None, mask=None,
+                       dist=None):
     """Advantages from (B,) rewards -> (advantages, returns, used_probe).
 
-    'poise': cross-rollout probe baseline once the probe is fitted and warm-up is over (or a probe was loaded),
-    RLOO before; 'rloo': leave-one-out mean reward; 'grpo' / 'dr_grpo': group mean, with / without std division;
-    'critic': r - V from the critic's (B, T) `values` (token level, or sequence level in critic.mode 'outcome').
-    Advantages are (B,) except token-level critic advantages (B, T); `returns` are the critic's targets (else None).
-    Unscorable rows (NaN reward) get advantage 0 and are left out of their siblings' baselines; the critic's target
-    for them is its own value, so it is not pulled anywhere.
+    'poise': cross-rollout probe baseline for the groups whose probe is ready (fitted, past its warm-up or loaded:
+    `probe_ready`, a bool or (B,) bools), RLOO for the others; 'poise_prompt': r - g(x) from the prompt probe's (B,)
+    `predictions` where ready, the leave-one-out batch mean elsewhere; 'rloo': leave-one-out mean reward of the
+    group; 'batch_loo': leave-one-out mean reward of the whole batch (every rank's rows: `dist`); 'grpo' /
+    'dr_grpo': group mean, with / without std division; 'critic': r - V from the critic's (B, T) `values` (token
+    level, or sequence level in critic.mode 'outcome'). Advantages are (B,) except token-level critic advantages
+    (B, T); `returns` are the critic's targets (else None); `used_probe` is the fraction of rows whose baseline
+    came from a probe. Unscorable rows (NaN reward) get advantage 0 and are left out of their siblings' baselines;
+    the critic's target for them is its own value, so it is not pulled anywhere.
     """
     a, G = cfg.algorithm.advantage, cfg.rollout.group_size
     if values is not None:  # the critic's values live on the model's device; rewards come from the CPU
@@ -71,14 +76,27 @@ def compute_advantages(cfg: TrainConfig, rewards, predictions=None, probe_ready=
             own = values[:, 0] if adv.dim() == 1 else values
             adv = torch.where(keep, adv, torch.zeros_like(adv))
             returns = torch.where(keep, returns, own.detach().to(returns.dtype))
-        return adv, returns, False
+        return adv, returns, 0.0
+    ready = torch.as_tensor(probe_ready, dtype=torch.bool).expand(len(rewards)) if predictions is not None \
+        else torch.zeros(len(rewards), dtype=torch.bool)
+    if a in ("batch_loo", "poise_prompt"):
+        totals = None if dist is None or dist.world == 1 else (dist.sum(float(rewards[valid].double().sum())),
+                                                                int(dist.sum(int(valid.sum()))))
+        adv = batch_loo_advantages(rewards, valid, totals)
+        if a == "poise_prompt" and bool(ready.any()):
+            probe = prompt_baseline_advantages(rewards, predictions.nan_to_num(0.0), valid)
+            adv = torch.where(ready, probe, adv)
+        return adv, None, float(ready.float().mean()) if a == "poise_prompt" else 0.0
     R, V = group_view(rewards, G), group_view(valid, G)  # (P, G)
     V = None if bool(V.all()) else V
     if a in ("grpo", "dr_grpo"):
-        return grpo_advantages(R, scale_by_std=a == "grpo", valid=V).flatten(), None, False
-    if a == "poise" and predictions is not None and probe_ready:
-        return poise_advantages(R, group_view(predictions, G), V).flatten(), None, True
-    return rloo_advantages(R, V).flatten(), None, False
+        return grpo_advantages(R, scale_by_std=a == "grpo", valid=V).flatten(), None, 0.0
+    if a == "poise" and bool(ready.any()):
+        adv = poise_advantages(R, group_view(predictions.nan_to_num(0.0), G), V).flatten()
+        if not bool(ready.all()):  # groups whose probe is still warming up (probe.split_by task): RLOO
+            adv = torch.where(ready, adv, rloo_advantages(R, V).flatten())
+        return adv, None, float(ready.float().mean())
+    return rloo_advantages(R, V).flatten(), None, 0.0
 
 
 def sample(state: TrainState):
@@ -127,9 +145,9 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequest) -> dict:
             if scored is not None:
                 # ---- baseline / advantages (the probe was fitted on earlier steps only); vLLM: mismatch, TIS ----
                 with log.timed("advantages"):
-                    predictions, probe_ready = probe.predict(scored.features, step)
-                    advantages, returns, used_probe = compute_advantages(
-                        cfg, rollouts.rewards, predictions, probe_ready, scored.values, scored.batch.response_mask)
+                    advantages, returns, used_probe = compute_advantages(  # the probes' predictions and readiness
+                        cfg, rollouts.rewards, *probe.predict(scored.features, rollouts.problems, step), scored.values,
+                        scored.batch.response_mask, dist)
                     advantages, mismatch = correct_for_sampler(scored.batch, advantages, cfg, dist)
                     metrics.update(mismatch)
                 # ---- updates: policy (a vLLM engine sleeps meanwhile), critic; the probe observes the step ----

@@ -11,6 +11,7 @@ import torch
 from poise.parallel.distributed import Dist
 from poise.parallel.fsdp import local_sum
 from poise.algo.probe import probe_metrics
+from poise.algo.stats import auroc
 from poise.rollout.hf_engine import RolloutBatch
 
 
@@ -64,11 +65,13 @@ def batch_metrics(batch: RolloutBatch, advantages: torch.Tensor, dist: Dist) -> 
             "completion/truncated_fraction": truncated.mean().item()}
 
 
-def probe_step_metrics(baseline: torch.Tensor, scores: torch.Tensor, dist: Dist) -> dict:
-    """`probe/mae` and `probe/pearson` of the cross-rollout baseline against the rewards (scorable rows)."""
+def probe_step_metrics(baseline: torch.Tensor, scores: torch.Tensor, dist: Dist, prefix: str = "probe/") -> dict:
+    """`probe/mae`, `probe/pearson` and `probe/auroc` (the baseline ranking rows with score > 1/2 above the others)
+    of the probe's baseline against the rewards (scorable rows); `prefix` names them (per task: probe/<task>/)."""
     b, s = _cat(dist, baseline), _cat(dist, scores)
     ok = torch.isfinite(s)
-    return {f"probe/{k}": v for k, v in probe_metrics(b[ok], s[ok]).items()}
+    return {f"{prefix}{k}": v for k, v in {**probe_metrics(b[ok], s[ok]),
+                                           "auroc": auroc(b[ok], s[ok] > 0.5)}.items()}
 
 
 def mean_over_ranks(stats: dict, dist: Dist, keep: tuple[str, ...] = ()) -> dict:

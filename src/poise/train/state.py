@@ -3,7 +3,7 @@ and restored as one dictionary (`state_dict` / `load_state_dict`; `poise.io.chec
 
 What it holds: the task, tokenizer, policy (and a frozen reference copy when loss.kl_coef > 0), the sampler that
 generates from it (`poise.rollout.sampler`), the PPO critic when algorithm.advantage is 'critic', their optimizers
-and warm-up schedulers, the POISE probe and its feature buffer, the shared prompt stream (and this rank's view of
+and warm-up schedulers, the value probes with their feature buffers (`ProbeBank`), the shared prompt stream (and this rank's view of
 it), the sampling generator, the compute meter, the numerical guard's counters, and the number of the last finished
 step. Under FSDP the modules are sharded here, before the
 optimizers see their parameters.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poise.algo.probe import FeatureBuffer, RidgeProbe, load_probe
+from poise.algo.probe_bank import ProbeBank
 from poise.config.errors import ConfigError
 from poise.config.loading import save_config, to_dict
 from poise.config.train_config import TrainConfig
@@ -36,6 +36,8 @@ from poise.rollout.sampler import KVCacheSampler, Sampler
 from poise.train.compute import ComputeMeter
 from poise.train.critic import ValueModel
 from poise.train.screened_stream import ScreenedStream
+
+PROBE_ADVANTAGES = ("poise", "poise_prompt")  # the advantages whose baseline is a value probe
 
 
 class PromptStream:
@@ -88,8 +90,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     critic_optimizer: torch.optim.Optimizer | None
     critic_scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    probe: RidgeProbe
-    buffer: FeatureBuffer
+    probes: ProbeBank  # the value probes and their buffers: one, or one per task (probe.split_by)
     stream: PromptStream  # the shared stream: its position is saved
     prompts: PromptStream | ShardedStream  # this rank's view of it
     generator: torch.Generator
@@ -103,7 +104,8 @@ class TrainState:
 
     @property
     def use_probe(self) -> bool:
-        return self.cfg.algorithm.advantage == "poise"
+        """The advantages use a value probe: POISE's (poise) or the prompt probe (poise_prompt)."""
+        return self.cfg.algorithm.advantage in PROBE_ADVANTAGES
 
     @property
     def use_features(self) -> bool:
@@ -124,7 +126,7 @@ class TrainState:
         rank's (torch, sampling generator) states. Tied weights appear once (`fsdp.tied_names`).
 
         Keys: step; model, critic (weights); optimizer, scheduler, critic_optimizer, critic_scheduler; probe,
-        probe_meta, buffer, buffer_meta; rng; cuda_rng; stream; python_random; numpy_random; meter; counters;
+        probe_meta, buffer, buffer_meta (`ProbeBank.state_dict`); rng; cuda_rng; stream; python_random; numpy_random; meter; counters;
         config."""
         sharded = self.dist.sharded
         sd = {"step": self.step, "model": _weights(self.model, sharded),
@@ -138,8 +140,7 @@ class TrainState:
             sd["critic_scheduler"] = self.critic_scheduler.state_dict()
         np_state = np.random.get_state()
         sd.update(
-            probe=self.probe.state_dict(), probe_meta=self.probe.metadata(),
-            buffer=self.buffer.state_dict(), buffer_meta=self.buffer.metadata(),
+            **self.probes.state_dict(),
             rng=self.dist.gather_objects((torch.get_rng_state(), self.generator.get_state())),  # one pair per rank
             cuda_rng=self.dist.gather_objects(cuda_rng_states()),  # per rank: every CUDA device's, [] on the CPU
             stream={"order": self.stream.order, "rng": _jsonable(self.stream.rng.getstate())},
@@ -151,15 +152,14 @@ class TrainState:
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore everything `state_dict` returned (every rank passes the whole of it; under FSDP each keeps its
-        shard). The probe and buffer are replaced by rebuilt objects."""
+        shard). The probes and buffers are replaced by rebuilt objects."""
         self.step = int(sd["step"])
         _load_weights(self.model, self.optimizer, sd["model"], sd["optimizer"])
         self.scheduler.load_state_dict(sd["scheduler"])
         if self.critic is not None:
             _load_weights(self.critic, self.critic_optimizer, sd["critic"], sd["critic_optimizer"])
             self.critic_scheduler.load_state_dict(sd["critic_scheduler"])
-        self.probe = RidgeProbe.from_state(sd["probe"], sd["probe_meta"])
-        self.buffer = FeatureBuffer.from_state(sd["buffer"], sd["buffer_meta"])
+        self.probes.load_state_dict(sd)
         rng = sd["rng"]
         torch_state, gen_state = rng[self.dist.rank] if len(rng) > 1 else rng[0]
         torch.set_rng_state(torch_state)
@@ -268,22 +268,28 @@ def build_state(cfg: TrainConfig, dist: Dist) -> TrainState:
     if critic is not None:
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic.lr, weight_decay=cfg.optim.weight_decay)
         critic_sched = warmup(critic_opt)
-    needs_layer = cfg.algorithm.advantage == "poise" or cfg.screen.mode == "probe"  # the probe layer's states
+    needs_layer = cfg.algorithm.advantage in PROBE_ADVANTAGES or cfg.screen.mode == "probe"  # probe-layer states
     layer = resolve_layer(cfg.probe.layer, len(decoder_layers(model))) if needs_layer else None
     marker = marker_token_id(tokenizer, cfg.probe.marker)
     state = TrainState(
         cfg=cfg, dist=dist, task=task, tokenizer=tokenizer, model=model, ref_model=ref_model, critic=critic,
         optimizer=optimizer, scheduler=warmup(optimizer), critic_optimizer=critic_opt, critic_scheduler=critic_sched,
-        probe=RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha),
-        buffer=FeatureBuffer(cfg.probe.buffer_size, cfg.probe.buffer_steps), stream=stream, prompts=prompts,
+        probes=probe_bank(cfg, task), stream=stream, prompts=prompts,
         generator=gen, layer=layer, marker=marker)
     state.sampler = build_sampler(cfg, dist, model, tokenizer, longest)
     if screen is not None:
         state.screen = screen
         screen.attach(model, tokenizer, layer, state.meter, state.sampler)
     if cfg.probe.load:
-        state.probe = load_probe(cfg.probe.load, state.feature_meta)
+        state.probes.load(cfg.probe.load, state.feature_meta)
     return state
+
+
+def probe_bank(cfg: TrainConfig, task: Task) -> ProbeBank:
+    """The run's value probes: POISE's full probes (prompt, trajectory, entropies) or, for poise_prompt, prompt
+    probes; one for every row, or with probe.split_by task one per task of the mixture (`task.parts`)."""
+    keys = list(getattr(task, "parts", [task.name])) if cfg.probe.split_by == "task" else ["all"]
+    return ProbeBank(keys, "prompt" if cfg.algorithm.advantage == "poise_prompt" else "full", cfg.probe)
 
 
 def build_sampler(cfg: TrainConfig, dist: Dist, model, tokenizer, longest_prompt: int) -> Sampler:
