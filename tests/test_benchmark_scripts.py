@@ -226,3 +226,31 @@ def test_every_benchmark_sits_in_a_question_folder_and_the_readme_runs_it():
     for path in scripts:
         rel = path.relative_to(BENCHMARKS.parent).as_posix()
         assert f"`{path.name}`" in readme and f"python {rel}" in readme, rel
+
+
+def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean_variance_ratio(tmp_path, capsys):
+    """benchmarks/methods/paired_difference.py on a hand-made compare directory: method a beats b by 0.25 on every
+    problem of the two common seeds; a seed of one method alone is left out; the variance ratio is the geometric
+    mean of the per-seed ratios of medians after the warm-up; probe figures average the steps that used the probe."""
+    mod = load_benchmark("paired_difference")
+    finals = {"a": {0: [0.5, 0.75, 1.0], 1: [0.25, 0.5, 0.75], 2: [1.0, 1.0, 1.0]},
+              "b": {0: [0.25, 0.5, 0.75], 1: [0.0, 0.25, 0.5]}}
+    var = {"a": {0: 1.0, 1: 2.0, 2: 5.0}, "b": {0: 4.0, 1: 2.0}}  # ratios 0.25 and 1: geometric mean 0.5
+    for m, seeds in finals.items():
+        for s, final in seeds.items():
+            run = tmp_path / m / f"seed{s}"
+            run.mkdir(parents=True)
+            (run / "eval.json").write_text(json.dumps({"steps": {"5": {"per_problem": [0.0] * 3},
+                                                                  "20": {"per_problem": final}}}))
+            rows = [{"step": i, "optim/grad_var_proxy": 100.0 if i <= 2 else var[m][s],
+                     **({"probe/used": float(i > 2), "probe/pearson": 0.5 if i > 2 else -1.0, "probe/mae": 0.4,
+                         "probe/auroc": 0.7} if m == "a" else {})} for i in range(1, 6)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = mod.main([str(tmp_path), "--pairs", "a:b", "--after", "2"])
+    p = res["pairs"]["a - b"]
+    assert p["seeds"] == [0, 1] and p["problems"] == 3 and p["diff"] == pytest.approx(0.25)
+    assert p["diff_ci"] == pytest.approx([0.25, 0.25]) and p["grad_var_ratio"] == pytest.approx(0.5)
+    assert p["grad_var_ratio_ci"][0] == pytest.approx(0.25) and p["grad_var_ratio_ci"][1] == pytest.approx(1.0)
+    q = res["probes"]["a"]
+    assert q["seeds"] == 3 and q["pearson"] == pytest.approx(0.5) and q["auroc"] == pytest.approx(0.7)
+    assert res["probes"]["b"] == {} and "seeds [2] are evaluated for one method only" in capsys.readouterr().err

@@ -12,12 +12,16 @@ form: dJ/dtheta_x = pi_x * (r_x - V_x), V_x = pi_x . r_x. Each draw samples G re
     dr_grpo   A_i = r_i - mean_j r_j                              (includes i: gradient scaled by (G - 1) / G)
     cross     A_i = r_i - mean_{j != i} g(z_j)                    (POISE; unbiased for any fixed g)
     self      A_i = r_i - g(z_i)                                  (a baseline from the rollout's own features)
+    prompt    A_i = r_i - h(x)                                    (poise_single: a probe on the prompt alone; any G)
+    batch_loo A_i = r_i - mean of the draw's other P * G - 1 rewards   (reinforce_loo; any G)
 
 The probe g is a fixed function of (x, y) (features are a function of the prompt and the response); three are tried:
     value     g = V_x, the prompt's true value (what POISE's probe is trained to predict)
     noisy     g = V_x + N(0, 0.15^2), fixed per (x, y)
     outcome   g = 0.8 r(x, y) + 0.1, a probe that sees the rollout's own outcome (the case the cross construction
               exists for)
+and the prompt probe h, a function of x alone, is that probe's prompt-level counterpart: V_x; V_x + N(0, 0.15^2) fixed
+per prompt; 0.8 V_x + 0.1. Group sizes may include 1, where only none, prompt and batch_loo apply.
 
 Reported per (G, probe, estimator): relative bias |E[est] - grad| / |grad|, next to the noise floor (the relative
 error an unbiased estimator shows after this many draws, sqrt(trace(Cov) / draws) / |grad|) and the largest
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from poise.algo.advantages import poise_advantages, rloo_advantages
+from poise.algo.advantages import poise_advantages, prompt_baseline_advantages, rloo_advantages
 
 P, K = 64, 8
 
@@ -51,14 +55,23 @@ def problem(seed: int):
     probes = {"value": value.expand(P, K).clone(),
               "noisy": value + 0.15 * torch.randn(P, K, generator=g, dtype=torch.float64),
               "outcome": 0.8 * reward + 0.1}
-    return pi, reward, exact, probes
+    prompt_probes = {"value": value.flatten(), "noisy": value.flatten() + 0.15 * torch.randn(P, generator=g,
+                                                                                            dtype=torch.float64),
+                     "outcome": 0.8 * value.flatten() + 0.1}  # (P,) each: functions of the prompt alone
+    return pi, reward, exact, probes, prompt_probes
 
 
-def advantages(name: str, r: torch.Tensor, g: torch.Tensor, G: int) -> torch.Tensor:
-    """(P, M, G) advantages of one estimator from rewards r and probe values g of the sampled responses."""
+def advantages(name: str, r: torch.Tensor, g: torch.Tensor, G: int, h: torch.Tensor) -> torch.Tensor:
+    """(P, M, G) advantages of one estimator from rewards r and probe values g of the sampled responses, and the
+    prompt probe's values h (P,)."""
     flat_r, flat_g = r.reshape(-1, G), g.reshape(-1, G)
     if name == "none":
         return r
+    if name == "prompt":
+        return prompt_baseline_advantages(r.flatten(), h[:, None, None].expand_as(r).flatten()).view_as(r)
+    if name == "batch_loo":  # every draw's P * G rows are one batch
+        total = r.sum(dim=(0, 2), keepdim=True)
+        return r - (total - r) / (r.shape[0] * G - 1)
     if name == "rloo":
         return rloo_advantages(flat_r).view_as(r)
     if name == "dr_grpo":
@@ -70,13 +83,15 @@ def advantages(name: str, r: torch.Tensor, g: torch.Tensor, G: int) -> torch.Ten
     raise ValueError(name)
 
 
-ESTIMATORS = ("none", "rloo", "dr_grpo", "cross", "self")
+ESTIMATORS = ("none", "rloo", "dr_grpo", "cross", "self", "prompt", "batch_loo")
+GROUP_ONLY = ("rloo", "dr_grpo", "cross")  # need a sibling
 
 
 def run(G: int, draws: int, seed: int, chunk: int = 20_000) -> list[dict]:
-    pi, reward, exact, probes = problem(seed)
+    pi, reward, exact, probes, prompt_probes = problem(seed)
+    estimators = [e for e in ESTIMATORS if G > 1 or e not in GROUP_ONLY]
     gen = torch.Generator().manual_seed(seed + 1)
-    sums = {(p, e): torch.zeros(P, K, dtype=torch.float64) for p in probes for e in ESTIMATORS}
+    sums = {(p, e): torch.zeros(P, K, dtype=torch.float64) for p in probes for e in estimators}
     sq = {key: torch.zeros(P, K, dtype=torch.float64) for key in sums}
     done = 0
     while done < draws:
@@ -86,8 +101,8 @@ def run(G: int, draws: int, seed: int, chunk: int = 20_000) -> list[dict]:
         score = torch.nn.functional.one_hot(y, K).double() - pi[:, None, None, :]  # (P, m, G, K)
         for pname, table in probes.items():
             g = table.gather(1, y.view(P, -1)).view(P, m, G)
-            for e in ESTIMATORS:
-                est = (advantages(e, r, g, G).unsqueeze(-1) * score).mean(dim=2)  # (P, m, K): one draw's estimate
+            for e in estimators:
+                est = (advantages(e, r, g, G, prompt_probes[pname]).unsqueeze(-1) * score).mean(dim=2)  # (P, m, K): one draw's estimate
                 sums[(pname, e)] += est.sum(1)
                 sq[(pname, e)] += (est ** 2).sum(1)
         done += m
@@ -108,7 +123,7 @@ def run(G: int, draws: int, seed: int, chunk: int = 20_000) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=400_000, help="Monte-Carlo draws per group size")
-    ap.add_argument("--group-sizes", default="2,4,8")
+    ap.add_argument("--group-sizes", default="1,2,4,8")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/unbiasedness.json")
     args = ap.parse_args()

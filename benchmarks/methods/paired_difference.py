@@ -1,0 +1,128 @@
+"""Two methods of a `poise compare` output directory, paired by seed and held-out problem: the final-accuracy
+difference with its 95% interval, the ratio of their gradient-variance proxies with its interval, and, for methods
+with a probe, how well the probe's baseline tracked the rewards.
+
+    python benchmarks/methods/paired_difference.py runs/compare_single --pairs poise:rloo poise_single:reinforce_loo \
+        --out results/single_rollout/paired.json
+
+Reads <dir>/<method>/seed<s>/{eval.json, metrics.jsonl} as `poise compare` writes them; only seeds evaluated for both
+methods of a pair enter it (the others are named).
+
+- Final accuracy: d[s, n] = final_a[s, n] - final_b[s, n], the last checkpoint's per-problem Avg@k of seed s on
+  problem n; the mean over (s, n) with `stats.hierarchical_bootstrap`'s interval (seeds and problems resampled).
+- Gradient variance: per run, the median of `optim/grad_var_proxy` (sum of Adam's v_hat - m_hat^2) over the steps
+  after `--after` (the probe's warm-up); per seed the ratio a / b; reported as the geometric mean of the ratios over
+  seeds with a 95% percentile interval from resampling seeds.
+- Probe: per run, the mean over steps whose advantages used the probe (`probe/used` > 0) of probe/pearson,
+  probe/mae and probe/auroc (the out-of-sample baseline against the step's rewards); mean and range over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from poise.algo.stats import hierarchical_bootstrap
+from poise.io.tracking import read_metrics
+
+
+def final_per_problem(run: Path) -> list[float]:
+    """Per-problem accuracies of the last evaluated checkpoint of a run."""
+    steps = json.loads((run / "eval.json").read_text())["steps"]
+    return steps[max(steps, key=int)]["per_problem"]
+
+
+def grad_variance(rows: list[dict], after: int) -> float:
+    """Median optim/grad_var_proxy over the steps after `after` (nan when none logged it)."""
+    v = [r["optim/grad_var_proxy"] for r in rows if r.get("step", 0) > after and
+         math.isfinite(r.get("optim/grad_var_proxy", float("nan")))]
+    return statistics.median(v) if v else float("nan")
+
+
+def probe_quality(rows: list[dict]) -> dict:
+    """Mean probe/pearson, probe/mae, probe/auroc over the steps that used the probe; {} without any."""
+    used = [r for r in rows if r.get("probe/used", 0) > 0]
+    out = {}
+    for k in ("pearson", "mae", "auroc"):
+        v = [r[f"probe/{k}"] for r in used if math.isfinite(r.get(f"probe/{k}", float("nan")))]
+        if v:
+            out[k] = statistics.mean(v)
+    return out
+
+
+def seeds_of(out_dir: Path, method: str) -> dict[int, Path]:
+    return {int(p.name[4:]): p for p in (out_dir / method).glob("seed*") if (p / "eval.json").is_file()}
+
+
+def pair(out_dir: Path, a: str, b: str, after: int, n_boot: int = 2000) -> dict:
+    ra, rb = seeds_of(out_dir, a), seeds_of(out_dir, b)
+    seeds = sorted(set(ra) & set(rb))
+    left = sorted(set(ra) ^ set(rb))
+    if left:
+        print(f"paired_difference: {a} vs {b}: seeds {left} are evaluated for one method only; left out",
+              file=sys.stderr)
+    if not seeds:
+        return {"seeds": []}
+    d = np.stack([np.asarray(final_per_problem(ra[s])) - np.asarray(final_per_problem(rb[s])) for s in seeds])
+    mean, lo, hi = hierarchical_bootstrap(d, n_boot=n_boot)
+    ratios = np.array([grad_variance(read_metrics(ra[s]), after) / grad_variance(read_metrics(rb[s]), after)
+                       for s in seeds])
+    logs = np.log(ratios[np.isfinite(ratios) & (ratios > 0)])
+    rng = np.random.default_rng(0)
+    boot = [np.exp(rng.choice(logs, len(logs)).mean()) for _ in range(n_boot)] if len(logs) else [float("nan")]
+    return {"seeds": seeds, "problems": int(d.shape[1]), "diff": mean, "diff_ci": [lo, hi], "diff_halfwidth":
+            (hi - lo) / 2, "grad_var_ratio": float(np.exp(logs.mean())) if len(logs) else float("nan"),
+            "grad_var_ratio_ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "grad_var_ratio_per_seed": ratios.tolist()}
+
+
+def method_probe(out_dir: Path, method: str) -> dict:
+    per_seed = {s: probe_quality(read_metrics(run)) for s, run in sorted(seeds_of(out_dir, method).items())}
+    per_seed = {s: q for s, q in per_seed.items() if q}
+    if not per_seed:
+        return {}
+    out = {"seeds": len(per_seed)}
+    for k in ("pearson", "mae", "auroc"):
+        v = [q[k] for q in per_seed.values() if k in q]
+        if v:
+            out[k] = statistics.mean(v)
+            out[f"{k}_range"] = [min(v), max(v)]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--pairs", nargs="+", required=True, help="a:b pairs of method directories")
+    ap.add_argument("--after", type=int, default=16, help="gradient variance over steps after this one")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    pairs = [p.split(":") for p in args.pairs]
+    result = {"dir": str(args.dir), "after": args.after,
+              "pairs": {f"{a} - {b}": pair(args.dir, a, b, args.after) for a, b in pairs},
+              "probes": {m: method_probe(args.dir, m) for m in sorted({m for p in pairs for m in p})}}
+    for name, r in result["pairs"].items():
+        if r["seeds"]:
+            print(f"{name}: {len(r['seeds'])} seeds x {r['problems']} problems: final accuracy {r['diff']:+.3f} "
+                  f"[{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}] (half-width {r['diff_halfwidth']:.3f}); "
+                  f"gradient-variance proxy ratio {r['grad_var_ratio']:.2f}x [{r['grad_var_ratio_ci'][0]:.2f}, "
+                  f"{r['grad_var_ratio_ci'][1]:.2f}]")
+    for m, q in result["probes"].items():
+        if q:
+            print(f"{m}: probe over steps using it, mean over {q['seeds']} seeds: " + ", ".join(
+                f"{k} {q[k]:.3f} ({q[k + '_range'][0]:.3f}-{q[k + '_range'][1]:.3f})"
+                for k in ("pearson", "mae", "auroc") if k in q))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
