@@ -323,3 +323,26 @@ def test_the_two_thirds_hopeless_config_screens_sharply_and_runs_dapo_to_three_t
     assert {m: run.budget.generated_tokens for m, run in runs.items()} == {
         "poise": 400_000, "screening/poise_probe4_sharp": 400_000, "dapo": 1_200_000}
     assert runs["dapo"].output_dir == "runs/compare_hopeless/dapo@1200000/seed0"
+
+
+def test_the_single_rollout_config_compares_every_method_at_128_samples_a_step():
+    """configs/compare/single_rollout.yaml (issue 43): poise_single and reinforce_loo at 128 x 1 against POISE and RLOO
+    at 64 x 2 and DAPO, over 10 seeds on the default task."""
+    cfg, runs = config_runs("compare/single_rollout")
+    assert cfg.methods == ["poise_single", "reinforce_loo", "poise", "rloo", "dapo"] and len(cfg.seeds) == 10
+    assert {m: (r.rollout.prompts_per_step, r.rollout.group_size) for m, r in runs.items() if m != "dapo"} == {
+        "poise_single": (128, 1), "reinforce_loo": (128, 1), "poise": (64, 2), "rloo": (64, 2)}
+    assert {m: r.algorithm.advantage for m, r in runs.items()} == {
+        "poise_single": "poise_prompt", "reinforce_loo": "batch_loo", "poise": "poise", "rloo": "rloo",
+        "dapo": "grpo"}
+
+
+def test_the_probe_split_config_compares_a_probe_per_task_with_a_shared_one_on_three_tasks():
+    """configs/compare/probe_split.yaml (issue 43): the same POISE runs on a three-task mixture with its own warm start,
+    one method with probe.split_by task."""
+    cfg, runs = config_runs("compare/probe_split")
+    assert cfg.methods == ["poise", "probe/poise_by_task"] and cfg.reference == "poise"
+    assert {m: r.probe.split_by for m, r in runs.items()} == {"poise": "none", "probe/poise_by_task": "task"}
+    for run in runs.values():
+        assert run.task.name == "chain_sum+letter_counting+family_relationships"
+        assert run.model.name == "runs/sft_mix3" and run.algorithm.advantage == "poise"
