@@ -110,3 +110,17 @@ def test_a_checkpoint_from_before_the_bank_loads_as_its_one_probe():
     idx = torch.zeros(40, dtype=torch.long)
     assert torch.equal(bank.predict(rows, idx), probe.predict(rows["prompt"], rows["trajectory"], rows["entropy"]))
     assert bank.first_step == {"all": 1} and len(bank.buffers["all"]) == 40
+
+
+def test_a_probe_of_the_wrong_kind_is_refused_by_name(tmp_path):
+    from poise.algo.probe import load_probe, save_probe
+
+    rows = _rows(40, 0.3, 0)
+    buf = FeatureBuffer(512)
+    buf.add(rows["prompt"], rows["trajectory"], rows["entropy"], rows["targets"], step=1)
+    save_probe(PromptProbe(3).fit_moments(buf.moments()), tmp_path / "p", {})
+    assert isinstance(load_probe(tmp_path / "p"), PromptProbe)
+    with pytest.raises(ValueError, match="holds a prompt probe .* this needs a full probe"):
+        load_probe(tmp_path / "p", kind="full")
+    with pytest.raises(ValueError, match="holds a prompt probe"):
+        ProbeBank(["all"], "full", CFG).load(tmp_path / "p", {})

@@ -347,6 +347,10 @@ def probe_metrics(predictions: Tensor, rewards: Tensor) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+_KINDS = {"full": "POISE's probe on prompt, trajectory and entropies", "prompt": "a prompt-only probe, as poise_single "
+          "fits"}
+
+
 def save_probe(probe: RidgeProbe | PromptProbe, directory: Path, feature_meta: dict) -> None:
     """probe.safetensors (tensors) + probe.json (dimensions, alpha, kind: 'full' for a RidgeProbe, 'prompt' for a
     PromptProbe, and how features were taken)."""
@@ -357,9 +361,11 @@ def save_probe(probe: RidgeProbe | PromptProbe, directory: Path, feature_meta: d
                                                      indent=2))
 
 
-def load_probe(directory: str | Path, feature_meta: dict | None = None) -> RidgeProbe | PromptProbe:
+def load_probe(directory: str | Path, feature_meta: dict | None = None,
+               kind: str | None = None) -> RidgeProbe | PromptProbe:
     """A saved probe (a PromptProbe when probe.json says kind 'prompt', else a RidgeProbe); with `feature_meta`,
-    fails unless it was fitted on features taken the same way."""
+    fails unless it was fitted on features taken the same way; with `kind` ('full' or 'prompt'), unless it is that
+    kind of probe."""
     directory = Path(directory)
     for name in ("probe.safetensors", "probe.json"):
         if not (directory / name).is_file():
@@ -370,5 +376,9 @@ def load_probe(directory: str | Path, feature_meta: dict | None = None) -> Ridge
         bad = {k: (saved.get(k), v) for k, v in feature_meta.items() if saved.get(k) != v}
         if bad:
             raise ValueError(f"probe.load: {directory} was fitted on other features (saved, now): {bad}")
-    cls = PromptProbe if meta.get("kind") == "prompt" else RidgeProbe
+    saved_kind = meta.get("kind", "full")  # probes saved before there were kinds are full probes
+    if kind is not None and saved_kind != kind:
+        raise ValueError(f"probe.load: {directory} holds a {saved_kind} probe ({_KINDS[saved_kind]}); this needs a "
+                         f"{kind} probe ({_KINDS[kind]})")
+    cls = PromptProbe if saved_kind == "prompt" else RidgeProbe
     return cls.from_state(load_file(str(directory / "probe.safetensors")), meta)

@@ -151,9 +151,5 @@ class ProbeBank:
             raise FileNotFoundError(f"probe.load with probe.split_by task: no saved probe in {missing} (a run with "
                                     "split_by task saves one per task under policy/probes/<task>)")
         for k, d in dirs.items():
-            probe = load_probe(d, feature_meta)
-            if not isinstance(probe, type(self.probes[k])):
-                raise ValueError(f"probe.load: {d} holds a {type(probe).__name__}; this run's baseline needs a "
-                                 f"{type(self.probes[k]).__name__}")
-            self.probes[k] = probe
+            self.probes[k] = load_probe(d, feature_meta, self.kind)
             self.loaded.add(k)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from poise.algo.advantages import poise_targets
 from poise.algo.features import rollout_features
-from poise.algo.probe import RidgeProbe, load_probe
+from poise.algo.probe import PromptProbe, RidgeProbe, load_probe
 from poise.commands.evaluate import select_problems
 from poise.config.errors import ConfigError
 from poise.config.loading import build_config, load_yaml
@@ -169,10 +169,9 @@ def run_probe_eval(cfg) -> dict:
                "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
         if critic is not None:
             res["critic"] = value_metrics(pred_critic, target, solved, train_mean)
-        if (run / "policy" / "probe.safetensors").is_file():  # a POISE run: its own online probe
-            online = load_probe(run / "policy")
-            res["online_probe"] = value_metrics(online.predict(f["prompt"], f["trajectory"], f["entropy"]), target,
-                                                solved, train_mean)
+        if (run / "policy" / "probe.safetensors").is_file():  # a POISE (or poise_single) run: its own online probe
+            res["online_probe"] = value_metrics(online_predict(load_probe(run / "policy"), f), target, solved,
+                                                train_mean)
         if cfg.fit_levels:  # transfer: fitted on some levels (or tasks), scored on the others
             res["transfer"] = _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target,
                                         solved, pred_probe, pred_critic, train_mean)
@@ -180,9 +179,8 @@ def run_probe_eval(cfg) -> dict:
             ocfg, pmodel, ptok, players, pmarker = _load_run(other)
             online = load_probe(other / "policy")
             pf, ptarget, psolved = heldout(pmodel, ptok, task, problems, cfg.samples, ocfg, players, pmarker, gen)
-            res["other_run_online_probe"] = value_metrics(online.predict(pf["prompt"], pf["trajectory"],
-                                                                         pf["entropy"]),
-                                                          ptarget, psolved, float(ptarget.mean()))
+            res["other_run_online_probe"] = value_metrics(online_predict(online, pf), ptarget, psolved,
+                                                          float(ptarget.mean()))
     res["seconds"] = time.perf_counter() - t0
     out = Path(cfg.output) if cfg.output else run / "probe_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +189,13 @@ def run_probe_eval(cfg) -> dict:
     print(table(res, cfg))
     print(f"wrote {out} and {out.with_suffix('.png')} ({res['seconds']:.0f} s)")
     return res
+
+
+def online_predict(probe, f: dict) -> torch.Tensor:
+    """A run's saved probe on held-out features f: a prompt probe (poise_single) reads f['prompt'] alone."""
+    if isinstance(probe, PromptProbe):
+        return probe.predict(f["prompt"])
+    return probe.predict(f["prompt"], f["trajectory"], f["entropy"])
 
 
 def _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target, solved, pred_probe,

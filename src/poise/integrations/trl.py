@@ -266,7 +266,7 @@ class POISETrainer(GRPOTrainer):
         # The same keys as `poise train`, so a probe from either loads into the other (load_probe checks them).
         self.probe_feature_meta = {"layer": self.probe_layer_index, "k": args.probe_k, "marker": args.probe_marker,
                                    "marker_id": self.marker_id}
-        self.probe = (load_probe(args.probe_load, self.probe_feature_meta) if args.probe_load else
+        self.probe = (load_probe(args.probe_load, self.probe_feature_meta, "full") if args.probe_load else
                       RidgeProbe(args.probe_prompt_dim, args.probe_trajectory_dim, args.probe_alpha))
         self.probe_buffer = FeatureBuffer(args.probe_buffer_size, args.probe_buffer_steps)
         self.poise_round = 0  # training generation rounds so far: POISE's step counter
@@ -352,7 +352,7 @@ class POISETrainer(GRPOTrainer):
             return
         directory = Path(checkpoint)
         if (directory / "probe.safetensors").is_file():
-            self.probe = load_probe(directory, self.probe_feature_meta)
+            self.probe = load_probe(directory, self.probe_feature_meta, "full")
         if (directory / STATE_FILE).is_file():
             self.poise_round = int(json.loads((directory / STATE_FILE).read_text())["round"])
 
