@@ -254,3 +254,4 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
     q = res["probes"]["a"]
     assert q["seeds"] == 3 and q["pearson"] == pytest.approx(0.5) and q["auroc"] == pytest.approx(0.7)
     assert res["probes"]["b"] == {} and "seeds [2] are evaluated for one method only" in capsys.readouterr().err
+    assert res["finals"]["a"][2] == [1.0, 1.0, 1.0] and sorted(res["finals"]["b"]) == [0, 1]

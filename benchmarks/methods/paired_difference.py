@@ -15,6 +15,8 @@ methods of a pair enter it (the others are named).
   seeds with a 95% percentile interval from resampling seeds.
 - Probe: per run, the mean over steps whose advantages used the probe (`probe/used` > 0) of probe/pearson,
   probe/mae and probe/auroc (the out-of-sample baseline against the step's rewards); mean and range over seeds.
+The JSON also keeps every run's final per-problem accuracies (`finals`), so later seeds can be paired with these after
+the run directories are gone.
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ def main(argv=None) -> dict:
     pairs = [p.split(":") for p in args.pairs]
     result = {"dir": str(args.dir), "after": args.after,
               "pairs": {f"{a} - {b}": pair(args.dir, a, b, args.after) for a, b in pairs},
-              "probes": {m: method_probe(args.dir, m) for m in sorted({m for p in pairs for m in p})}}
+              "probes": {m: method_probe(args.dir, m) for m in sorted({m for p in pairs for m in p})},
+              "finals": {m: {s: final_per_problem(run) for s, run in sorted(seeds_of(args.dir, m).items())}
+                         for m in sorted({m for p in pairs for m in p})}}  # kept, to pool with later seeds
     for name, r in result["pairs"].items():
         if r["seeds"]:
             print(f"{name}: {len(r['seeds'])} seeds x {r['problems']} problems: final accuracy {r['diff']:+.3f} "
