@@ -244,7 +244,7 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
                                                                   "20": {"per_problem": final}}}))
             rows = [{"step": i, "optim/grad_var_proxy": 100.0 if i <= 2 else var[m][s],
                      **({"probe/used": float(i > 2), "probe/pearson": 0.5 if i > 2 else -1.0, "probe/mae": 0.4,
-                         "probe/auroc": 0.7} if m == "a" else {})} for i in range(1, 6)]
+                         "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s} if m == "a" else {})} for i in range(1, 6)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = mod.main([str(tmp_path), "--pairs", "a:b", "--after", "2"])
     p = res["pairs"]["a - b"]
@@ -253,5 +253,6 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
     assert p["grad_var_ratio_ci"][0] == pytest.approx(0.25) and p["grad_var_ratio_ci"][1] == pytest.approx(1.0)
     q = res["probes"]["a"]
     assert q["seeds"] == 3 and q["pearson"] == pytest.approx(0.5) and q["auroc"] == pytest.approx(0.7)
+    assert q["t/pearson"] == pytest.approx(0.1) and q["t/pearson_range"] == pytest.approx([0.0, 0.2])  # per task
     assert res["probes"]["b"] == {} and "seeds [2] are evaluated for one method only" in capsys.readouterr().err
     assert res["finals"]["a"][2] == [1.0, 1.0, 1.0] and sorted(res["finals"]["b"]) == [0, 1]

@@ -14,7 +14,8 @@ methods of a pair enter it (the others are named).
   after `--after` (the probe's warm-up); per seed the ratio a / b; reported as the geometric mean of the ratios over
   seeds with a 95% percentile interval from resampling seeds.
 - Probe: per run, the mean over steps whose advantages used the probe (`probe/used` > 0) of probe/pearson,
-  probe/mae and probe/auroc (the out-of-sample baseline against the step's rewards); mean and range over seeds.
+  probe/mae and probe/auroc (the out-of-sample baseline against the step's rewards), and of each task's
+  probe/<task>/* on a mixture; mean and range over seeds.
 The JSON also keeps every run's final per-problem accuracies (`finals`), so later seeds can be paired with these after
 the run directories are gone.
 """
@@ -48,14 +49,19 @@ def grad_variance(rows: list[dict], after: int) -> float:
 
 
 def probe_quality(rows: list[dict]) -> dict:
-    """Mean probe/pearson, probe/mae, probe/auroc over the steps that used the probe; {} without any."""
+    """Mean of every probe/*pearson, probe/*mae, probe/*auroc (per task too: probe/<task>/pearson) over the steps that
+    used the probe, keyed without the 'probe/' prefix; {} without any."""
     used = [r for r in rows if r.get("probe/used", 0) > 0]
+    keys = sorted({k for r in used for k in r if k.startswith("probe/") and k.rsplit("/", 1)[-1] in STATS})
     out = {}
-    for k in ("pearson", "mae", "auroc"):
-        v = [r[f"probe/{k}"] for r in used if math.isfinite(r.get(f"probe/{k}", float("nan")))]
+    for k in keys:
+        v = [r[k] for r in used if math.isfinite(r.get(k, float("nan")))]
         if v:
-            out[k] = statistics.mean(v)
+            out[k[len("probe/"):]] = statistics.mean(v)
     return out
+
+
+STATS = ("pearson", "mae", "auroc")
 
 
 def seeds_of(out_dir: Path, method: str) -> dict[int, Path]:
@@ -85,16 +91,16 @@ def pair(out_dir: Path, a: str, b: str, after: int, n_boot: int = 2000) -> dict:
 
 
 def method_probe(out_dir: Path, method: str) -> dict:
+    """{'seeds', and for each statistic of probe_quality: its mean over seeds and '<name>_range' [min, max]}."""
     per_seed = {s: probe_quality(read_metrics(run)) for s, run in sorted(seeds_of(out_dir, method).items())}
     per_seed = {s: q for s, q in per_seed.items() if q}
     if not per_seed:
         return {}
     out = {"seeds": len(per_seed)}
-    for k in ("pearson", "mae", "auroc"):
+    for k in sorted({k for q in per_seed.values() for k in q}):
         v = [q[k] for q in per_seed.values() if k in q]
-        if v:
-            out[k] = statistics.mean(v)
-            out[f"{k}_range"] = [min(v), max(v)]
+        out[k] = statistics.mean(v)
+        out[f"{k}_range"] = [min(v), max(v)]
     return out
 
 
@@ -121,7 +127,7 @@ def main(argv=None) -> dict:
         if q:
             print(f"{m}: probe over steps using it, mean over {q['seeds']} seeds: " + ", ".join(
                 f"{k} {q[k]:.3f} ({q[k + '_range'][0]:.3f}-{q[k + '_range'][1]:.3f})"
-                for k in ("pearson", "mae", "auroc") if k in q))
+                for k in q if k != "seeds" and not k.endswith("_range")))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
