@@ -244,7 +244,8 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
                                                                   "20": {"per_problem": final}}}))
             rows = [{"step": i, "optim/grad_var_proxy": 100.0 if i <= 2 else var[m][s],
                      **({"probe/used": float(i > 2), "probe/pearson": 0.5 if i > 2 else -1.0, "probe/mae": 0.4,
-                         "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s} if m == "a" else {})} for i in range(1, 6)]
+                         "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s if i != 4 else None} if m == "a" else {})}
+                    for i in range(1, 6)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = mod.main([str(tmp_path), "--pairs", "a:b", "--after", "2"])
     p = res["pairs"]["a - b"]

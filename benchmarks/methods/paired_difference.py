@@ -41,10 +41,15 @@ def final_per_problem(run: Path) -> list[float]:
     return steps[max(steps, key=int)]["per_problem"]
 
 
+def _finite(x) -> bool:
+    """A logged number that is not NaN or inf (metrics.jsonl writes NaN as null)."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def grad_variance(rows: list[dict], after: int) -> float:
     """Median optim/grad_var_proxy over the steps after `after` (nan when none logged it)."""
-    v = [r["optim/grad_var_proxy"] for r in rows if r.get("step", 0) > after and
-         math.isfinite(r.get("optim/grad_var_proxy", float("nan")))]
+    v = [r["optim/grad_var_proxy"] for r in rows
+         if r.get("step", 0) > after and _finite(r.get("optim/grad_var_proxy"))]
     return statistics.median(v) if v else float("nan")
 
 
@@ -55,7 +60,7 @@ def probe_quality(rows: list[dict]) -> dict:
     keys = sorted({k for r in used for k in r if k.startswith("probe/") and k.rsplit("/", 1)[-1] in STATS})
     out = {}
     for k in keys:
-        v = [r[k] for r in used if math.isfinite(r.get(k, float("nan")))]
+        v = [r[k] for r in used if _finite(r.get(k))]
         if v:
             out[k[len("probe/"):]] = statistics.mean(v)
     return out
