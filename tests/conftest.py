@@ -94,3 +94,21 @@ def train_and_diff(cfg, model_dir):
     last = train(cfg, progress=False)
     after, _ = load_local(Path(cfg.output_dir) / "policy")
     return last, [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if torch.equal(p, q)]
+
+
+def resumed_and_full(tiny_run, tmp_path, preset=None, **over) -> list[dict]:
+    """Train `over` in one go into tmp_path/full, and into tmp_path/cut as 2 steps then a --resume to the end; assert
+    both log the same metrics apart from time/*. Returns the uninterrupted run's rows."""
+    from poise.io.tracking import read_metrics
+    from poise.train.loop import train
+
+    train(tiny_run(tmp_path / "full", preset, **over), progress=False)
+    train(tiny_run(tmp_path / "cut", preset, **{**over, "max_steps": 2}), progress=False)
+    train(tiny_run(tmp_path / "cut", preset, **{**over, "resume": True}), progress=False)
+
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
+
+    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
+    assert repr(no_time(cut)) == repr(no_time(full))
+    return full

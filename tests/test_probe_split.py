@@ -10,6 +10,7 @@ from poise.algo.probe_bank import ProbeBank
 from poise.commands.cli import main
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
+from conftest import resumed_and_full
 
 MIX = {"task.name": "parity_test+chain_sum", "task.levels": ["parity_test/t2d1", "chain_sum/t2d1"],
        "max_steps": 3, "probe.buffer_size": 128}
@@ -52,15 +53,8 @@ def test_the_shared_probe_logs_per_task_metrics_too(tiny_run, tmp_path):
 
 def test_a_split_run_resumes_exactly(tiny_run, tmp_path):
     over = {**MIX, "probe.split_by": "task", "max_steps": 4}
-    train(tiny_run(tmp_path / "full", **over), progress=False)
-    train(tiny_run(tmp_path / "cut", **{**over, "max_steps": 2}), progress=False)
-    train(tiny_run(tmp_path / "cut", **{**over, "resume": True}), progress=False)
-
-    def no_time(rows):
-        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
-
-    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
-    assert len(_steps(full)) == 4 and repr(no_time(cut)) == repr(no_time(full))
+    full = resumed_and_full(tiny_run, tmp_path, **over)
+    assert len(_steps(full)) == 4
 
 
 def test_split_probes_load_per_task_and_give_baselines_from_the_first_step(tiny_run, tmp_path, monkeypatch):

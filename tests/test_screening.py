@@ -12,6 +12,7 @@ from poise.algo.screening_rules import choose, equal_reward_groups, screening_we
 from poise.config.errors import ConfigError
 from poise.io.tracking import read_metrics
 from poise.train.loop import train
+from conftest import resumed_and_full
 
 SCREEN = {"max_steps": 4, "checkpoint.every": 1, "probe.min_fit_steps": 1, "probe.warmup_steps": 1}
 
@@ -149,15 +150,8 @@ def test_a_screened_run_resumes_exactly(tiny_run, tmp_path, mode):
     """The choice generator, the prompt probe and the skip history are in the checkpoint: 2 steps + resume to 4
     logs what 4 steps in one go log."""
     over = {**SCREEN, "screen.mode": mode, "screen.patience": 1, "screen.explore": 0.5, "task.train_size": 16}
-    train(tiny_run(tmp_path / "full", **over), progress=False)
-    train(tiny_run(tmp_path / "cut", **{**over, "max_steps": 2}), progress=False)
-    train(tiny_run(tmp_path / "cut", **{**over, "resume": True}), progress=False)
-
-    def no_time(rows):
-        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
-
-    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
-    assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
+    full = resumed_and_full(tiny_run, tmp_path, **over)
+    assert len(full) == 4
     if mode == "history":  # 16 prompts, 8 a step: prompts come back, and some are skipped
         assert sum(r["screen/skipped"] for r in full) > 0
 
@@ -252,15 +246,8 @@ def test_dynamic_sampling_rounds_accumulate_and_every_sampled_group_is_observed(
 def test_dapo_with_screening_resumes_exactly(tiny_run, tmp_path, mode):
     over = {**SCREEN, "screen.mode": mode, "screen.patience": 1, "screen.explore": 0.5, "task.train_size": 16,
             "algorithm.max_sampling_rounds": 3, "reward.overlong_buffer": 4}
-    train(tiny_run(tmp_path / "full", "dapo", **over), progress=False)
-    train(tiny_run(tmp_path / "cut", "dapo", **{**over, "max_steps": 2}), progress=False)
-    train(tiny_run(tmp_path / "cut", "dapo", **{**over, "resume": True}), progress=False)
-
-    def no_time(rows):
-        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
-
-    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
-    assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
+    full = resumed_and_full(tiny_run, tmp_path, "dapo", **over)
+    assert len(full) == 4
 
 
 def test_history_skipping_under_dapo_skips_hopeless_prompts(tiny_run, tmp_path):

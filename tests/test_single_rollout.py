@@ -14,6 +14,7 @@ from poise.commands.cli import main
 from poise.io.tracking import read_metrics
 from poise.rollout.collect import Collected
 from poise.train.loop import train
+from conftest import resumed_and_full
 
 
 def _record(monkeypatch) -> list:
@@ -99,15 +100,8 @@ def test_reinforce_loo_uses_the_batch_leave_one_out_mean(tiny_run, tmp_path, mon
 
 def test_a_single_rollout_run_resumes_exactly(tiny_run, tmp_path):
     over = {"rollout.prompts_per_step": 16, "optim.mini_batch_prompts": 8, "max_steps": 4}
-    train(tiny_run(tmp_path / "full", "poise_single", **over), progress=False)
-    train(tiny_run(tmp_path / "cut", "poise_single", **{**over, "max_steps": 2}), progress=False)
-    train(tiny_run(tmp_path / "cut", "poise_single", **{**over, "resume": True}), progress=False)
-
-    def no_time(rows):
-        return [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows]
-
-    full, cut = read_metrics(tmp_path / "full" / "run"), read_metrics(tmp_path / "cut" / "run")
-    assert len(full) == 4 and repr(no_time(cut)) == repr(no_time(full))
+    full = resumed_and_full(tiny_run, tmp_path, "poise_single", **over)
+    assert len(full) == 4
     assert full[-1]["probe/used"] == 1.0
 
 
