@@ -55,8 +55,54 @@ def test_a_poise_run_scores_its_own_online_probe_and_has_no_critic(finished_run,
     assert res["online_probe"]["n"] == res["probe"]["n"] > 0
 
 
+def test_a_training_configs_initial_policy_with_prompt_probes_per_layer_and_its_reward_function(finished_run,
+                                                                                                   tmp_path):
+    """--train-config studies the policy a config starts from; the config's reward.function (here set by an
+    override) scores the samples; the prompt-only probes are fitted on one rollout per prompt, one per layer."""
+    fn = tmp_path / "always.py"
+    fn.write_text("def reward(completions, **kw):\n    return [1.0] * len(completions)\n")
+    out = tmp_path / "pe" / "v.json"
+    assert main(["probe-eval", "--train-config", str(finished_run[0] / "config.yaml"), "--overrides",
+                 f"[reward.function={fn}:reward]", "--prompt-layers", "[0, -1]", "--fit-prompts", "12",
+                 "--eval-prompts", "6", "--samples", "2", "--threads", "1", "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert "initial" in res["policy"] and res["engine"] == "KVCacheSampler" and res["fit_prompts"] == 12
+    assert res["train_mean_reward"] == 1.0 and res["probe"]["target_mean"] == 1.0  # the override's reward
+    assert sorted(res["prompt_probe"]) == ["0", str(res["num_layers"] - 1)]
+    for m in (res["probe"], res["probe_one_rollout"], *res["prompt_probe"].values()):
+        assert m["n"] == 6 and m["pred_mean"] == pytest.approx(1.0)  # a constant target is predicted exactly
+
+
+def test_fit_probes_one_rollout_uses_each_rows_own_reward_and_two_use_the_siblings():
+    """fit_probes: with features that give away each row's own reward, the one-rollout probe reproduces the first
+    rollout's reward, while the cross-rollout probe (sibling's reward as target) cannot: it learns about the mean."""
+    from types import SimpleNamespace
+
+    from poise.commands.probe_eval import fit_probes, fit_prompt_probe
+
+    g = torch.Generator().manual_seed(0)
+    P = 200
+    r = (torch.rand(P, 2, generator=g) < 0.5).float()  # independent rollouts: V(x) = 0.5 for every prompt
+    traj = torch.cat([r.reshape(-1, 1), torch.randn(2 * P, 3, generator=g)], 1)  # row's own reward in feature 0
+    f = {"prompt": torch.randn(2 * P, 4, generator=g), "trajectory": traj, "entropy": torch.randn(2 * P, 2,
+                                                                                                 generator=g)}
+    cfg = SimpleNamespace(probe=SimpleNamespace(prompt_dim=4, trajectory_dim=4, alpha=1e-3))
+    probes = fit_probes(f, r, cfg)
+    first = torch.arange(P) * 2
+    own = probes["probe_one_rollout"].predict(f["prompt"][first], traj[first], f["entropy"][first])
+    cross = probes["probe"].predict(f["prompt"], traj, f["entropy"])
+    assert (own - r[:, 0]).abs().max() < 0.05  # E[own reward | features] is the reward itself
+    assert abs(float(torch.corrcoef(torch.stack([cross, r.flatten()]))[0, 1])) < 0.3  # the sibling's is noise
+    assert abs(float(cross.mean()) - float(r.mean())) < 0.05  # E[sibling's reward | features] = V(x)
+    prompt = torch.randn(P, 3, generator=g)
+    pp = fit_prompt_probe(prompt, prompt[:, 0] * 0.1 + 0.5, cfg)
+    assert torch.allclose(pp.predict(prompt), prompt[:, 0] * 0.1 + 0.5, atol=1e-3)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--run", "/nowhere/run"], "run: /nowhere/run/config.yaml does not exist"),
+    (["--run", "r", "--train-config", "poise"], "train_config: studies a config's initial policy; it cannot be"),
+    (["--train-config", "poise", "--overrides", "[rollout.engine]"], "overrides: each must be 'key=value'"),
     (["--run", "x", "--fit-levels", "t2d1"], "fit_levels: and eval_levels must be given together"),
     ([], "run: must name a `poise train` output directory"),
 ])

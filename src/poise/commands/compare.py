@@ -42,7 +42,7 @@ from safetensors.torch import load_model
 
 from poise.commands.compare_report import plot, report, reward_bands, summarise
 from poise.config.errors import ConfigError
-from poise.config.loading import build_config, load_yaml, parse_cli_value
+from poise.config.loading import apply_overrides, build_config, load_yaml
 from poise.config.train_config import TrainConfig
 from poise.train.compute import COUNTERS, estimated_flops
 from poise.parallel.distributed import resolve_device
@@ -79,10 +79,7 @@ def run_values(cfg, method: str, seed: int) -> dict:
                    f"budget.{cfg.budget_key}": budget if cfg.budget_key == "seconds" else int(budget),
                    "max_steps": cfg.max_steps, "resume": True,
                    "checkpoint.every": cfg.eval_every, "checkpoint.keep_last": 1_000_000, "threads": cfg.threads})
-    for o in cfg.overrides:
-        key, _, text = o.partition("=")
-        values[key.strip()] = parse_cli_value(text.strip())
-    return values
+    return apply_overrides(values, cfg.overrides)
 
 
 def train_run(values: dict) -> Path:

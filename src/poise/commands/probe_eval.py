@@ -2,12 +2,17 @@
 
     poise train --config ppo --max-steps 100 --output-dir runs/value/ppo
     poise probe-eval --run runs/value/ppo --output results/value_estimation.json
+    poise probe-eval --train-config smollm2 --prompt-layers "[0.25, 0.5, 0.75]" --overrides "[rollout.engine=vllm]"
 
-The policy is the run's final policy (`RUN/policy`); the critic, when the run has one (`RUN/critic`, a PPO run), is
-the value model trained alongside it. A probe with the run's probe settings (layer, k, PCA dims, alpha) is fitted for
-that policy on `fit_prompts` training prompts x 2 rollouts with the cross-rollout targets, as many rows as the
-probe's training buffer. A POISE run's own online probe (`RUN/policy/probe.safetensors`) is scored too, and
-`other_run` adds another run's online probe on its own policy.
+The policy is the run's final policy (`RUN/policy`), or with `train_config` the policy that config starts from; the
+critic, when the run has one (`RUN/critic`, a PPO run), is the value model trained alongside it. Samples come from
+the config's rollout engine (`rollout.engine`: the built-in sampler or vLLM), rewards from its task and
+`reward.function`; `overrides` change any of its keys. Probes with the config's probe settings (layer, k, PCA dims,
+alpha) are fitted for that policy on `fit_prompts` training prompts x 2 rollouts: the full probe with the
+cross-rollout targets (POISE at G = 2), the full probe on each prompt's first rollout and its own reward, and
+poise_single's prompt-only probe on the same one rollout per prompt, at each layer of `prompt_layers`. A POISE run's
+own online probe (`RUN/policy/probe.safetensors`) is scored too, and `other_run` adds another run's online probe on
+its own policy.
 
 For each held-out prompt the policy samples 1 + `samples` responses. The probe predicts the prompt's value from the
 features of the first response; the critic from the prompt, reading V(x) at the last prompt token. The target is
@@ -20,29 +25,32 @@ levels `task/level`) that is the transfer from one task to another. Writes a JSO
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file
 
 from poise.algo.advantages import poise_targets
-from poise.algo.features import rollout_features
+from poise.algo.buffer import FeatureBuffer
+from poise.algo.features import last_k_mean, rollout_features
 from poise.algo.probe import PromptProbe, RidgeProbe, load_probe
 from poise.commands.evaluate import select_problems
 from poise.config.errors import ConfigError
-from poise.config.loading import build_config, load_yaml
+from poise.config.loading import apply_overrides, build_config, load_yaml
 from poise.config.train_config import TrainConfig
 from poise.data.tasks import encode_prompts
 from poise.data.tasks.dataset import build_task
 from poise.algo.stats import auroc
-from poise.rollout.hf_engine import RolloutBatch, score
-from poise.rollout.sampler import KVCacheSampler, SamplingParams, sample_and_score
-from poise.rollout.models import decoder_layers, load_local, resolve_layer
+from poise.rollout.hf_engine import RolloutBatch, prompt_states, score
+from poise.rollout.sampler import SamplingParams, sample_and_score
+from poise.rollout.models import decoder_layers, load_local, load_model, resolve_layer
 from poise.train.critic import ValueModel
-from poise.train.state import marker_token_id
+from poise.train.state import build_sampler, marker_token_id
 
 # =====================================================================================================================
 # Metrics: pure functions
@@ -69,16 +77,17 @@ def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor
 # =====================================================================================================================
 
 
-def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_prompts=64):
+def rollouts(sampler, model, task, problems, G, cfg, layer, marker_id, gen, batch_prompts=64, scored=None):
     """(features dict, rewards (P, G)) for G samples of each problem (`poise.rollout.sampler`), the features from
-    the scoring pass."""
+    the scoring pass of the first `scored` samples of each problem (all G when None), in problem order."""
     feats, rewards = {"prompt": [], "trajectory": [], "entropy": []}, []
-    sampler = KVCacheSampler(model, tok)
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+    n = G if scored is None else scored
     for s in range(0, len(problems), batch_prompts):
         chunk = problems[s:s + batch_prompts]
         out = sample_and_score(sampler, task, chunk, G, params, gen)
-        batch = score(model, out.batch, layer, cfg.rollout.temperature)
+        rows = (torch.arange(len(chunk))[:, None] * G + torch.arange(n)).flatten()
+        batch = score(model, out.batch.rows(rows), layer, cfg.rollout.temperature)
         f = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,
                              batch.response_ids, batch.entropy, marker_id, cfg.probe.k)
         for k in feats:
@@ -87,19 +96,46 @@ def rollouts(model, tok, task, problems, G, cfg, layer, marker_id, gen, batch_pr
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(rewards)
 
 
-def fit_probe(model, tok, task, problems, cfg, layer, marker_id, gen) -> tuple[RidgeProbe, float]:
-    """A probe fitted on 2 rollouts of each problem with the cross-rollout targets; and the mean reward."""
-    f, r = rollouts(model, tok, task, problems, 2, cfg, layer, marker_id, gen)
-    targets, _ = poise_targets(r)  # row i is paired with its sibling's reward: E[target | z_i] = V(x)
-    probe = RidgeProbe(cfg.probe.prompt_dim, cfg.probe.trajectory_dim, cfg.probe.alpha)
-    return probe.fit(f["prompt"], f["trajectory"], f["entropy"], targets.flatten()), float(r.mean())
+def fit_probes(f: dict, r: torch.Tensor, cfg) -> dict:
+    """The full probe (prompt, trajectory, entropies) fitted two ways on P problems x 2 rollouts, features f (2P, .)
+    and rewards r (P, 2): "probe" on both rollouts with the cross-rollout targets (POISE at G = 2: row i's target
+    is its sibling's reward, so E[target | z_i] = V(x)); "probe_one_rollout" on the first rollout of each problem
+    with its own reward (one rollout per prompt, as poise_single fits)."""
+    targets, _ = poise_targets(r)
+    first = torch.arange(len(r)) * 2
+    p = cfg.probe
+    return {"probe": RidgeProbe(p.prompt_dim, p.trajectory_dim, p.alpha).fit(
+                f["prompt"], f["trajectory"], f["entropy"], targets.flatten()),
+            "probe_one_rollout": RidgeProbe(p.prompt_dim, p.trajectory_dim, p.alpha).fit(
+                f["prompt"][first], f["trajectory"][first], f["entropy"][first], r[:, 0])}
 
 
-def heldout(model, tok, task, problems, samples, cfg, layer, marker_id, gen):
+def fit_prompt_probe(prompt: torch.Tensor, rewards: torch.Tensor, cfg) -> PromptProbe:
+    """poise_single's probe g(x): ridge on the prompt features (P, H) with each prompt's one rollout's reward (P,)
+    as the target, through the same buffer moments the training loop fits from."""
+    buf = FeatureBuffer(max(1, len(prompt)))
+    buf.add(prompt, prompt.new_zeros(len(prompt), 0), prompt.new_zeros(len(prompt), 0), rewards, step=0)
+    return PromptProbe(cfg.probe.prompt_dim, cfg.probe.alpha).fit_moments(buf.moments())
+
+
+def prompt_features(model, tok, problems, layers: list[int], k: int, batch_prompts: int = 64) -> dict:
+    """{layer: (P, H)} prompt features (mean of the last k prompt-token states, `last_k_mean`) of each layer, one
+    prefill per layer and batch: the prompt part of what the scoring pass gives at that layer."""
+    out = {}
+    for layer in layers:
+        parts = []
+        for s in range(0, len(problems), batch_prompts):
+            ids, mask = encode_prompts(tok, problems[s:s + batch_prompts], 1)
+            hidden, _ = prompt_states(model, ids.to(model.device), mask.to(model.device), layer)
+            parts.append(last_k_mean(hidden, mask.to(hidden.device), k).float().cpu())
+        out[layer] = torch.cat(parts)
+    return out
+
+
+def heldout(sampler, model, task, problems, samples, cfg, layer, marker_id, gen):
     """Features of the first of 1 + samples responses, the pass rate of the others, and whether any solved it."""
-    f, r = rollouts(model, tok, task, problems, 1 + samples, cfg, layer, marker_id, gen)
-    first = torch.arange(len(problems)) * (1 + samples)
-    return {k: v[first] for k, v in f.items()}, r[:, 1:].mean(1), (r[:, 1:] > 0).any(1)
+    f, r = rollouts(sampler, model, task, problems, 1 + samples, cfg, layer, marker_id, gen, scored=1)
+    return f, r[:, 1:].mean(1), (r[:, 1:] > 0).any(1)
 
 
 def critic_values(critic, tok, problems) -> torch.Tensor:
@@ -114,17 +150,39 @@ def critic_values(critic, tok, problems) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _load_run(run: Path):
-    """(TrainConfig, policy, tokenizer, probe layer, marker id) of a `poise train` run directory."""
+def _load_run(run: Path, overrides: list[str] = ()):
+    """(TrainConfig, policy, tokenizer, probe layer, marker id) of a `poise train` run directory, its config changed
+    by `overrides` ('key=value')."""
 
     for need in (run / "config.yaml", run / "policy"):
         if not need.exists():
             raise FileNotFoundError(f"run: {need} does not exist (a finished `poise train` output directory is needed)")
-    cfg = build_config(TrainConfig, load_yaml(run / "config.yaml"))
+    cfg = build_config(TrainConfig, apply_overrides(load_yaml(run / "config.yaml"), overrides))
     model, tok = load_local(run / "policy", trust_remote_code=cfg.model.trust_remote_code)
+    return _ready(cfg, model, tok)
+
+
+def _load_initial(train_config: str, overrides: list[str]):
+    """The same for a training config's initial policy (`train_config`: a preset name or YAML), before training."""
+    cfg = build_config(TrainConfig, apply_overrides(load_yaml(train_config), overrides))
+    model, tok = load_model(cfg.model, cfg.task.name, cfg.seed)
+    return _ready(cfg, model, tok)
+
+
+def _ready(cfg, model, tok):
     model.eval()
     return cfg, model, tok, resolve_layer(cfg.probe.layer, len(decoder_layers(model))), \
         marker_token_id(tok, cfg.probe.marker)
+
+
+def study_sampler(tcfg, model, tok, problems, max_group: int, batch_prompts: int = 64):
+    """The rollout engine of the run's `rollout.engine` (`poise.train.state.build_sampler`: the built-in sampler or
+    vLLM), sized for batches of `batch_prompts` problems x up to `max_group` samples, whose context holds the
+    longest of `problems` plus rollout.max_new_tokens."""
+    longest = encode_prompts(tok, problems, 1)[0].shape[1]
+    cfg = dataclasses.replace(tcfg, rollout=dataclasses.replace(tcfg.rollout, prompts_per_step=batch_prompts,
+                                                                group_size=max_group))
+    return build_sampler(cfg, SimpleNamespace(rank=0, world=1), model, tok, longest)
 
 
 # =====================================================================================================================
@@ -139,9 +197,10 @@ def run_probe_eval(cfg) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    run = Path(cfg.run)
-    tcfg, model, tok, layer, marker_id = _load_run(run)
-    task = build_task(tcfg.task)
+    run = Path(cfg.run) if cfg.run else None
+    tcfg, model, tok, layer, marker_id = _load_run(run, cfg.overrides) if run is not None else \
+        _load_initial(cfg.train_config, cfg.overrides)
+    task = build_task(tcfg.task, tcfg.reward.function)
     unknown = sorted(set(cfg.fit_levels + cfg.eval_levels) - set(task.levels))
     if unknown:
         raise ConfigError(f"fit_levels/eval_levels: {unknown} are not levels of the run's task "
@@ -151,38 +210,61 @@ def run_probe_eval(cfg) -> dict:
         raise FileNotFoundError(f"other_run: {other / 'policy' / 'probe.safetensors'} does not exist "
                                 "(a POISE run's online probe is needed)")
     critic = None
-    if (run / "critic" / "critic.safetensors").is_file():
+    if run is not None and (run / "critic" / "critic.safetensors").is_file():
         critic = ValueModel(model)
         critic.load_state_dict(load_file(str(run / "critic" / "critic.safetensors")))
         critic.eval()
+    layers = sorted({resolve_layer(x, len(decoder_layers(model))) for x in cfg.prompt_layers} or {layer})
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.no_grad():
-        probe, train_mean = fit_probe(model, tok, task, task.problems("train", cfg.fit_prompts, seed=cfg.seed + 1),
-                                      tcfg, layer, marker_id, gen)
-        problems, _ = select_problems(task, "test", cfg.eval_prompts, cfg.seed)
-        f, target, solved = heldout(model, tok, task, problems, cfg.samples, tcfg, layer, marker_id, gen)
-        pred_probe = probe.predict(f["prompt"], f["trajectory"], f["entropy"])
-        pred_critic = critic_values(critic, tok, problems) if critic is not None else None
-        res = {"policy": str(run / "policy"), "task": task.name, "samples": cfg.samples,
-               "fit_prompts": cfg.fit_prompts, "train_mean_reward": train_mean,
-               "probe": value_metrics(pred_probe, target, solved, train_mean),
-               "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
-        if critic is not None:
-            res["critic"] = value_metrics(pred_critic, target, solved, train_mean)
-        if (run / "policy" / "probe.safetensors").is_file():  # a POISE (or poise_single) run: its own online probe
-            res["online_probe"] = value_metrics(online_predict(load_probe(run / "policy"), f), target, solved,
-                                                train_mean)
-        if cfg.fit_levels:  # transfer: fitted on some levels (or tasks), scored on the others
-            res["transfer"] = _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target,
-                                        solved, pred_probe, pred_critic, train_mean)
-        if other is not None:
-            ocfg, pmodel, ptok, players, pmarker = _load_run(other)
-            online = load_probe(other / "policy")
-            pf, ptarget, psolved = heldout(pmodel, ptok, task, problems, cfg.samples, ocfg, players, pmarker, gen)
-            res["other_run_online_probe"] = value_metrics(online_predict(online, pf), ptarget, psolved,
-                                                          float(ptarget.mean()))
+    fit_problems = task.problems("train", cfg.fit_prompts, seed=cfg.seed + 1)
+    problems, _ = select_problems(task, "test", cfg.eval_prompts, cfg.seed)
+    extra = [p for ps in transfer_problems(cfg, task) for p in ps] if cfg.fit_levels else []
+    sampler = study_sampler(tcfg, model, tok, fit_problems + problems + extra, 1 + cfg.samples)
+    try:
+        with torch.no_grad():
+            ffit, rfit = rollouts(sampler, model, task, fit_problems, 2, tcfg, layer, marker_id, gen)
+            probes, train_mean = fit_probes(ffit, rfit, tcfg), float(rfit.mean())
+            f, target, solved = heldout(sampler, model, task, problems, cfg.samples, tcfg, layer, marker_id, gen)
+            pfit = prompt_features(model, tok, fit_problems, layers, tcfg.probe.k)
+            pheld = prompt_features(model, tok, problems, layers, tcfg.probe.k)
+            pred_probe = probes["probe"].predict(f["prompt"], f["trajectory"], f["entropy"])
+            pred_critic = critic_values(critic, tok, problems) if critic is not None else None
+            one_mean = float(rfit[:, 0].mean())
+            res = {"policy": str(run / "policy") if run is not None else f"{tcfg.model.name} (initial, "
+                   f"{cfg.train_config})", "task": task.name, "levels": list(task.levels), "samples": cfg.samples,
+                   "fit_prompts": len(fit_problems), "eval_prompts": len(problems), "train_mean_reward": train_mean,
+                   "probe_layer": layer, "num_layers": len(decoder_layers(model)),
+                   "engine": type(sampler).__name__, "overrides": list(cfg.overrides),
+                   "probe": value_metrics(pred_probe, target, solved, train_mean),
+                   "probe_one_rollout": value_metrics(probes["probe_one_rollout"].predict(
+                       f["prompt"], f["trajectory"], f["entropy"]), target, solved, one_mean),
+                   "prompt_probe": {str(k): value_metrics(fit_prompt_probe(pfit[k], rfit[:, 0], tcfg).predict(
+                       pheld[k]), target, solved, one_mean) for k in layers},
+                   "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
+            if critic is not None:
+                res["critic"] = value_metrics(pred_critic, target, solved, train_mean)
+            if run is not None and (run / "policy" / "probe.safetensors").is_file():  # its own online probe
+                res["online_probe"] = value_metrics(online_predict(load_probe(run / "policy"), f), target, solved,
+                                                    train_mean)
+            if cfg.fit_levels:  # transfer: fitted on some levels (or tasks), scored on the others
+                res["transfer"] = _transfer(cfg, sampler, model, task, tcfg, layer, marker_id, gen, problems, f,
+                                            target, solved, pred_probe, pred_critic, train_mean)
+            if other is not None:
+                ocfg, pmodel, ptok, players, pmarker = _load_run(other)
+                online = load_probe(other / "policy")
+                osampler = study_sampler(ocfg, pmodel, ptok, problems, 1 + cfg.samples)
+                try:
+                    pf, ptarget, psolved = heldout(osampler, pmodel, task, problems, cfg.samples, ocfg, players,
+                                                   pmarker, gen)
+                finally:
+                    osampler.close()
+                res["other_run_online_probe"] = value_metrics(online_predict(online, pf), ptarget, psolved,
+                                                              float(ptarget.mean()))
+    finally:
+        sampler.close()
     res["seconds"] = time.perf_counter() - t0
-    out = Path(cfg.output) if cfg.output else run / "probe_eval.json"
+    out = Path(cfg.output) if cfg.output else (run / "probe_eval.json" if run is not None else
+                                               Path("runs/probe_eval.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     scatter(target, pred_probe, pred_critic, out.with_suffix(".png"))
@@ -198,17 +280,16 @@ def online_predict(probe, f: dict) -> torch.Tensor:
     return probe.predict(f["prompt"], f["trajectory"], f["entropy"])
 
 
-def _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, target, solved, pred_probe,
+def _transfer(cfg, sampler, model, task, tcfg, layer, marker_id, gen, problems, f, target, solved, pred_probe,
               pred_critic, train_mean) -> dict:
     """A probe fitted on `fit_levels` scored on the held-out prompts of `eval_levels`, beside the in-domain reference
     (as many prompts of the scored levels), the probe fitted on all levels, and the critic, on those prompts."""
     fit_lv, eval_lv = list(cfg.fit_levels), list(cfg.eval_levels)
-    fit_p = [p for p in task.problems("train", cfg.fit_prompts * 4, seed=cfg.seed + 2) if p.level in fit_lv]
-    tprobe, tmean = fit_probe(model, tok, task, fit_p[:cfg.fit_prompts], tcfg, layer, marker_id, gen)
+    fit_p, own_p = transfer_problems(cfg, task)
+    tprobe, tmean = _fit(sampler, model, task, fit_p, tcfg, layer, marker_id, gen)
     mask = torch.tensor([p.level in eval_lv for p in problems])
     pt = tprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
-    own_p = [p for p in task.problems("train", cfg.fit_prompts * 4, seed=cfg.seed + 3) if p.level in eval_lv]
-    oprobe, omean = fit_probe(model, tok, task, own_p[:cfg.fit_prompts], tcfg, layer, marker_id, gen)
+    oprobe, omean = _fit(sampler, model, task, own_p, tcfg, layer, marker_id, gen)
     po = oprobe.predict(f["prompt"][mask], f["trajectory"][mask], f["entropy"][mask])
     out = {"fit_levels": fit_lv, "eval_levels": eval_lv,
            "probe": value_metrics(pt, target[mask], solved[mask], tmean),
@@ -219,10 +300,28 @@ def _transfer(cfg, model, tok, task, tcfg, layer, marker_id, gen, problems, f, t
     return out
 
 
+def transfer_problems(cfg, task) -> tuple[list, list]:
+    """The transfer study's training prompts: up to fit_prompts of `fit_levels`, and as many of `eval_levels` (the
+    in-domain reference)."""
+    def of(levels, seed):
+        return [p for p in task.problems("train", cfg.fit_prompts * 4, seed=seed) if p.level in levels][
+            :cfg.fit_prompts]
+    return of(set(cfg.fit_levels), cfg.seed + 2), of(set(cfg.eval_levels), cfg.seed + 3)
+
+
+def _fit(sampler, model, task, problems, tcfg, layer, marker_id, gen) -> tuple[RidgeProbe, float]:
+    """The cross-rollout probe fitted on 2 rollouts of each of `problems`, and their mean reward."""
+    f, r = rollouts(sampler, model, task, problems, 2, tcfg, layer, marker_id, gen)
+    return fit_probes(f, r, tcfg)["probe"], float(r.mean())
+
+
 def table(res: dict, cfg) -> str:
     """The results as a Markdown table."""
-    rows = [("probe", res["probe"])] + ([("critic", res["critic"])] if "critic" in res else []) + \
-        [("constant (training mean)", res["constant"])]
+    rows = [("probe (2 rollouts, cross-rollout targets)", res["probe"]),
+            ("probe (1 rollout, own reward)", res["probe_one_rollout"])]
+    rows += [(f"prompt-only probe, layer {k} of {res['num_layers']} (1 rollout, own reward)", m)
+             for k, m in res["prompt_probe"].items()]
+    rows += ([("critic", res["critic"])] if "critic" in res else []) + [("constant (training mean)", res["constant"])]
     if "online_probe" in res:
         rows.append(("the run's own online probe", res["online_probe"]))
     if "transfer" in res:

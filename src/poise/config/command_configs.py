@@ -107,6 +107,15 @@ class ProbeEvalConfig:
 
     run: str = ""
     """A finished `poise train` output directory (its config.yaml, policy/, and critic/ for PPO runs)."""
+    train_config: str = ""
+    """Instead of `run`: a training preset or YAML (e.g. smollm2) whose initial policy is studied, before any
+    training (its model.*, task.*, reward.function, rollout.* and probe.* settings)."""
+    overrides: list[str] = field(default_factory=list)
+    """Settings of the run's or train_config's TrainConfig to change for the study, as 'key=value' (e.g.
+    rollout.engine=vllm, reward.function=examples/last_number_reward.py:reward)."""
+    prompt_layers: list[float] = field(default_factory=list)
+    """Also score prompt-only probes (poise_single's: fitted on one rollout per prompt, each row's own reward) on the
+    prompt states of these layers (fractions of depth or indices, as probe.layer); empty: the probe layer only."""
     other_run: str = ""
     """Also score another POISE run's online probe on its own policy (same held-out prompts)."""
     fit_prompts: int = 2048

@@ -59,6 +59,15 @@ def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     return out
 
 
+def apply_overrides(values: dict, overrides) -> dict:
+    """Flat config `values` (dotted keys) with each 'key=value' of `overrides` set, the value read as YAML
+    (`parse_cli_value`); returns `values`."""
+    for o in overrides:
+        key, _, text = o.partition("=")
+        values[key.strip()] = parse_cli_value(text.strip())
+    return values
+
+
 def parse_cli_value(text: str) -> Any:
     """A command-line value as YAML would read it ('4' -> 4, 'true' -> True, 'a,b' stays a string)."""
     try:

@@ -84,7 +84,13 @@ def validate_eval(cfg: EvalConfig) -> None:
 
 def validate_probe_eval(cfg: ProbeEvalConfig) -> None:
     """Impossible values of `poise probe-eval`'s config fail here, naming the key."""
-    _check(bool(cfg.run), "run", "must name a `poise train` output directory", cfg.run)
+    _check(bool(cfg.run) or bool(cfg.train_config), "run", "must name a `poise train` output directory (or "
+           "train_config a training preset)", cfg.run)
+    _check(not (cfg.run and cfg.train_config), "train_config", f"studies a config's initial policy; it cannot be "
+           f"given with run {cfg.run!r}", cfg.train_config)
+    _check(not (cfg.train_config and cfg.other_run), "other_run", "compares a run's online probe; give run, not "
+           "train_config", cfg.other_run)
+    _check(all("=" in o for o in cfg.overrides), "overrides", "each must be 'key=value'", cfg.overrides)
     _check_positive(cfg, "", ["fit_prompts", "eval_prompts", "samples"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
     _check(bool(cfg.fit_levels) == bool(cfg.eval_levels), "fit_levels", "and eval_levels must be given together "
