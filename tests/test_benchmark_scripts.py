@@ -236,17 +236,7 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
     finals = {"a": {0: [0.5, 0.75, 1.0], 1: [0.25, 0.5, 0.75], 2: [1.0, 1.0, 1.0]},
               "b": {0: [0.25, 0.5, 0.75], 1: [0.0, 0.25, 0.5]}}
     var = {"a": {0: 1.0, 1: 2.0, 2: 5.0}, "b": {0: 4.0, 1: 2.0}}  # ratios 0.25 and 1: geometric mean 0.5
-    for m, seeds in finals.items():
-        for s, final in seeds.items():
-            run = tmp_path / m / f"seed{s}"
-            run.mkdir(parents=True)
-            (run / "eval.json").write_text(json.dumps({"steps": {"5": {"per_problem": [0.0] * 3},
-                                                                  "20": {"per_problem": final}}}))
-            rows = [{"step": i, "optim/grad_var_proxy": 100.0 if i <= 2 else var[m][s],
-                     **({"probe/used": float(i > 2), "probe/pearson": 0.5 if i > 2 else -1.0, "probe/mae": 0.4,
-                         "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s if i != 4 else None} if m == "a" else {})}
-                    for i in range(1, 6)]
-            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_runs(tmp_path, finals, var)
     res = mod.main([str(tmp_path), "--pairs", "a:b", "--after", "2"])
     p = res["pairs"]["a - b"]
     assert p["seeds"] == [0, 1] and p["problems"] == 3 and p["diff"] == pytest.approx(0.25)
@@ -257,3 +247,27 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
     assert q["t/pearson"] == pytest.approx(0.1) and q["t/pearson_range"] == pytest.approx([0.0, 0.2])  # per task
     assert res["probes"]["b"] == {} and "seeds [2] are evaluated for one method only" in capsys.readouterr().err
     assert res["finals"]["a"][2] == [1.0, 1.0, 1.0] and sorted(res["finals"]["b"]) == [0, 1]
+    # more seeds in a second directory are pooled; a seed found in both is refused
+    write_runs(tmp_path / "more", {"a": {3: [0.0, 0.0, 0.0]}, "b": {3: [1.0, 1.0, 1.0]}}, {"a": {3: 1.0}, "b": {3: 1.0}})
+    pooled = mod.main([str(tmp_path), str(tmp_path / "more"), "--pairs", "a:b", "--after", "2"])["pairs"]["a - b"]
+    assert pooled["seeds"] == [0, 1, 3] and pooled["diff"] == pytest.approx((0.25 + 0.25 - 1.0) / 3)
+    write_runs(tmp_path / "again", {"a": {1: [0.0] * 3}}, {"a": {1: 1.0}})
+    with pytest.raises(SystemExit, match="a seed 1 is in"):
+        mod.main([str(tmp_path), str(tmp_path / "again"), "--pairs", "a:b"])
+
+
+def write_runs(root, finals: dict, var: dict) -> None:
+    """Hand-made `poise compare` runs under root/<method>/seed<s>: eval.json whose last checkpoint has the given
+    per-problem accuracies, and metrics whose grad_var_proxy is 100 up to step 2 and var[m][s] after (method a's
+    rows carry probe figures)."""
+    for m, seeds in finals.items():
+        for s, final in seeds.items():
+            run = root / m / f"seed{s}"
+            run.mkdir(parents=True)
+            (run / "eval.json").write_text(json.dumps({"steps": {"5": {"per_problem": [0.0] * 3},
+                                                                  "20": {"per_problem": final}}}))
+            rows = [{"step": i, "optim/grad_var_proxy": 100.0 if i <= 2 else var[m][s],
+                     **({"probe/used": float(i > 2), "probe/pearson": 0.5 if i > 2 else -1.0, "probe/mae": 0.4,
+                         "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s if i != 4 else None} if m == "a" else {})}
+                    for i in range(1, 6)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

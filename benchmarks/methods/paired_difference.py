@@ -5,8 +5,10 @@ with a probe, how well the probe's baseline tracked the rewards.
     python benchmarks/methods/paired_difference.py runs/compare_single --pairs poise:rloo poise_single:reinforce_loo \
         --out results/single_rollout/paired.json
 
-Reads <dir>/<method>/seed<s>/{eval.json, metrics.jsonl} as `poise compare` writes them; only seeds evaluated for both
-methods of a pair enter it (the others are named).
+Reads <dir>/<method>/seed<s>/{eval.json, metrics.jsonl} as `poise compare` writes them, pooling the seeds of several
+directories (the same comparison run again for more seeds, perhaps evaluating fewer checkpoints: only the last one is
+read; a seed found twice is an error); only seeds evaluated for both methods of a pair enter it (the others are
+named).
 
 - Final accuracy: d[s, n] = final_a[s, n] - final_b[s, n], the last checkpoint's per-problem Avg@k of seed s on
   problem n; the mean over (s, n) with `stats.hierarchical_bootstrap`'s interval (seeds and problems resampled).
@@ -69,11 +71,20 @@ def probe_quality(rows: list[dict]) -> dict:
 STATS = ("pearson", "mae", "auroc")
 
 
-def seeds_of(out_dir: Path, method: str) -> dict[int, Path]:
-    return {int(p.name[4:]): p for p in (out_dir / method).glob("seed*") if (p / "eval.json").is_file()}
+def seeds_of(out_dirs: list[Path], method: str) -> dict[int, Path]:
+    """{seed: run directory} of `method`'s evaluated runs in every directory of `out_dirs`."""
+    found: dict[int, Path] = {}
+    for out_dir in out_dirs:
+        for p in (out_dir / method).glob("seed*"):
+            if (p / "eval.json").is_file():
+                if int(p.name[4:]) in found:
+                    raise SystemExit(f"paired_difference: {method} seed {p.name[4:]} is in {found[int(p.name[4:])]} "
+                                     f"and {p}")
+                found[int(p.name[4:])] = p
+    return found
 
 
-def pair(out_dir: Path, a: str, b: str, after: int, n_boot: int = 2000) -> dict:
+def pair(out_dir: list[Path], a: str, b: str, after: int, n_boot: int = 2000) -> dict:
     ra, rb = seeds_of(out_dir, a), seeds_of(out_dir, b)
     seeds = sorted(set(ra) & set(rb))
     left = sorted(set(ra) ^ set(rb))
@@ -95,7 +106,7 @@ def pair(out_dir: Path, a: str, b: str, after: int, n_boot: int = 2000) -> dict:
             "grad_var_ratio_per_seed": ratios.tolist()}
 
 
-def method_probe(out_dir: Path, method: str) -> dict:
+def method_probe(out_dir: list[Path], method: str) -> dict:
     """{'seeds', and for each statistic of probe_quality: its mean over seeds and '<name>_range' [min, max]}."""
     per_seed = {s: probe_quality(read_metrics(run)) for s, run in sorted(seeds_of(out_dir, method).items())}
     per_seed = {s: q for s, q in per_seed.items() if q}
@@ -111,13 +122,13 @@ def method_probe(out_dir: Path, method: str) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dir", type=Path)
+    ap.add_argument("dir", type=Path, nargs="+", help="poise compare output directories (their seeds pooled)")
     ap.add_argument("--pairs", nargs="+", required=True, help="a:b pairs of method directories")
     ap.add_argument("--after", type=int, default=16, help="gradient variance over steps after this one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     pairs = [p.split(":") for p in args.pairs]
-    result = {"dir": str(args.dir), "after": args.after,
+    result = {"dir": [str(d) for d in args.dir], "after": args.after,
               "pairs": {f"{a} - {b}": pair(args.dir, a, b, args.after) for a, b in pairs},
               "probes": {m: method_probe(args.dir, m) for m in sorted({m for p in pairs for m in p})},
               "finals": {m: {s: final_per_problem(run) for s, run in sorted(seeds_of(args.dir, m).items())}
