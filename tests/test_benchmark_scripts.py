@@ -271,3 +271,24 @@ def write_runs(root, finals: dict, var: dict) -> None:
                          "probe/auroc": 0.7, "probe/t/pearson": 0.1 * s if i != 4 else None} if m == "a" else {})}
                     for i in range(1, 6)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_sampling_stats_totals_each_run_and_spans_the_seeds(tmp_path):
+    """benchmarks/screening/sampling_stats.py on hand-made metrics: totals and per-step means per run, then the mean
+    and range over seeds; a run without dynamic sampling or screening metrics counts 1 round, all kept, 0 skipped."""
+    mod = load_benchmark("sampling_stats")
+    for m, seed, kept, skipped in (("d", 0, [2, 4], [0, 3]), ("d", 1, [4, 4], [1, 1]), ("plain", 0, None, None)):
+        run = tmp_path / m / f"seed{seed}"
+        run.mkdir(parents=True)
+        rows = [{"step": i + 1, "compute/total_generated_tokens": 100 * (i + 1), "time_total/step_s": 4.0 * (i + 1),
+                 "time_total/generate_s": 3.0 * (i + 1), "time_total/update_s": 1.0 * (i + 1),
+                 **({"dynamic_sampling/groups_trained": kept[i], "dynamic_sampling/kept_fraction": kept[i] / 8,
+                     "dynamic_sampling/rounds": 2, "screen/skipped": skipped[i]} if kept else {})} for i in range(2)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = mod.main([str(tmp_path), "--methods", "d", "plain"])["methods"]
+    d = res["d"]
+    assert d["seeds"] == [0, 1] and d["groups_trained"] == {"mean": 7, "min": 6, "max": 8}
+    assert d["skipped"]["mean"] == 2.5 and d["kept_fraction"]["min"] == pytest.approx(6 / 16)
+    assert d["seconds_per_group"]["max"] == pytest.approx(8.0 / 6) and d["rounds"]["mean"] == 2
+    p = res["plain"]
+    assert p["groups_trained"]["mean"] == 0 and p["rounds"]["mean"] == 1 and p["kept_fraction"]["mean"] == 1.0

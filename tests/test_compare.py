@@ -327,13 +327,14 @@ def test_the_two_thirds_hopeless_config_screens_sharply_and_runs_dapo_to_three_t
 
 def test_the_history_dapo_config_compares_dapo_with_and_without_history_skipping_on_a_pool_that_repeats():
     """configs/compare/screening_history_dapo.yaml (issue 43): DAPO against DAPO with history skipping on the
-    hopeless mixture, both to 600,000 tokens, from a pool of 500 problems (so prompts come back)."""
+    hopeless mixture, both to 1,200,000 tokens, from a pool of 500 problems (so prompts come back)."""
     cfg, runs = config_runs("compare/screening_history_dapo")
     assert cfg.methods == ["dapo", "screening/dapo_history"] and len(cfg.seeds) == 5 and not cfg.reference_budget
     assert cfg.eval_levels == ["t4d1", "t5d1"]
     assert {m: (r.algorithm.name, r.algorithm.dynamic_sampling, r.screen.mode, r.task.train_size,
                 r.budget.generated_tokens) for m, r in runs.items()} == {
-        "dapo": ("dapo", True, "none", 500, 600_000), "screening/dapo_history": ("dapo", True, "history", 500, 600_000)}
+        "dapo": ("dapo", True, "none", 500, 1_200_000),
+        "screening/dapo_history": ("dapo", True, "history", 500, 1_200_000)}
     for run in runs.values():
         assert run.task.levels == ["t4d1", "t5d1", "t2d2", "t3d2", "t4d2", "t5d2"]
 

@@ -34,6 +34,7 @@ from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from poise.algo.advantages import poise_targets
 from poise.algo.buffer import FeatureBuffer
@@ -83,7 +84,8 @@ def rollouts(sampler, model, task, problems, G, cfg, layer, marker_id, gen, batc
     feats, rewards = {"prompt": [], "trajectory": [], "entropy": []}, []
     params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature)
     n = G if scored is None else scored
-    for s in range(0, len(problems), batch_prompts):
+    for s in tqdm(range(0, len(problems), batch_prompts), desc=f"probe-eval: {len(problems)} prompts x {G}",
+                  unit="batch", dynamic_ncols=True):
         chunk = problems[s:s + batch_prompts]
         out = sample_and_score(sampler, task, chunk, G, params, gen)
         rows = (torch.arange(len(chunk))[:, None] * G + torch.arange(n)).flatten()
