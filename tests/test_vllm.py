@@ -215,6 +215,21 @@ def _rows(run):
 
 @needs_vllm
 @pytest.mark.slow
+def test_probe_eval_samples_with_the_configs_vllm_engine(tmp_path):
+    """`poise probe-eval --train-config poise --overrides [rollout.engine=vllm]`: the study samples with vLLM and
+    fits and scores every probe."""
+    from poise.commands.cli import main
+
+    out = tmp_path / "v.json"
+    assert main(["probe-eval", "--train-config", "poise", "--overrides", "[rollout.engine=vllm]", "--fit-prompts",
+                 "16", "--eval-prompts", "8", "--samples", "2", "--threads", "1", "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["engine"] == "VLLMSampler" and res["probe"]["n"] == res["probe_one_rollout"]["n"] == 8
+    assert list(res["prompt_probe"]) == [str(res["probe_layer"])]
+
+
+@needs_vllm
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["poise", "dapo"])
 def test_three_step_runs_with_the_vllm_engine(preset, tmp_path):
     from poise.config.loading import load_yaml
