@@ -24,6 +24,13 @@ def test_metrics_on_hand_made_values():
     mse, base = float(((0.1 - 0.5 * target) ** 2).mean()), float(((0.5 - target) ** 2).mean())
     assert m["brier_skill"] == pytest.approx(1 - mse / base)
     assert value_metrics(target, target, target > 0, 0.5)["brier_skill"] == 1.0
+    assert "pearson_ci" not in m
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(300, generator=g)
+    b = value_metrics(t + 0.3 * torch.randn(300, generator=g), t, t > 0.5, 0.5, n_boot=500)
+    for k in ("mae", "pearson", "auroc_solved"):  # the interval brackets the estimate, and is not a point
+        assert b[f"{k}_ci"][0] < b[k] < b[f"{k}_ci"][1]
+    assert 0.05 < b["pearson_ci"][1] - b["pearson_ci"][0] < 0.3
 
 
 def _probe_eval(run, tmp_path, *extra):
@@ -69,6 +76,10 @@ def test_a_training_configs_initial_policy_with_prompt_probes_per_layer_and_its_
     assert "initial" in res["policy"] and res["engine"] == "KVCacheSampler" and res["fit_prompts"] == 12
     assert res["train_mean_reward"] == 1.0 and res["probe"]["target_mean"] == 1.0  # the override's reward
     assert sorted(res["prompt_probe"]) == ["0", str(res["num_layers"] - 1)]
+    pp = res["per_prompt"]
+    assert len(pp["target"]) == len(pp["uid"]) == 6 and sorted(pp["predictions"]) == [
+        "probe", "probe_one_rollout", "prompt_probe/0", f"prompt_probe/{res['num_layers'] - 1}"]
+    assert res["probe"]["pred_mean"] == pytest.approx(sum(pp["predictions"]["probe"]) / 6)
     for m in (res["probe"], res["probe_one_rollout"], *res["prompt_probe"].values()):
         assert m["n"] == 6 and m["pred_mean"] == pytest.approx(1.0)  # a constant target is predicted exactly
 

@@ -58,19 +58,39 @@ from poise.train.state import build_sampler, marker_token_id
 # =====================================================================================================================
 
 
-def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor, train_mean: float) -> dict:
+def value_metrics(pred: torch.Tensor, target: torch.Tensor, solved: torch.Tensor, train_mean: float,
+                  n_boot: int = 0) -> dict:
     """Value-estimate quality of pred (N,) against target (N,) pass rates:
 
       mae = mean |p - t|,  pearson = cov(p, t) / (sd(p) sd(t)),
       brier_skill = 1 - mean (p - t)^2 / mean (train_mean - t)^2,  auroc_solved = AUROC of p for `solved` (N,) bool.
+
+    With n_boot > 0, also `<name>_ci` [2.5%, 97.5%] for mae, pearson and auroc_solved: a percentile bootstrap over
+    the N prompts (n_boot replicates, a fixed seed), which leaves out the noise of the fit and of the samples.
     """
     p, t = pred.double(), target.double()
     mse, base = float(((p - t) ** 2).mean()), float(((train_mean - t) ** 2).mean())
+    out = {"n": len(t), "mae": float((p - t).abs().mean()), "pearson": _pearson(p, t),
+           "brier_skill": 1 - mse / base if base else math.nan, "auroc_solved": auroc(p, solved),
+           "pred_mean": float(p.mean()), "target_mean": float(t.mean())}
+    if n_boot > 0 and len(t) > 1:
+        g = torch.Generator().manual_seed(0)
+        reps = {"mae": [], "pearson": [], "auroc_solved": []}
+        for _ in range(n_boot):
+            i = torch.randint(len(t), (len(t),), generator=g)
+            reps["mae"].append(float((p[i] - t[i]).abs().mean()))
+            reps["pearson"].append(_pearson(p[i], t[i]))
+            reps["auroc_solved"].append(auroc(p[i], solved[i]))
+        for k, v in reps.items():
+            v = torch.tensor([x for x in v if math.isfinite(x)], dtype=torch.float64)
+            out[f"{k}_ci"] = [float(v.quantile(0.025)), float(v.quantile(0.975))] if len(v) else [math.nan] * 2
+    return out
+
+
+def _pearson(p: torch.Tensor, t: torch.Tensor) -> float:
     pc, tc = p - p.mean(), t - t.mean()
     denom = float(pc.norm() * tc.norm())
-    return {"n": len(t), "mae": float((p - t).abs().mean()), "pearson": float(pc @ tc) / denom if denom else math.nan,
-            "brier_skill": 1 - mse / base if base else math.nan, "auroc_solved": auroc(p, solved),
-            "pred_mean": float(p.mean()), "target_mean": float(t.mean())}
+    return float(pc @ tc) / denom if denom else math.nan
 
 
 # =====================================================================================================================
@@ -187,6 +207,9 @@ def study_sampler(tcfg, model, tok, problems, max_group: int, batch_prompts: int
     return build_sampler(cfg, SimpleNamespace(rank=0, world=1), model, tok, longest)
 
 
+BOOT = 1000  # bootstrap replicates of the intervals of the main estimators
+
+
 # =====================================================================================================================
 # The command
 # =====================================================================================================================
@@ -232,19 +255,27 @@ def run_probe_eval(cfg) -> dict:
             pred_probe = probes["probe"].predict(f["prompt"], f["trajectory"], f["entropy"])
             pred_critic = critic_values(critic, tok, problems) if critic is not None else None
             one_mean = float(rfit[:, 0].mean())
+            preds = {"probe": pred_probe, "probe_one_rollout": probes["probe_one_rollout"].predict(
+                f["prompt"], f["trajectory"], f["entropy"])}
+            preds.update({f"prompt_probe/{k}": fit_prompt_probe(pfit[k], rfit[:, 0], tcfg).predict(pheld[k])
+                          for k in layers})
+            if critic is not None:
+                preds["critic"] = pred_critic
             res = {"policy": str(run / "policy") if run is not None else f"{tcfg.model.name} (initial, "
                    f"{cfg.train_config})", "task": task.name, "levels": list(task.levels), "samples": cfg.samples,
                    "fit_prompts": len(fit_problems), "eval_prompts": len(problems), "train_mean_reward": train_mean,
                    "probe_layer": layer, "num_layers": len(decoder_layers(model)),
                    "engine": type(sampler).__name__, "overrides": list(cfg.overrides),
-                   "probe": value_metrics(pred_probe, target, solved, train_mean),
-                   "probe_one_rollout": value_metrics(probes["probe_one_rollout"].predict(
-                       f["prompt"], f["trajectory"], f["entropy"]), target, solved, one_mean),
-                   "prompt_probe": {str(k): value_metrics(fit_prompt_probe(pfit[k], rfit[:, 0], tcfg).predict(
-                       pheld[k]), target, solved, one_mean) for k in layers},
-                   "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean)}
+                   "probe": value_metrics(pred_probe, target, solved, train_mean, BOOT),
+                   "probe_one_rollout": value_metrics(preds["probe_one_rollout"], target, solved, one_mean, BOOT),
+                   "prompt_probe": {str(k): value_metrics(preds[f"prompt_probe/{k}"], target, solved, one_mean,
+                                                          BOOT) for k in layers},
+                   "constant": value_metrics(torch.full_like(target, train_mean), target, solved, train_mean),
+                   "per_prompt": {"uid": [p.uid for p in problems], "level": [p.level for p in problems],
+                                  "target": target.tolist(), "solved": solved.tolist(),
+                                  "predictions": {k: v.tolist() for k, v in preds.items()}}}
             if critic is not None:
-                res["critic"] = value_metrics(pred_critic, target, solved, train_mean)
+                res["critic"] = value_metrics(pred_critic, target, solved, train_mean, BOOT)
             if run is not None and (run / "policy" / "probe.safetensors").is_file():  # its own online probe
                 res["online_probe"] = value_metrics(online_predict(load_probe(run / "policy"), f), target, solved,
                                                     train_mean)
@@ -335,9 +366,12 @@ def table(res: dict, cfg) -> str:
             rows.append((f"critic on {ev}", t["critic"]))
     if "other_run_online_probe" in res:
         rows.append(("other run's online probe (its policy)", res["other_run_online_probe"]))
+    def ci(m, k):
+        return f"{m[k]:.3f}" + (f" [{m[k + '_ci'][0]:.3f}, {m[k + '_ci'][1]:.3f}]" if k + "_ci" in m else "")
+
     lines = ["| estimator | n | MAE | Pearson r | Brier skill | AUROC solved |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {m['n']} | {m['mae']:.3f} | {m['pearson']:.3f} | {m['brier_skill']:.3f} | "
-              f"{m['auroc_solved']:.3f} |" for name, m in rows]
+    lines += [f"| {name} | {m['n']} | {ci(m, 'mae')} | {ci(m, 'pearson')} | {m['brier_skill']:.3f} | "
+              f"{ci(m, 'auroc_solved')} |" for name, m in rows]
     return "\n".join(lines)
 
 
