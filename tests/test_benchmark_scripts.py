@@ -292,3 +292,21 @@ def test_sampling_stats_totals_each_run_and_spans_the_seeds(tmp_path):
     assert d["seconds_per_group"]["max"] == pytest.approx(8.0 / 6) and d["rounds"]["mean"] == 2
     p = res["plain"]
     assert p["groups_trained"]["mean"] == 0 and p["rounds"]["mean"] == 1 and p["kept_fraction"]["mean"] == 1.0
+
+
+def test_probe_by_level_scores_each_level_and_the_level_mean_oracle(tmp_path):
+    """benchmarks/value_estimation/probe_by_level.py on a hand-made probe-eval JSON: an estimator that ranks prompts
+    perfectly within each level has r 1 per level; the level-mean oracle predicts each level's mean target."""
+    mod = load_benchmark("probe_by_level")
+    target = [0.0, 0.25, 0.5, 0.5, 0.75, 1.0]
+    res = {"train_mean_reward": 0.5, "per_prompt": {
+        "level": ["a", "a", "a", "b", "b", "b"], "target": target, "solved": [t > 0 for t in target],
+        "predictions": {"good": [0.1, 0.2, 0.3, 0.6, 0.7, 0.8], "flat": [0.4] * 6}}}
+    path = tmp_path / "pe.json"
+    path.write_text(json.dumps(res))
+    out = mod.main([str(path), "--out", str(tmp_path / "by.json")])
+    assert out["a"]["good"]["pearson"] == pytest.approx(1.0) and out["b"]["good"]["pearson"] == pytest.approx(1.0)
+    oracle = out["all"]["level mean (oracle)"]
+    assert oracle["pred_mean"] == pytest.approx(0.5) and oracle["mae"] == pytest.approx((0.25 * 4) / 6)
+    assert "level mean (oracle)" not in out["a"] and out["all"]["flat"]["n"] == 6
+    assert json.loads((tmp_path / "by.json").read_text())["by_level"]["b"]["good"]["n"] == 3
