@@ -114,6 +114,7 @@ def test_fit_probes_one_rollout_uses_each_rows_own_reward_and_two_use_the_siblin
     (["--run", "/nowhere/run"], "run: /nowhere/run/config.yaml does not exist"),
     (["--run", "r", "--train-config", "poise"], "train_config: studies a config's initial policy; it cannot be"),
     (["--train-config", "poise", "--overrides", "[rollout.engine]"], "overrides: each must be 'key=value'"),
+    (["--train-config", "poise", "--overrides", "[task.levels=[t4d1, t5d1]]"], "quote one whose value has commas"),
     (["--run", "x", "--fit-levels", "t2d1"], "fit_levels: and eval_levels must be given together"),
     ([], "run: must name a `poise train` output directory"),
 ])

@@ -112,7 +112,8 @@ class ProbeEvalConfig:
     training (its model.*, task.*, reward.function, rollout.* and probe.* settings)."""
     overrides: list[str] = field(default_factory=list)
     """Settings of the run's or train_config's TrainConfig to change for the study, as 'key=value' (e.g.
-    rollout.engine=vllm, reward.function=examples/last_number_reward.py:reward)."""
+    rollout.engine=vllm, reward.function=examples/last_number_reward.py:reward); quote an item whose value has commas:
+    "['task.levels=[t2d1, t3d1]', rollout.engine=vllm]"."""
     prompt_layers: list[float] = field(default_factory=list)
     """Also score prompt-only probes (poise_single's: fitted on one rollout per prompt, each row's own reward) on the
     prompt states of these layers (fractions of depth or indices, as probe.layer); empty: the probe layer only."""

@@ -90,7 +90,8 @@ def validate_probe_eval(cfg: ProbeEvalConfig) -> None:
            f"given with run {cfg.run!r}", cfg.train_config)
     _check(not (cfg.train_config and cfg.other_run), "other_run", "compares a run's online probe; give run, not "
            "train_config", cfg.other_run)
-    _check(all("=" in o for o in cfg.overrides), "overrides", "each must be 'key=value'", cfg.overrides)
+    _check(all("=" in o for o in cfg.overrides), "overrides", "each must be 'key=value' (quote one whose value has "
+           "commas: \"['task.levels=[t2d1, t3d1]', rollout.engine=vllm]\")", cfg.overrides)
     _check_positive(cfg, "", ["fit_prompts", "eval_prompts", "samples"])
     _check_positive(cfg, "", ["threads"], allow_zero=True)
     _check(bool(cfg.fit_levels) == bool(cfg.eval_levels), "fit_levels", "and eval_levels must be given together "
