@@ -127,3 +127,31 @@ def test_a_level_the_run_does_not_have_is_refused(finished_run, capsys):
     run = str(finished_run[0])
     assert main(["probe-eval", "--run", run, "--fit-levels", "t4d1", "--eval-levels", "t9d9"]) == 2
     assert "fit_levels/eval_levels: ['t9d9'] are not levels of the run's task" in capsys.readouterr().err
+
+
+def test_prompt_features_of_a_layer_equal_the_scoring_pass_and_known_ones_are_not_recomputed(micro_dir):
+    """prompt_features' prefill gives the prompt features the scoring pass gives at that layer (so the probe layer's
+    can be taken from the scoring pass), and a layer passed in `known` is returned as given."""
+    from poise.algo.features import rollout_features
+    from poise.commands.probe_eval import prompt_features
+    from poise.config.loading import build_config
+    from poise.config.train_config import TrainConfig
+    from poise.data.tasks.dataset import build_task
+    from poise.rollout.hf_engine import score
+    from poise.rollout.models import load_local
+    from poise.rollout.sampler import KVCacheSampler, SamplingParams
+
+    model, tok = load_local(micro_dir)
+    model.eval()
+    task = build_task(build_config(TrainConfig, {}).task)
+    problems = task.problems("train", 5, seed=0)
+    batch = KVCacheSampler(model, tok).sample(problems, 1, SamplingParams(8), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batch = score(model, batch, 1)
+        f = rollout_features(batch.prompt_hidden, batch.prompt_mask, batch.response_hidden, batch.response_mask,
+                             batch.response_ids, batch.entropy, None, 3)
+        got = prompt_features(model, tok, problems, [0, 1], 3)
+        sentinel = torch.full((5, 2), 7.0)
+        known = prompt_features(model, tok, problems, [0, 1], 3, known={1: sentinel, 9: sentinel})
+    assert torch.allclose(got[1], f["prompt"], atol=1e-5)
+    assert known[1] is sentinel and sorted(known) == [0, 1] and torch.allclose(known[0], got[0])

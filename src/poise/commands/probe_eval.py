@@ -140,11 +140,13 @@ def fit_prompt_probe(prompt: torch.Tensor, rewards: torch.Tensor, cfg) -> Prompt
     return PromptProbe(cfg.probe.prompt_dim, cfg.probe.alpha).fit_moments(buf.moments())
 
 
-def prompt_features(model, tok, problems, layers: list[int], k: int, batch_prompts: int = 64) -> dict:
+def prompt_features(model, tok, problems, layers: list[int], k: int, batch_prompts: int = 64,
+                    known: dict | None = None) -> dict:
     """{layer: (P, H)} prompt features (mean of the last k prompt-token states, `last_k_mean`) of each layer, one
-    prefill per layer and batch: the prompt part of what the scoring pass gives at that layer."""
-    out = {}
-    for layer in layers:
+    prefill per layer and batch: the prompt part of what the scoring pass gives at that layer. `known` {layer:
+    (P, H)}: features the scoring pass already gave, taken as they are instead of prefilling again."""
+    out = {layer: v for layer, v in (known or {}).items() if layer in layers}
+    for layer in (x for x in layers if x not in out):
         parts = []
         for s in range(0, len(problems), batch_prompts):
             ids, mask = encode_prompts(tok, problems[s:s + batch_prompts], 1)
@@ -250,8 +252,9 @@ def run_probe_eval(cfg) -> dict:
             ffit, rfit = rollouts(sampler, model, task, fit_problems, 2, tcfg, layer, marker_id, gen)
             probes, train_mean = fit_probes(ffit, rfit, tcfg), float(rfit.mean())
             f, target, solved = heldout(sampler, model, task, problems, cfg.samples, tcfg, layer, marker_id, gen)
-            pfit = prompt_features(model, tok, fit_problems, layers, tcfg.probe.k)
-            pheld = prompt_features(model, tok, problems, layers, tcfg.probe.k)
+            pfit = prompt_features(model, tok, fit_problems, layers, tcfg.probe.k,
+                                   known={layer: ffit["prompt"][::2]})  # one row per prompt: its first rollout
+            pheld = prompt_features(model, tok, problems, layers, tcfg.probe.k, known={layer: f["prompt"]})
             pred_probe = probes["probe"].predict(f["prompt"], f["trajectory"], f["entropy"])
             pred_critic = critic_values(critic, tok, problems) if critic is not None else None
             one_mean = float(rfit[:, 0].mean())
