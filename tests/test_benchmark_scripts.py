@@ -310,3 +310,36 @@ def test_probe_by_level_scores_each_level_and_the_level_mean_oracle(tmp_path):
     assert oracle["pred_mean"] == pytest.approx(0.5) and oracle["mae"] == pytest.approx((0.25 * 4) / 6)
     assert "level mean (oracle)" not in out["a"] and out["all"]["flat"]["n"] == 6
     assert json.loads((tmp_path / "by.json").read_text())["by_level"]["b"]["good"]["n"] == 3
+
+
+def test_fused_baseline_beats_either_view_when_their_errors_are_independent(tmp_path):
+    """benchmarks/value_estimation/fused_baseline.py on a hand-made probe-eval JSON: the sibling prediction f and the
+    prompt prediction g each see V through independent noise, so the cross-fitted fusion has a smaller squared error
+    than either, with an interval below 0; its weights split between the two; a prompt probe that is V itself leaves
+    nothing for the fusion to add; RLOO's baseline is listed with E (b - V)^2 = mean Var(r | x)."""
+    mod = load_benchmark("fused_baseline")
+    rng = np.random.default_rng(0)
+    n, k = 600, 8
+    v = rng.uniform(0.1, 0.9, n)
+    target = rng.binomial(k, v) / k
+    f, g = v + rng.normal(0, 0.15, n), v + rng.normal(0, 0.15, n)
+    res = {"samples": k, "per_prompt": {"target": target.tolist(), "predictions": {
+        "probe": f.tolist(), "prompt_probe/2": g.tolist(), "prompt_probe/10": v.tolist()}}}
+    path = tmp_path / "pe.json"
+    path.write_text(json.dumps(res))
+    out = mod.main([str(path), "--out", str(tmp_path / "fused.json")])
+    noisy, exact = out["layers"]["2"], out["layers"]["10"]
+    assert noisy["fused_minus_sibling"]["hi"] < 0 and noisy["fused_minus_prompt"]["hi"] < 0
+    _, w_f, w_g = noisy["weights"]
+    assert 0.25 < w_f < 0.6 and 0.25 < w_g < 0.6
+    assert exact["weights"][1] == pytest.approx(0, abs=0.05) and exact["weights"][2] == pytest.approx(1, abs=0.1)
+    est = out["estimators"]
+    assert est["fused@2"]["excess_mse"] < min(est["sibling"]["excess_mse"], est["prompt@2"]["excess_mse"])
+    assert est["prompt@10"]["excess_mse"] == pytest.approx(0, abs=0.003)  # V itself: only the sampling noise is left
+    assert est["sibling reward (RLOO)"]["excess_mse"] == pytest.approx(float((v * (1 - v)).mean()), rel=0.1)
+    assert est["sibling"]["advantage_variance_vs_sibling"] == 1.0
+    assert json.loads((tmp_path / "fused.json").read_text())["n"] == n
+    del res["per_prompt"]["predictions"]["prompt_probe/2"], res["per_prompt"]["predictions"]["prompt_probe/10"]
+    path.write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="prompt_probe"):
+        mod.main([str(path)])
