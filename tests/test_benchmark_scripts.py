@@ -230,7 +230,8 @@ def test_every_benchmark_sits_in_a_question_folder_and_the_readme_runs_it():
 
 def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean_variance_ratio(tmp_path, capsys):
     """benchmarks/methods/paired_difference.py on a hand-made compare directory: method a beats b by 0.25 on every
-    problem of the two common seeds; a seed of one method alone is left out; the variance ratio is the geometric
+    problem of the two common seeds; a seed of one method alone is left out; the seeds-alone and problems-alone
+    half-widths each see their own spread; the variance ratio is the geometric
     mean of the per-seed ratios of medians after the warm-up; probe figures average the steps that used the probe."""
     mod = load_benchmark("paired_difference")
     finals = {"a": {0: [0.5, 0.75, 1.0], 1: [0.25, 0.5, 0.75], 2: [1.0, 1.0, 1.0]},
@@ -251,6 +252,9 @@ def test_paired_difference_pairs_seeds_and_problems_and_takes_the_geometric_mean
     write_runs(tmp_path / "more", {"a": {3: [0.0, 0.0, 0.0]}, "b": {3: [1.0, 1.0, 1.0]}}, {"a": {3: 1.0}, "b": {3: 1.0}})
     pooled = mod.main([str(tmp_path), str(tmp_path / "more"), "--pairs", "a:b", "--after", "2"])["pairs"]["a - b"]
     assert pooled["seeds"] == [0, 1, 3] and pooled["diff"] == pytest.approx((0.25 + 0.25 - 1.0) / 3)
+    # the spread is between seeds only (every problem's mean over seeds is the same): more problems would not help
+    assert pooled["problems_only_halfwidth"] == pytest.approx(0) and pooled["seeds_only_halfwidth"] > 0.2
+    assert p["seeds_only_halfwidth"] == pytest.approx(0) and p["problems_only_halfwidth"] == pytest.approx(0)
     write_runs(tmp_path / "again", {"a": {1: [0.0] * 3}}, {"a": {1: 1.0}})
     with pytest.raises(SystemExit, match="a seed 1 is in"):
         mod.main([str(tmp_path), str(tmp_path / "again"), "--pairs", "a:b"])

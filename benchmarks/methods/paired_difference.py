@@ -12,6 +12,9 @@ named).
 
 - Final accuracy: d[s, n] = final_a[s, n] - final_b[s, n], the last checkpoint's per-problem Avg@k of seed s on
   problem n; the mean over (s, n) with `stats.hierarchical_bootstrap`'s interval (seeds and problems resampled).
+  Beside it, the half-widths of the bootstrap over seeds alone (of the seed means mean_n d[s, n]) and over problems
+  alone (of the problem means mean_s d[s, n]): more seeds shrink the first, while the second is mostly the spread of
+  the difference across problems, which only more held-out problems shrink.
 - Gradient variance: per run, the median of `optim/grad_var_proxy` (sum of Adam's v_hat - m_hat^2) over the steps
   after `--after` (the probe's warm-up); per seed the ratio a / b; reported as the geometric mean of the ratios over
   seeds with a 95% percentile interval from resampling seeds.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poise.algo.stats import hierarchical_bootstrap
+from poise.algo.stats import bootstrap_mean_ci, hierarchical_bootstrap
 from poise.io.tracking import read_metrics
 
 
@@ -95,13 +98,16 @@ def pair(out_dir: list[Path], a: str, b: str, after: int, n_boot: int = 2000) ->
         return {"seeds": []}
     d = np.stack([np.asarray(final_per_problem(ra[s])) - np.asarray(final_per_problem(rb[s])) for s in seeds])
     mean, lo, hi = hierarchical_bootstrap(d, n_boot=n_boot)
+    _, s_lo, s_hi = bootstrap_mean_ci(d.mean(axis=1), n_boot=n_boot)  # seeds alone: the part more seeds shrink
+    _, p_lo, p_hi = bootstrap_mean_ci(d.mean(axis=0), n_boot=n_boot)  # problems alone: what more seeds leave
     ratios = np.array([grad_variance(read_metrics(ra[s]), after) / grad_variance(read_metrics(rb[s]), after)
                        for s in seeds])
     logs = np.log(ratios[np.isfinite(ratios) & (ratios > 0)])
     rng = np.random.default_rng(0)
     boot = [np.exp(rng.choice(logs, len(logs)).mean()) for _ in range(n_boot)] if len(logs) else [float("nan")]
     return {"seeds": seeds, "problems": int(d.shape[1]), "diff": mean, "diff_ci": [lo, hi], "diff_halfwidth":
-            (hi - lo) / 2, "grad_var_ratio": float(np.exp(logs.mean())) if len(logs) else float("nan"),
+            (hi - lo) / 2, "seeds_only_halfwidth": (s_hi - s_lo) / 2, "problems_only_halfwidth": (p_hi - p_lo) / 2,
+            "grad_var_ratio": float(np.exp(logs.mean())) if len(logs) else float("nan"),
             "grad_var_ratio_ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
             "grad_var_ratio_per_seed": ratios.tolist()}
 
@@ -136,7 +142,8 @@ def main(argv=None) -> dict:
     for name, r in result["pairs"].items():
         if r["seeds"]:
             print(f"{name}: {len(r['seeds'])} seeds x {r['problems']} problems: final accuracy {r['diff']:+.3f} "
-                  f"[{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}] (half-width {r['diff_halfwidth']:.3f}); "
+                  f"[{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}] (half-width {r['diff_halfwidth']:.3f}; seeds alone "
+                  f"{r['seeds_only_halfwidth']:.3f}, problems alone {r['problems_only_halfwidth']:.3f}); "
                   f"gradient-variance proxy ratio {r['grad_var_ratio']:.2f}x [{r['grad_var_ratio_ci'][0]:.2f}, "
                   f"{r['grad_var_ratio_ci'][1]:.2f}]")
     for m, q in result["probes"].items():
