@@ -14,8 +14,7 @@ predicted by weights fitted on the other folds), so the fusion does not win by c
 targets. Reported per estimator: MSE against the target, and MSE minus the target's sampling noise (an unbiased
 estimate of mean t(1 - t) / (k - 1), k = the samples behind each target), which estimates E (b - V)^2, and the
 advantage variance it implies, mean Var(r | x) + E (b - V)^2 (mean Var(r | x) = mean V (1 - V) estimated by
-mean t (1 - t) k / (k - 1)), relative to the sibling baseline's; per prompt
-layer, the paired difference of squared errors fused - sibling and fused - prompt, with bootstrap intervals over
+mean t (1 - t) k / (k - 1)), relative to the sibling baseline's; per prompt layer, the paired difference of squared errors fused - sibling and fused - prompt, with bootstrap intervals over
 prompts (the noise of the fold fits is not resampled); and the weights fitted on all prompts. RLOO's baseline at
 G = 2, the sibling's own reward, is listed for scale: its E (b - V)^2 is Var(r | x) itself.
 """
@@ -27,7 +26,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from poise.algo.probe import ridge_fit
 from poise.algo.stats import paired_difference
 
 SIBLING = "probe"  # probe-eval's full probe with cross-rollout targets
@@ -36,9 +37,10 @@ PROMPT = "prompt_probe/"  # probe-eval's prompt-only probes, one key per layer
 
 def least_squares(columns: list[np.ndarray], target: np.ndarray) -> np.ndarray:
     """(1 + C,) weights [a, w_1 .. w_C] minimising sum_n (t_n - a - sum_c w_c x_cn)^2 over N prompts; columns: C
-    arrays (N,), target (N,)."""
-    X = np.stack([np.ones_like(target), *columns], axis=1)  # (N, 1 + C)
-    return np.linalg.lstsq(X, target, rcond=None)[0]
+    arrays (N,), target (N,). `poise.algo.probe.ridge_fit` at alpha 0 (with no columns, a is the mean target)."""
+    X = torch.from_numpy(np.stack(columns, axis=1) if columns else np.zeros((len(target), 0)))  # (N, C)
+    w, a = ridge_fit(X, torch.from_numpy(target), 0.0)
+    return np.concatenate([[float(a)], w.numpy()])
 
 
 def cross_fitted(columns: list[np.ndarray], target: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -55,10 +57,10 @@ def cross_fitted(columns: list[np.ndarray], target: np.ndarray, folds: int, seed
 
 
 def fused_study(res: dict, folds: int = 10) -> dict:
-    """{'n', 'noise', 'reward_variance', 'estimators': {name: {'mse', 'excess_mse', 'advantage_variance_vs_sibling'}},
-    'layers': {layer: {'fused_minus_sibling',
-    'fused_minus_prompt': stats.paired_difference of squared errors, 'weights': [a, w_f, w_g]}}} from
-    res['per_prompt'] and res['samples'] (a probe-eval result)."""
+    """From res['per_prompt'] and res['samples'] (a probe-eval result) -> {'n', 'samples', 'folds', 'noise',
+    'reward_variance', 'estimators': {name: {'mse', 'excess_mse', 'advantage_variance_vs_sibling'}}, 'layers': {layer:
+    {'fused_minus_sibling', 'fused_minus_prompt' (stats.paired_difference of squared errors), 'weights' [a, w_f,
+    w_g]}}}."""
     pp = res["per_prompt"]
     t = np.asarray(pp["target"], dtype=np.float64)
     k = int(res["samples"])
