@@ -5,6 +5,7 @@ so that an engine left with stale weights would show, and each rank also records
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,10 +53,14 @@ def main(model_dir: str, out: str, vllm: bool = False) -> None:
     if vllm:  # the engine's shutdown destroys its groups and then the default one: it goes first
         llm.llm_engine.engine_core.shutdown()
     if torch.distributed.is_initialized():
-        # gloo's threads are joined here, not by static destructors at exit (which once aborted a rank with
-        # "terminate called without an active exception" after its work was done)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        torch.distributed.barrier()  # no rank leaves while its peer is still in a collective
+    # Exit here, before `trainer` is freed, with no interpreter teardown. Freeing DDP's Reducer joins gloo's worker
+    # threads while holding the GIL; a worker still freeing a finished barrier's tensors waits for that GIL, and the
+    # rank hung forever (seen once in CI, py-spy: ~ProcessGroupGloo -> thread::join against AsyncBarrierWork's
+    # decref). Static destructors at exit once aborted a rank too ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
