@@ -14,8 +14,9 @@ predicted by weights fitted on the other folds), so the fusion does not win by c
 targets. Reported per estimator: MSE against the target, and MSE minus the target's sampling noise (an unbiased
 estimate of mean t(1 - t) / (k - 1), k = the samples behind each target), which estimates E (b - V)^2, and the
 advantage variance it implies, mean Var(r | x) + E (b - V)^2 (mean Var(r | x) = mean V (1 - V) estimated by
-mean t (1 - t) k / (k - 1)), relative to the sibling baseline's; per prompt layer, the paired difference of squared errors fused - sibling and fused - prompt, with bootstrap intervals over
-prompts (the noise of the fold fits is not resampled); and the weights fitted on all prompts. RLOO's baseline at
+mean t (1 - t) k / (k - 1)), relative to the sibling baseline's; per prompt layer, the paired difference of squared
+errors fused - sibling and fused - prompt, with bootstrap intervals over prompts (the noise of the fold fits is not
+resampled); and the weights fitted on all prompts. RLOO's baseline at
 G = 2, the sibling's own reward, is listed for scale: its E (b - V)^2 is Var(r | x) itself.
 """
 
